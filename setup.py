@@ -35,7 +35,7 @@ class CMakeBuild(build_ext):
     def build_extensions(self):
         import pybind11
 
-        nvcc = find_nvcc()
+        nvcc = NVCC
         build_dir = Path(self.build_temp).resolve() / "cmake"
         build_dir.mkdir(parents=True, exist_ok=True)
         out_dir = Path(self.get_ext_fullpath(self.extensions[0].name)).resolve().parent
@@ -55,14 +55,19 @@ class CMakeBuild(build_ext):
         else:
             print("bertrt: nvcc not found, building without the CUDA extension bertrt._cuda")
         subprocess.check_call(args)
-        targets = [ext.target for ext in self.extensions if nvcc or ext.target != "_cuda"]
+        targets = [ext.target for ext in self.extensions]
         jobs = str(os.cpu_count() or 2)
         subprocess.check_call(["cmake", "--build", str(build_dir), "--target", *targets, "-j", jobs])
 
 
+NVCC = find_nvcc()
+EXTENSIONS = [CMakeExtension("bertrt._C", "_C")]
+if NVCC:
+    EXTENSIONS.append(CMakeExtension("bertrt._cuda", "_cuda"))
+
 setup(
     packages=["bertrt", *[f"bertrt.{p}" for p in find_packages("engine")], "bertrt.kernels"],
-    ext_modules=[CMakeExtension("bertrt._C", "_C"), CMakeExtension("bertrt._cuda", "_cuda")],
+    ext_modules=EXTENSIONS,
     cmdclass={"build_ext": CMakeBuild},
     package_data={"bertrt": ["py.typed"]},
 )

@@ -1,4 +1,13 @@
-"""bertrt: a performance-first inference engine for BERT-family encoders."""
+"""bertrt: a performance-first inference engine for BERT-family encoders.
+
+    import bertrt
+    engine = bertrt.load()                 # the bundled all-MiniLM-L6-v2
+    vectors = engine.embed(["a sentence"])  # (1, 384) float32
+"""
 
 __version__ = "0.1.0"
 
+from .api import Engine, load  # noqa: E402
+from .errors import BertrtError, InputError, ModelLoadError  # noqa: E402
+
+__all__ = ["BertrtError", "Engine", "InputError", "ModelLoadError", "__version__", "load"]

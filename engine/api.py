@@ -1,0 +1,196 @@
+"""The public API: ``bertrt.load(path)`` returns an ``Engine`` with embed / classify / ner / qa."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import tasks
+from .batching import pack, plan_batches
+from .errors import InputError
+from .model import Checkpoint, load_checkpoint
+from .model.config import ARCHITECTURE_TASKS
+from .runtime import policy
+from .runtime.backends import select_backend
+from .tokenizer import check_texts
+
+log = logging.getLogger("bertrt")
+TASKS = ("embed", "classify", "ner", "qa")
+
+
+class Engine:
+    """A loaded model on one backend, device and precision.
+
+    Texts are tokenized, sorted by length and packed padding-free into batches of at most
+    ``max_batch_tokens`` tokens; results come back in the caller's order.
+    """
+
+    def __init__(self, checkpoint: Checkpoint, runner, task: str, device: str, precision: str,
+                 backend: str, max_batch_tokens: int = 16384, max_batch_size: int = 256):
+        self.checkpoint = checkpoint
+        self.config = checkpoint.config
+        self.tokenizer = checkpoint.tokenizer
+        self.runner = runner
+        self.task = task
+        self.device = device
+        self.precision = precision
+        self.backend = backend
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_size = max_batch_size
+
+    def __repr__(self) -> str:
+        return (f"Engine(model={str(self.checkpoint.model_dir)!r}, task={self.task!r}, backend={self.backend!r}, "
+                f"device={self.device!r}, precision={self.precision!r})")
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    # -- running -------------------------------------------------------------------------------------
+
+    def run_encodings(self, ids: list[list[int]], type_ids: list[list[int]], task: str) -> list[torch.Tensor]:
+        """Run tokenized sequences; returns one fp32 CPU tensor per sequence, in the given order:
+        (hidden,) for embed, (num_labels,) for classify, (len, num_labels) for ner, (len, 2) for qa."""
+        results: list[torch.Tensor | None] = [None] * len(ids)
+        lengths = [len(x) for x in ids]
+        for group in plan_batches(lengths, self.max_batch_tokens, self.max_batch_size):
+            batch = pack([ids[i] for i in group], [type_ids[i] for i in group], group)
+            out = self.runner.run(batch, task).float().cpu()
+            if task in ("embed", "classify"):
+                for row, index in enumerate(batch.indices):
+                    results[index] = out[row]
+            else:
+                cu = batch.cu_seqlens.tolist()
+                for row, index in enumerate(batch.indices):
+                    results[index] = out[cu[row]:cu[row + 1]]
+        return results  # type: ignore[return-value]
+
+    def _require(self, task: str) -> None:
+        if task != "embed" and self.config.task != task:
+            raise InputError(f"{task} needs a {_architecture_for(task)} checkpoint; this one is "
+                             f"{self.config.architecture}")
+
+    # -- tasks ---------------------------------------------------------------------------------------
+
+    def embed(self, texts, truncation: str = "truncate", normalize: bool | None = None) -> np.ndarray:
+        """Sentence embeddings (n, hidden) float32 with the checkpoint's pooling (and normalization
+        when the sentence-transformers config has a Normalize module, unless ``normalize`` says)."""
+        texts = check_texts(texts)
+        if not texts:
+            return np.zeros((0, self.hidden_size), dtype=np.float32)
+        encodings = self.tokenizer.encode_batch(texts, truncation)
+        rows = self.run_encodings([e.ids for e in encodings], [e.type_ids for e in encodings], "embed")
+        out = torch.stack(rows)
+        if normalize is True and not self.checkpoint.model.pooling.normalize:
+            out = torch.nn.functional.normalize(out, dim=-1)
+        elif normalize is False and self.checkpoint.model.pooling.normalize:
+            raise InputError("this model's pooling normalizes; normalize=False cannot undo it")
+        return out.numpy()
+
+    def classify(self, texts, truncation: str = "truncate") -> list[dict]:
+        """One {"label", "score", "scores"} per text (softmax, or sigmoid for multi-label models)."""
+        self._require("classify")
+        texts = check_texts(texts)
+        if not texts:
+            return []
+        encodings = self.tokenizer.encode_batch(texts, truncation)
+        rows = self.run_encodings([e.ids for e in encodings], [e.type_ids for e in encodings], "classify")
+        multi = self.config.problem_type == "multi_label_classification"
+        return [tasks.classification_result(r.numpy(), self.config.id2label, multi) for r in rows]
+
+    def ner(self, texts, aggregation: str = "simple", truncation: str = "truncate") -> list[list[dict]]:
+        """Entities per text with character offsets; aggregation none/simple/first/average/max as in
+        transformers' token-classification pipeline."""
+        self._require("ner")
+        if aggregation not in tasks.AGGREGATIONS:
+            raise InputError(f"aggregation must be one of {tasks.AGGREGATIONS}, got {aggregation!r}")
+        texts = check_texts(texts)
+        if not texts:
+            return []
+        encodings = self.tokenizer.encode_batch(texts, truncation)
+        rows = self.run_encodings([e.ids for e in encodings], [e.type_ids for e in encodings], "ner")
+        unk = self.tokenizer.token_to_id("[UNK]")
+        join = self.tokenizer.join_tokens
+        results = []
+        for text, enc, logits in zip(texts, encodings, rows):
+            tokens = list(enc.tokens)
+            subword = []
+            for i, (token, (start, end)) in enumerate(zip(tokens, enc.offsets)):
+                if enc.ids[i] == unk:
+                    tokens[i] = text[start:end]
+                    subword.append(False)
+                else:
+                    subword.append(len(token) != len(text[start:end]))
+            results.append(tasks.ner_entities(logits.numpy(), tokens, enc.offsets, enc.special_tokens_mask,
+                                              subword, self.config.id2label, aggregation, join))
+        return results
+
+    def qa(self, question: str, context: str, max_answer_length: int = 15, doc_stride: int = 128,
+           max_length: int = 384, top_k: int = 1):
+        """Best answer span {"answer", "score", "start", "end"} (character offsets into context);
+        contexts longer than ``max_length`` tokens are read in windows overlapping by ``doc_stride``.
+        With top_k > 1, a list of the best spans."""
+        self._require("qa")
+        for name, value in (("question", question), ("context", context)):
+            if not isinstance(value, str):
+                raise InputError(f"{name} must be a string, got {type(value).__name__}")
+        if not question.strip() or not context.strip():
+            raise InputError("question and context must be non-empty")
+        max_length = min(max_length, self.config.max_position_embeddings)
+        if doc_stride >= max_length:
+            raise InputError(f"doc_stride {doc_stride} must be smaller than max_length {max_length}")
+        windows = self.tokenizer.encode_pairs_with_stride(question, context, max_length, doc_stride)
+        rows = self.run_encodings([w.ids for w in windows], [w.type_ids for w in windows], "qa")
+        answers = []
+        for window, logits in zip(windows, rows):
+            context_mask = np.array([s == 1 for s in window.sequence_ids])
+            spans = tasks.best_spans(logits[:, 0].numpy(), logits[:, 1].numpy(), context_mask,
+                                     max_answer_length, top_k)
+            for s, e, score in spans:
+                start, end = window.offsets[s][0], window.offsets[e][1]
+                answers.append({"answer": context[start:end], "score": score, "start": start, "end": end})
+        answers.sort(key=lambda a: -a["score"])
+        if not answers:
+            answers = [{"answer": "", "score": 0.0, "start": 0, "end": 0}]
+        return answers[0] if top_k == 1 else answers[:top_k]
+
+
+def _architecture_for(task: str) -> str:
+    return next(arch for arch, t in ARCHITECTURE_TASKS.items() if t == task)
+
+
+def load(path: str | Path | None = None, task: str | None = None, device: str = "auto", backend: str = "auto",
+         dtype: str | torch.dtype = "auto", kernels: str = "auto", max_length: int | None = None,
+         **backend_options) -> Engine:
+    """Load a local Hugging Face checkpoint directory (default: the bundled all-MiniLM-L6-v2).
+
+    task: "embed" | "classify" | "ner" | "qa"; None takes the checkpoint's own (BertModel -> embed).
+    device: "auto" | "cpu" | "cuda[:N]". dtype: "auto" | "float32" | "bfloat16" | "float16".
+    backend: "auto" or a name from ``bertrt.runtime.backends.BACKENDS``. kernels: op implementation
+    for the torch backend ("auto", "torch", "cpu", "cuda", "triton", "ref").
+    """
+    device = policy.choose_device(device)
+    precision = policy.choose_precision(device, dtype)
+    checkpoint = load_checkpoint(path, dtype=policy.DTYPES[precision], device=device)
+    config = checkpoint.config
+    if task is None:
+        task = config.task
+    if task not in TASKS:
+        raise InputError(f"task must be one of {TASKS}, got {task!r}")
+    if task != "embed" and task != config.task:
+        raise InputError(f"task {task!r} needs a {_architecture_for(task)} checkpoint; "
+                         f"{checkpoint.model_dir} is {config.architecture}")
+    if max_length is not None:
+        if not 2 <= max_length <= config.max_position_embeddings:
+            raise InputError(f"max_length must be in [2, {config.max_position_embeddings}], got {max_length}")
+        checkpoint.tokenizer.max_length = max_length
+    chosen = select_backend(torch.device(device).type, precision, backend)
+    if chosen.name == "torch":
+        backend_options.setdefault("kernels", kernels)
+    runner = chosen.create(checkpoint, device, precision, **backend_options)
+    engine = Engine(checkpoint, runner, task, device, precision, chosen.name)
+    log.info("loaded %r", engine)
+    return engine

@@ -1,0 +1,166 @@
+"""The ``bertrt`` command line: embed / classify / ner / qa / info, plus the subcommands other parts
+of bertrt register (bench, serve, export, tune, quantize, finetune, distill).
+
+Inputs come from arguments, ``--file`` (one text per line, or JSON lines with a "text" field) or
+stdin; outputs are JSON lines on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from collections.abc import Iterable
+
+# Modules that add subcommands through register(subparsers); missing ones are skipped quietly so
+# the core CLI works whatever optional parts are installed.
+PLUGINS = ("bertrt.bench.cli", "bertrt.serving.cli", "bertrt.runtime.cli", "bertrt.quant.cli", "bertrt.train.cli")
+
+
+def _read_texts(args) -> list[str]:
+    if args.text:
+        return list(args.text)
+    handle = open(args.file, encoding="utf-8") if args.file and args.file != "-" else sys.stdin
+    with handle if handle is not sys.stdin else _nullcontext(handle):
+        lines = [line.rstrip("\n") for line in handle]
+    texts = []
+    for number, line in enumerate(lines, 1):
+        if line.startswith("{"):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise SystemExit(f"bertrt: line {number}: invalid JSON: {exc}") from None
+            if not isinstance(record.get("text"), str):
+                raise SystemExit(f"bertrt: line {number}: JSON object without a string 'text' field")
+            texts.append(record["text"])
+        elif line.strip():
+            texts.append(line)
+    return texts
+
+
+class _nullcontext:
+    def __init__(self, value):
+        self.value = value
+
+    def __enter__(self):
+        return self.value
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _emit(records: Iterable[dict]) -> None:
+    for record in records:
+        sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def _engine(args, task: str):
+    import bertrt
+
+    return bertrt.load(args.model, task=task, device=args.device, backend=args.backend, dtype=args.dtype,
+                       kernels=args.kernels)
+
+
+def cmd_embed(args) -> int:
+    texts = _read_texts(args)
+    vectors = _engine(args, "embed").embed(texts, truncation=args.truncation)
+    _emit({"text": t, "embedding": [round(float(x), 7) for x in v]} for t, v in zip(texts, vectors))
+    return 0
+
+
+def cmd_classify(args) -> int:
+    texts = _read_texts(args)
+    results = _engine(args, "classify").classify(texts, truncation=args.truncation)
+    _emit({"text": t, **r} for t, r in zip(texts, results))
+    return 0
+
+
+def cmd_ner(args) -> int:
+    texts = _read_texts(args)
+    results = _engine(args, "ner").ner(texts, aggregation=args.aggregation, truncation=args.truncation)
+    _emit({"text": t, "entities": r} for t, r in zip(texts, results))
+    return 0
+
+
+def cmd_qa(args) -> int:
+    engine = _engine(args, "qa")
+    context = args.context
+    if args.context_file:
+        with open(args.context_file, encoding="utf-8") as handle:
+            context = handle.read()
+    if context is None:
+        raise SystemExit("bertrt qa: give --context or --context-file")
+    _emit([{"question": args.question, **engine.qa(args.question, context, doc_stride=args.doc_stride)}])
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .runtime import probe
+
+    print(json.dumps(probe.report(), indent=2))
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", default=None, help="checkpoint directory (default: bundled all-MiniLM-L6-v2)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--backend", default="auto", help="auto | torch | onnxruntime | tensorrt | openvino")
+    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    p.add_argument("--kernels", default="auto", help="op kernels for the torch backend: auto|torch|cpu|cuda|triton")
+    p.add_argument("--truncation", default="truncate", choices=("truncate", "error"))
+
+
+def _text_inputs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("text", nargs="*", help="texts (else --file or stdin)")
+    p.add_argument("--file", "-f", default=None, help="one text per line, or JSON lines with a 'text' field")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bertrt", description=__doc__.split("\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what bertrt decides and why")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, func, help_text in (("embed", cmd_embed, "sentence embeddings"),
+                                  ("classify", cmd_classify, "sequence classification"),
+                                  ("ner", cmd_ner, "token classification (named entities)")):
+        p = sub.add_parser(name, help=help_text)
+        _common(p)
+        _text_inputs(p)
+        if name == "ner":
+            p.add_argument("--aggregation", default="simple", choices=("none", "simple", "first", "average", "max"))
+        p.set_defaults(func=func)
+    p = sub.add_parser("qa", help="extractive question answering")
+    _common(p)
+    p.add_argument("question")
+    p.add_argument("--context", default=None)
+    p.add_argument("--context-file", default=None)
+    p.add_argument("--doc-stride", type=int, default=128)
+    p.set_defaults(func=cmd_qa)
+    p = sub.add_parser("info", help="device probe: CPU ISA, GPUs, backends and kernels available")
+    p.set_defaults(func=cmd_info)
+    for module_name in PLUGINS:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            if exc.name and module_name.startswith(exc.name):  # the plugin itself is absent
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    from .errors import BertrtError
+
+    try:
+        return args.func(args) or 0
+    except BertrtError as exc:
+        print(f"bertrt: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""A loaded BERT-family model: encoder + optional task head + sentence-transformers pooling."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import EncoderConfig
+from .encoder import Encoder, KernelPlan
+from .heads import PoolingConfig, build_head, load_head_state, pool
+
+
+class BertModel(nn.Module):
+    """Runs one task. ``task`` is "embed" for any checkpoint, or the head's own task.
+
+    forward_packed(input_ids (T,), cu_seqlens (B+1,), max_seqlen, token_type_ids (T,)) returns
+      embed:    (B, hidden) pooled sentence embeddings (fp32)
+      classify: (B, num_labels) logits
+      ner:      (T, num_labels) logits
+      qa:       (T, 2) start/end logits
+    """
+
+    def __init__(self, config: EncoderConfig, pooling: PoolingConfig | None = None):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.head = build_head(config)
+        self.pooling = pooling or PoolingConfig()
+
+    @property
+    def plan(self) -> KernelPlan:
+        return self.encoder.plan
+
+    def load_hf_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.encoder.load_hf_state(state)
+        load_head_state(self.head, state)
+
+    def forward_packed(self, input_ids, cu_seqlens, max_seqlen, token_type_ids=None, task: str | None = None):
+        task = task or self.config.task
+        hidden = self.encoder.forward_packed(input_ids, cu_seqlens, max_seqlen, token_type_ids)
+        return self.apply_head(hidden, cu_seqlens, task)
+
+    def apply_head(self, hidden: torch.Tensor, cu_seqlens: torch.Tensor, task: str) -> torch.Tensor:
+        if task == "embed":
+            return pool(hidden, cu_seqlens, self.pooling)
+        if task != self.config.task or self.head is None:
+            raise ValueError(f"this {self.config.architecture} checkpoint has no head for task {task!r}")
+        return self.head(hidden, cu_seqlens)
+
+    def forward_padded(self, input_ids, attention_mask, token_type_ids=None, task: str | None = None):
+        """Padded layout (batch, seq_len). Outputs as forward_packed but token outputs are
+        (batch, seq_len, ...) with meaningless values at padding positions."""
+        task = task or self.config.task
+        hidden = self.encoder.forward_padded(input_ids, attention_mask, token_type_ids)
+        batch, seq_len, width = hidden.shape
+        valid = attention_mask.bool()
+        lengths = valid.sum(1).to(torch.int32)
+        cu_seqlens = torch.zeros(batch + 1, dtype=torch.int32, device=hidden.device)
+        cu_seqlens[1:] = torch.cumsum(lengths, 0)
+        # Pooling and heads work on real tokens; left-aligned padding assumed (tokenizers pad right).
+        packed = hidden[valid]
+        out = self.apply_head(packed, cu_seqlens, task)
+        if task in ("ner", "qa"):
+            full = out.new_zeros(batch, seq_len, out.shape[-1])
+            full[valid] = out
+            return full
+        return out

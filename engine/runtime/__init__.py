@@ -1,0 +1,1 @@
+"""Backends, the device probe and the policy that picks backend and precision."""

@@ -1,0 +1,108 @@
+"""What this machine offers: CPU instruction sets, GPUs, and which backends and kernels can run."""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+from dataclasses import dataclass, field
+
+CPU_FEATURES = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+                "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "avx_vnni")
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    model: str
+    cores: int
+    flags: frozenset[str] = field(default_factory=frozenset)
+
+    def has(self, feature: str) -> bool:
+        return feature in self.flags
+
+    @property
+    def native_bf16(self) -> bool:
+        """BF16 GEMMs run on hardware (AMX or AVX512-BF16), which makes BF16 the fast precision."""
+        return self.has("amx_bf16") or self.has("avx512_bf16")
+
+    @property
+    def isa(self) -> str:
+        """Best ISA tier, the same names as the C++ dispatch: amx > avx512 > avx2 > scalar."""
+        if self.has("amx_tile") and self.has("amx_bf16"):
+            return "amx"
+        if self.has("avx512f") and self.has("avx512bw") and self.has("avx512vl"):
+            return "avx512"
+        if self.has("avx2") and self.has("fma"):
+            return "avx2"
+        return "scalar"
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    index: int
+    name: str
+    capability: tuple[int, int]
+    memory_gib: float
+
+    @property
+    def sm(self) -> int:
+        return self.capability[0] * 10 + self.capability[1]
+
+
+def read_cpu(cpuinfo_path: str = "/proc/cpuinfo") -> CpuInfo:
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        with open(cpuinfo_path) as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name":
+                    model = value.strip()
+                elif key == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    return CpuInfo(model=model, cores=len(os.sched_getaffinity(0)), flags=frozenset(f for f in flags
+                                                                                      if f in CPU_FEATURES))
+
+
+def read_gpus() -> list[GpuInfo]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    gpus = []
+    for i in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(i)
+        gpus.append(GpuInfo(i, props.name, (props.major, props.minor), props.total_memory / 2**30))
+    return gpus
+
+
+@functools.cache
+def cpu() -> CpuInfo:
+    return read_cpu()
+
+
+@functools.cache
+def gpus() -> tuple[GpuInfo, ...]:
+    return tuple(read_gpus())
+
+
+def report() -> dict:
+    """Everything ``bertrt info`` prints, as a JSON-able dict."""
+    import torch
+
+    from ..ops import OPS, availability
+    from .backends import BACKENDS
+
+    c = cpu()
+    return {
+        "cpu": {"model": c.model, "cores": c.cores, "isa": c.isa, "features": sorted(c.flags),
+                "native_bf16": c.native_bf16, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()},
+        "gpus": [{"index": g.index, "name": g.name, "capability": f"{g.capability[0]}.{g.capability[1]}",
+                  "memory_gib": round(g.memory_gib, 1)} for g in gpus()],
+        "backends": {name: (b.available() or "available") for name, b in BACKENDS.items()},
+        "kernels": {op: {impl: reason or "available" for impl, reason in availability(op).items()} for op in OPS},
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+    }

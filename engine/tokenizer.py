@@ -1,0 +1,103 @@
+"""Tokenization with the ``tokenizers`` library: tokenizer.json, or vocab.txt for WordPiece."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from tokenizers import Encoding, Tokenizer
+
+from .errors import InputError, ModelLoadError
+
+TRUNCATION_MODES = ("truncate", "error")
+
+
+def check_texts(texts, what: str = "texts") -> list[str]:
+    """A list of strings, or an InputError naming the first bad item."""
+    if isinstance(texts, str):
+        return [texts]
+    if not isinstance(texts, Sequence):
+        raise InputError(f"{what} must be a string or a list of strings, got {type(texts).__name__}")
+    for index, item in enumerate(texts):
+        if not isinstance(item, str):
+            raise InputError(f"{what}[{index}] must be a string, got {type(item).__name__}")
+    return list(texts)
+
+
+class BertTokenizer:
+    """Wraps a ``tokenizers.Tokenizer`` with bertrt's truncation policy.
+
+    truncation="truncate" cuts over-long input to ``max_length`` tokens (special tokens kept);
+    truncation="error" raises InputError naming the item and its length.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, max_length: int):
+        self._tok = tokenizer
+        self._tok.no_padding()
+        self._tok.no_truncation()
+        self.max_length = max_length
+
+    @classmethod
+    def from_dir(cls, model_dir: Path, max_length: int) -> BertTokenizer:
+        model_dir = Path(model_dir)
+        if (model_dir / "tokenizer.json").exists():
+            try:
+                tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+            except Exception as exc:
+                raise ModelLoadError(f"{model_dir / 'tokenizer.json'}: cannot load tokenizer: {exc}") from exc
+            return cls(tok, max_length)
+        vocab = model_dir / "vocab.txt"
+        if not vocab.exists():
+            raise ModelLoadError(f"{model_dir}: missing tokenizer (looked for tokenizer.json and vocab.txt)")
+        lowercase = True
+        config = model_dir / "tokenizer_config.json"
+        if config.exists():
+            lowercase = bool(json.loads(config.read_text()).get("do_lower_case", True))
+        from tokenizers.implementations import BertWordPieceTokenizer
+
+        wordpiece = BertWordPieceTokenizer(str(vocab), lowercase=lowercase)
+        return cls(wordpiece._tokenizer, max_length)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._tok.token_to_id(token)
+
+    def join_tokens(self, tokens: list[str]) -> str:
+        """Text of a run of tokens, as the tokenizer's decoder writes it (WordPiece merges '##')."""
+        decoder = self._tok.decoder
+        return decoder.decode(tokens) if decoder is not None else " ".join(tokens)
+
+    def encode_batch(self, texts: list[str], truncation: str = "truncate", max_length: int | None = None) -> list[Encoding]:
+        if truncation not in TRUNCATION_MODES:
+            raise InputError(f"truncation must be one of {TRUNCATION_MODES}, got {truncation!r}")
+        limit = max_length or self.max_length
+        encodings = self._tok.encode_batch(texts) if texts else []
+        long_ones = [i for i, e in enumerate(encodings) if len(e.ids) > limit]
+        if long_ones and truncation == "error":
+            i = long_ones[0]
+            raise InputError(
+                f"text {i} is {len(encodings[i].ids)} tokens long, over the limit of {limit} "
+                "(pass truncation='truncate' to cut it)"
+            )
+        if long_ones:
+            # Re-encode only the long texts with truncation so special tokens stay in place.
+            self._tok.enable_truncation(limit)
+            try:
+                redone = self._tok.encode_batch([texts[i] for i in long_ones])
+            finally:
+                self._tok.no_truncation()
+            for i, enc in zip(long_ones, redone):
+                encodings[i] = enc
+        return encodings
+
+    def encode_pairs_with_stride(self, question: str, context: str, max_length: int, stride: int) -> list[Encoding]:
+        """(question, context) windows over a long context: the first window plus its overflow windows."""
+        self._tok.enable_truncation(max_length, stride=stride, strategy="only_second")
+        try:
+            first = self._tok.encode(question, context)
+        except Exception as exc:
+            raise InputError(f"cannot fit question and context into {max_length} tokens: {exc}") from exc
+        finally:
+            self._tok.no_truncation()
+        return [first, *first.overflowing]
+
