@@ -128,10 +128,11 @@ class Engine:
                                               subword, self.config.id2label, aggregation, join))
         return results
 
-    def qa(self, question: str, context: str, max_answer_length: int = 15, doc_stride: int = 128,
+    def qa(self, question: str, context: str, max_answer_length: int = 15, doc_stride: int | None = None,
            max_length: int = 384, top_k: int = 1):
         """Best answer span {"answer", "score", "start", "end"} (character offsets into context);
-        contexts longer than ``max_length`` tokens are read in windows overlapping by ``doc_stride``.
+        contexts longer than ``max_length`` tokens (capped at the model's maximum) are read in windows
+        overlapping by ``doc_stride`` tokens (default: 128, at most half a window).
         With top_k > 1, a list of the best spans."""
         self._require("qa")
         for name, value in (("question", question), ("context", context)):
@@ -140,6 +141,8 @@ class Engine:
         if not question.strip() or not context.strip():
             raise InputError("question and context must be non-empty")
         max_length = min(max_length, self.config.max_position_embeddings)
+        if doc_stride is None:
+            doc_stride = min(128, max_length // 2)
         if doc_stride >= max_length:
             raise InputError(f"doc_stride {doc_stride} must be smaller than max_length {max_length}")
         windows = self.tokenizer.encode_pairs_with_stride(question, context, max_length, doc_stride)

@@ -14,9 +14,16 @@ import logging
 import sys
 from collections.abc import Iterable
 
-# Modules that add subcommands through register(subparsers); missing ones are skipped quietly so
-# the core CLI works whatever optional parts are installed.
-PLUGINS = ("bertrt.bench.cli", "bertrt.serving.cli", "bertrt.runtime.cli", "bertrt.quant.cli", "bertrt.train.cli")
+# Modules that add subcommands through register(subparsers), and the subcommands each adds. A plugin
+# that cannot be imported (an optional dependency missing) leaves stubs that explain why, so the core
+# commands always work.
+PLUGINS = {
+    "bertrt.bench.cli": ("bench",),
+    "bertrt.serving.cli": ("serve",),
+    "bertrt.runtime.cli": ("export", "tune"),
+    "bertrt.quant.cli": ("quantize",),
+    "bertrt.train.cli": ("finetune", "distill"),
+}
 
 
 def _read_texts(args) -> list[str]:
@@ -135,19 +142,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("question")
     p.add_argument("--context", default=None)
     p.add_argument("--context-file", default=None)
-    p.add_argument("--doc-stride", type=int, default=128)
+    p.add_argument("--doc-stride", type=int, default=None)
     p.set_defaults(func=cmd_qa)
     p = sub.add_parser("info", help="device probe: CPU ISA, GPUs, backends and kernels available")
     p.set_defaults(func=cmd_info)
-    for module_name in PLUGINS:
+    for module_name, commands in PLUGINS.items():
         try:
             module = importlib.import_module(module_name)
-        except ImportError as exc:
-            if exc.name and module_name.startswith(exc.name):  # the plugin itself is absent
-                continue
-            raise
+        except Exception as exc:  # keep the core CLI usable; the stub reports the failure when used
+            for command in commands:
+                stub = sub.add_parser(command, help=f"(unavailable: {exc})", add_help=False)
+                stub.add_argument("rest", nargs=argparse.REMAINDER)
+                stub.set_defaults(func=_unavailable(command, module_name, exc))
+            continue
         module.register(sub)
     return parser
+
+
+def _unavailable(command: str, module_name: str, exc: Exception):
+    def handler(args) -> int:
+        print(f"bertrt: {command} is unavailable: importing {module_name} failed: {exc}", file=sys.stderr)
+        return 2
+
+    return handler
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     except BertrtError as exc:
         print(f"bertrt: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into head & co.
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

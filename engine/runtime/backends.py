@@ -3,7 +3,11 @@
 A backend turns a ``Checkpoint`` into a ``Runner``: ``runner.run(batch, task)`` takes a PackedBatch
 and returns what ``BertModel.forward_packed`` returns for that task.
 An explicit bad choice raises ``BackendUnavailable``; ``select_backend(..., "auto")`` falls back in
-registry order and logs why each skipped backend was skipped.
+registry order and logs why each skipped backend was skipped; ``create_runner`` does the same when
+creating an automatically chosen runner fails (an ONNX export, a TensorRT build).
+
+Registered: torch (our encoder and kernels), onnxruntime, tensorrt, openvino (optional, CPU).
+Precisions: "float32", "bfloat16", "float16", "int8", "fp8" (see ``policy.PRECISIONS``).
 """
 
 from __future__ import annotations
@@ -37,6 +41,19 @@ class Backend:
     precisions: tuple[str, ...]
     available: Callable[[], str | None]  # None when usable, else the reason it is not
     create: Callable[..., Runner]  # create(checkpoint, device, precision, **options) -> Runner
+    # supports(device, precision) -> None, or why this pair cannot run here (beyond devices/precisions)
+    supports: Callable[[str, str], str | None] | None = None
+
+    def unavailable(self, device: str, precision: str) -> str | None:
+        """None when this backend can run ``precision`` on ``device`` ("cpu"/"cuda") here, else why not."""
+        reason = self.available()
+        if reason:
+            return reason
+        if device not in self.devices:
+            return f"runs on {self.devices}, not {device}"
+        if precision not in self.precisions:
+            return f"runs {self.precisions}, not {precision}"
+        return self.supports(device, precision) if self.supports else None
 
 
 class TorchRunner:
@@ -49,8 +66,11 @@ class TorchRunner:
 
         if kernels not in KERNEL_CHOICES:
             raise ValueError(f"kernels must be one of {KERNEL_CHOICES}, got {kernels!r}")
-        self.model = checkpoint.model
+        from .policy import DTYPES
+
         self.device = torch.device(device)
+        # a fallback may get a checkpoint loaded for another backend (fp32, on the CPU): match it
+        self.model = checkpoint.model.to(device=self.device, dtype=DTYPES[precision])
         self.model.plan.impl = kernels
         # GPU GEMMs gain from moving the bias into our fused epilogue kernels; oneDNN fuses it already.
         self.model.plan.defer_bias = self.device.type == "cuda"
@@ -75,6 +95,17 @@ def register(backend: Backend) -> None:
 
 register(Backend("torch", ("cpu", "cuda"), ("float32", "bfloat16", "float16"), _torch_available, TorchRunner))
 
+
+def _register_optional() -> None:
+    # Each module imports its library lazily, so registering costs nothing when it is absent.
+    from . import onnxruntime_backend, openvino_backend, tensorrt_backend
+
+    for module in (onnxruntime_backend, tensorrt_backend, openvino_backend):
+        register(module.BACKEND)
+
+
+_register_optional()
+
 # Preference when backend="auto"; a backend absent from the registry is skipped.
 AUTO_ORDER = {"cuda": ("tensorrt", "onnxruntime", "torch"), "cpu": ("torch",)}
 
@@ -92,14 +123,49 @@ def select_backend(device: str, precision: str, override: str = "auto") -> Backe
             raise BackendUnavailable(f"backend {override!r} does not run on {device} (runs on {backend.devices})")
         if precision not in backend.precisions:
             raise BackendUnavailable(f"backend {override!r} does not run {precision} (runs {backend.precisions})")
+        reason = backend.unavailable(device, precision)
+        if reason:
+            raise BackendUnavailable(f"backend {override!r} cannot run {precision} on {device}: {reason}")
         return backend
     for name in AUTO_ORDER.get(device, ("torch",)):
         backend = BACKENDS.get(name)
         if backend is None:
             continue
-        reason = backend.available()
-        if reason is None and device in backend.devices and precision in backend.precisions:
+        reason = backend.unavailable(device, precision)
+        if reason is None:
             return backend
-        log.info("backend %s skipped on %s/%s: %s", name, device, precision,
-                 reason or "device or precision not supported")
+        log.info("backend %s skipped on %s/%s: %s", name, device, precision, reason)
     return BACKENDS["torch"]
+
+
+def create_runner(checkpoint, device: str, candidates: list[tuple[str, str]], explicit: bool = False,
+                  **options) -> tuple[Runner, str, str]:
+    """Create the first runner that works among ``candidates`` [(backend, precision), ...] ->
+    (runner, backend name, precision).
+
+    explicit: the caller named the backend; its failure raises instead of falling back. Otherwise a
+    failing candidate is logged with the reason and the next one is tried; torch in float32 is the
+    last resort. ``options`` go to every backend (each ignores what it does not know, except
+    torch's ``kernels``).
+    """
+    kind = torch.device(device).type
+    tried = list(candidates)
+    if not explicit and ("torch", "float32") not in tried:
+        tried.append(("torch", "float32"))
+    errors = []
+    for name, precision in tried:
+        backend = BACKENDS.get(name)
+        reason = f"unknown backend {name!r}" if backend is None else backend.unavailable(kind, precision)
+        if reason is None:
+            try:
+                own = {k: v for k, v in options.items() if name == "torch" or k != "kernels"}
+                return backend.create(checkpoint, device, precision, **own), name, precision
+            except Exception as exc:  # a failed export/build: fall back, saying why
+                if explicit:
+                    raise
+                reason = f"{type(exc).__name__}: {exc}"
+        if explicit:
+            raise BackendUnavailable(f"backend {name!r} cannot run {precision} on {device}: {reason}")
+        errors.append(f"{name}/{precision}: {reason}")
+        log.warning("backend %s/%s failed on %s, falling back: %s", name, precision, device, reason)
+    raise BackendUnavailable("no backend could run here: " + "; ".join(errors))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import importlib.metadata
 import os
 import platform
 from dataclasses import dataclass, field
@@ -43,6 +45,7 @@ class GpuInfo:
     name: str
     capability: tuple[int, int]
     memory_gib: float
+    driver: str = ""
 
     @property
     def sm(self) -> int:
@@ -75,8 +78,43 @@ def read_gpus() -> list[GpuInfo]:
     gpus = []
     for i in range(torch.cuda.device_count()):
         props = torch.cuda.get_device_properties(i)
-        gpus.append(GpuInfo(i, props.name, (props.major, props.minor), props.total_memory / 2**30))
+        gpus.append(GpuInfo(i, props.name, (props.major, props.minor), props.total_memory / 2**30, driver_version()))
     return gpus
+
+
+def driver_version() -> str:
+    """The NVIDIA kernel driver version, from /proc (empty when unknown)."""
+    try:
+        with open("/proc/driver/nvidia/version") as handle:
+            words = handle.readline().split()
+    except OSError:
+        return ""
+    return next((w for w in words if w[:1].isdigit() and "." in w), "")
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def fingerprint(device: str = "cpu", cpu_info: CpuInfo | None = None, gpu: GpuInfo | None = None) -> str:
+    """A stable name for the hardware a measurement was taken on: "cpu-<hash>" from the CPU model,
+    its ISA flags and the cores bertrt may use; "gpu-<hash>" from GPU name, compute capability,
+    memory and driver. Tune results are stored under it."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        if gpu is None:
+            gpu = gpus()[torch.device(device).index or 0]
+        text = f"{gpu.name}|sm{gpu.sm}|{round(gpu.memory_gib)}GiB|driver {gpu.driver}"
+        kind = "gpu"
+    else:
+        c = cpu_info or cpu()
+        text = f"{c.model}|{','.join(sorted(c.flags))}|{c.cores} cores"
+        kind = "cpu"
+    return f"{kind}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
 @functools.cache
@@ -104,5 +142,25 @@ def report() -> dict:
                   "memory_gib": round(g.memory_gib, 1)} for g in gpus()],
         "backends": {name: (b.available() or "available") for name, b in BACKENDS.items()},
         "kernels": {op: {impl: reason or "available" for impl, reason in availability(op).items()} for op in OPS},
-        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "auto": would_pick(),
+        "versions": {"torch": torch.__version__, "python": platform.python_version(),
+                     **{name: package_version(name) for name in ("onnxruntime", "onnxruntime-gpu", "onnx", "tensorrt",
+                                                                 "openvino") if package_version(name)}},
     }
+
+
+def would_pick(model_dir=None) -> dict:
+    """What ``bertrt.load(backend="auto", dtype="auto")`` would run on each device, and why: the
+    stored ``bertrt tune`` winner for the model (default: the bundled one) when there is one, else
+    the policy table's row for the device."""
+    from . import policy
+
+    devices = ["cpu"] + [f"cuda:{g.index}" for g in gpus()]
+    picks = {}
+    for device in devices:
+        try:
+            choice = policy.resolve(model_dir, device, "auto", "auto")
+            picks[device] = choice.as_dict()
+        except Exception as exc:  # info must print whatever is broken
+            picks[device] = {"error": f"{type(exc).__name__}: {exc}"}
+    return picks

@@ -270,11 +270,25 @@ def collate(examples: Sequence[EncodedExample], pad_id: int = 0) -> dict[str, to
     return out
 
 
-def epoch_order(num_examples: int, seed: int, epoch: int) -> list[int]:
-    """The example order of one epoch: a permutation that depends only on (seed, epoch), so a resumed
-    run sees the same order as an uninterrupted one."""
+def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int,
+                  group_by_length: bool = True) -> list[list[int]]:
+    """The batches (example indices) of one epoch; they depend only on (lengths, seed, epoch), so a
+    resumed run sees the same batches as an uninterrupted one.
+
+    With ``group_by_length`` the shuffled examples are cut into chunks of 50 batches, each chunk sorted by
+    length and cut into batches, and the batches shuffled again: batches hold rows of similar length, so
+    padding (and time) drops (about 2.5x for WordNet glosses) while the order stays random.
+    """
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(num_examples, generator=generator).tolist()
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    if not group_by_length:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    chunk = 50 * batch_size
+    batches = []
+    for start in range(0, len(order), chunk):
+        part = sorted(order[start : start + chunk], key=lambda i: lengths[i])
+        batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
 
 # ----------------------------------------------------------------------------------------------------

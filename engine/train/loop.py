@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
-from .data import EncodedExample, collate, epoch_order
+from .data import EncodedExample, collate, epoch_batches
 
 log = logging.getLogger("bertrt.train")
 
@@ -51,6 +51,7 @@ class TrainConfig:
     threads: int | None = None
     resume: bool = True  # continue from <out_dir>/checkpoint when it exists
     progress: bool = True
+    group_by_length: bool = True  # batches of similar-length rows (see data.epoch_batches)
     stop_after: int | None = None  # test hook: stop (as if killed) after this step, without saving
 
     def total_steps(self, num_examples: int) -> int:
@@ -66,6 +67,7 @@ class TrainConfig:
             "learning_rate": self.learning_rate,
             "total_steps": self.total_steps(num_examples),
             "num_examples": num_examples,
+            "group_by_length": self.group_by_length,
         }
 
 
@@ -173,14 +175,16 @@ def train(
     module.train()
     bar = tqdm(total=total_steps, initial=step, disable=not config.progress, desc="train", dynamic_ncols=True,
                mininterval=0.5 if sys.stderr.isatty() else 10.0)
-    order, order_epoch = None, -1
+    lengths = [len(e.input_ids) for e in examples]
+    batches, batches_epoch = None, -1
     with _StopFlag() as stop:
         while step < total_steps:
             epoch, position = divmod(step, batches_per_epoch)
-            if epoch != order_epoch:
-                order, order_epoch = epoch_order(num_examples, config.seed, epoch), epoch
-            indices = order[position * config.batch_size : (position + 1) * config.batch_size]
-            batch = collate([examples[i] for i in indices], pad_id)
+            if epoch != batches_epoch:
+                batches = epoch_batches(lengths, config.batch_size, config.seed, epoch, config.group_by_length)
+                batches_epoch = epoch
+                assert len(batches) == batches_per_epoch
+            batch = collate([examples[i] for i in batches[position]], pad_id)
             loss, parts = loss_fn(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

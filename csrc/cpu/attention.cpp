@@ -1,0 +1,263 @@
+// Fused variable-length attention over packed QKV, online softmax, fp32 accumulation.
+//
+// Work item: (sequence, head, block of query rows); items run in parallel (OpenMP, dynamic).
+// Per item, K is packed transposed (Kt[d][key], keys padded to a multiple of kNR) and V row-major
+// with its row padded to a multiple of W, both in fp32, so the two products are register-blocked
+// FMA micro-kernels without tails:
+//   scores  S[MR x kNR] += Q[r][d] (broadcast) * Kt[d][keys]   over d
+//   output  O[MR x W*c] += P[r][j] (broadcast) * V[j][dims]     over keys j
+// Keys go in blocks of kKeyBlock with the online-softmax rescale between blocks; a sequence no
+// longer than kKeyBlock takes the exact one-block softmax. Scores live in the log2 domain (Q is
+// pre-multiplied by scale * log2(e)) so the exponential is exp2. Padding is never computed on:
+// only the real tokens of each sequence are touched.
+#include "simd.h"
+#include "parallel.h"
+
+namespace bertrt::cpu::BERTRT_NS {
+namespace {
+
+#if defined(BERTRT_ISA_AVX512)
+constexpr int kMR = 8, kNV = 2;   // 16 accumulators of 32 zmm
+#elif defined(BERTRT_ISA_AVX2)
+constexpr int kMR = 6, kNV = 2;   // 12 accumulators of 16 ymm
+#else
+constexpr int kMR = 4, kNV = 4;
+#endif
+constexpr int kNR = kNV * W;          // keys per score tile
+constexpr int64_t kKeyBlock = 256;    // multiple of kNR for every variant
+static_assert(kKeyBlock % kNR == 0, "key block must hold whole score tiles");
+
+BERTRT_INLINE int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+struct Scratch {
+  float* data = nullptr;
+  int64_t capacity = 0;
+  float* get(int64_t n) {
+    if (n > capacity) {
+      std::free(data);
+      data = alloc_floats(n);
+      capacity = n;
+    }
+    return data;
+  }
+};
+thread_local Scratch tls_scratch;  // one per OpenMP thread, kept across calls (no mmap per call)
+
+// S[r][jt + 0 .. kNR) = sum_d Q[r][d] * Kt[d][jt + ...]
+BERTRT_INLINE void score_tile(const float* q, int64_t d_count, const float* kt, int64_t kt_stride, float* s,
+                              int64_t s_stride) {
+  Vec acc[kMR][kNV];
+#pragma GCC unroll 16
+  for (int r = 0; r < kMR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < kNV; ++v) acc[r][v] = vzero();
+  for (int64_t d = 0; d < d_count; ++d) {
+    Vec k[kNV];
+#pragma GCC unroll 4
+    for (int v = 0; v < kNV; ++v) k[v] = vload(kt + d * kt_stride + v * W);
+#pragma GCC unroll 16
+    for (int r = 0; r < kMR; ++r) {
+      Vec qv = vset1(q[r * d_count + d]);
+#pragma GCC unroll 4
+      for (int v = 0; v < kNV; ++v) acc[r][v] = vfmadd(qv, k[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < kMR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < kNV; ++v) vstore(s + r * s_stride + v * W, acc[r][v]);
+}
+
+// O[r][0 .. kC*W) += sum_j P[r][j] * V[j][...], j < keys
+template <int kC>
+BERTRT_INLINE void value_tile(const float* p, int64_t p_stride, int64_t keys, const float* v, int64_t v_stride,
+                              float* o, int64_t o_stride) {
+  Vec acc[kMR][kC];
+#pragma GCC unroll 16
+  for (int r = 0; r < kMR; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < kC; ++c) acc[r][c] = vload(o + r * o_stride + c * W);
+  for (int64_t j = 0; j < keys; ++j) {
+    Vec vv[kC];
+#pragma GCC unroll 4
+    for (int c = 0; c < kC; ++c) vv[c] = vload(v + j * v_stride + c * W);
+#pragma GCC unroll 16
+    for (int r = 0; r < kMR; ++r) {
+      Vec pv = vset1(p[r * p_stride + j]);
+#pragma GCC unroll 4
+      for (int c = 0; c < kC; ++c) acc[r][c] = vfmadd(pv, vv[c], acc[r][c]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < kMR; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < kC; ++c) vstore(o + r * o_stride + c * W, acc[r][c]);
+}
+
+// Row r of a packed QKV token: q at +0, k at +heads*dim, v at +2*heads*dim.
+template <class T>
+void convert_row(const T* src, float* dst, int64_t n, float factor) {
+  const Vec f = vset1(factor);
+  int64_t i = 0;
+  for (; i + W <= n; i += W) vstore(dst + i, vmul(vload(src + i), f));
+  if (i < n) vstore_partial(dst + i, vmul(vload_partial(src + i, n - i), f), n - i);
+}
+
+template <class T>
+void attend(const AttentionArgs& a, int64_t start, int64_t len, int64_t head, int64_t q_begin, int64_t q_end) {
+  const int64_t dim = a.head_dim, heads = a.heads;
+  const int64_t token_stride = 3 * heads * dim;
+  const int64_t dim_padded = round_up(dim, W);
+  const int64_t len_padded = round_up(len, kNR);
+  const T* base = static_cast<const T*>(a.qkv) + start * token_stride + head * dim;
+  T* out = static_cast<T*>(a.out) + start * heads * dim + head * dim;
+
+  float* kt = tls_scratch.get(dim * len_padded + len * dim_padded + kMR * dim + kMR * kKeyBlock +
+                              kMR * dim_padded + 2 * kMR);
+  float* vp = kt + dim * len_padded;
+  float* qb = vp + len * dim_padded;
+  float* sb = qb + kMR * dim;
+  float* ob = sb + kMR * kKeyBlock;
+  float* row_max = ob + kMR * dim_padded;
+  float* row_sum = row_max + kMR;
+
+  // Pack K transposed and V padded, converting to fp32 once for the whole item.
+  float krow[kMaxHeadDim];
+  for (int64_t j = 0; j < len; ++j) {
+    convert_row(base + j * token_stride + heads * dim, krow, dim, 1.0f);
+    for (int64_t d = 0; d < dim; ++d) kt[d * len_padded + j] = krow[d];
+    float* vrow = vp + j * dim_padded;
+    convert_row(base + j * token_stride + 2 * heads * dim, vrow, dim, 1.0f);
+    for (int64_t d = dim; d < dim_padded; ++d) vrow[d] = 0.0f;
+  }
+  for (int64_t d = 0; d < dim; ++d)
+    for (int64_t j = len; j < len_padded; ++j) kt[d * len_padded + j] = 0.0f;
+
+  const float q_factor = a.scale * kLog2e;
+  for (int64_t q0 = q_begin; q0 < q_end; q0 += kMR) {
+    const int64_t rows = q_end - q0 < kMR ? q_end - q0 : kMR;
+    for (int64_t r = 0; r < kMR; ++r) {
+      if (r < rows) convert_row(base + (q0 + r) * token_stride, qb + r * dim, dim, q_factor);
+      else for (int64_t d = 0; d < dim; ++d) qb[r * dim + d] = 0.0f;
+      row_max[r] = -__builtin_inff();
+      row_sum[r] = 0.0f;
+    }
+    for (int64_t i = 0; i < kMR * dim_padded; ++i) ob[i] = 0.0f;
+
+    for (int64_t k0 = 0; k0 < len; k0 += kKeyBlock) {
+      const int64_t keys = len - k0 < kKeyBlock ? len - k0 : kKeyBlock;
+      const int64_t keys_padded = round_up(keys, kNR);
+      for (int64_t jt = 0; jt < keys_padded; jt += kNR)
+        score_tile(qb, dim, kt + k0 + jt, len_padded, sb + jt, kKeyBlock);
+
+      // Online softmax: new running max, rescale of the old sum and output, p = 2^(s - max).
+      for (int64_t r = 0; r < kMR; ++r) {
+        float* s = sb + r * kKeyBlock;
+        Vec mx = vset1(-__builtin_inff());
+        int64_t j = 0;
+        for (; j + W <= keys; j += W) mx = vmax(mx, vload(s + j));
+        float m_block = vreduce_max(mx);
+        for (; j < keys; ++j) m_block = s[j] > m_block ? s[j] : m_block;
+        const float m_old = row_max[r];
+        const float m_new = m_block > m_old ? m_block : m_old;
+        const Vec vm = vset1(m_new);
+        Vec sum = vzero();
+        j = 0;
+        for (; j + W <= keys; j += W) {
+          Vec pv = vexp2(vsub(vload(s + j), vm));
+          vstore(s + j, pv);
+          sum = vadd(sum, pv);
+        }
+        float block_sum = vreduce_add(sum);
+        if (j < keys) {
+          Vec pv = vexp2(vsub(vload_partial(s + j, keys - j), vm));
+          vstore_partial(s + j, pv, keys - j);
+          float tail[W];
+          vstore(tail, pv);
+          for (int64_t t = 0; t < keys - j; ++t) block_sum += tail[t];
+        }
+        if (m_old == -__builtin_inff()) {
+          row_sum[r] = block_sum;
+        } else {
+          const float alpha = vreduce_max(vexp2(vset1(m_old - m_new)));  // all lanes equal
+          row_sum[r] = row_sum[r] * alpha + block_sum;
+          if (alpha != 1.0f) {
+            const Vec va = vset1(alpha);
+            for (int64_t d = 0; d < dim_padded; d += W) vstore(ob + r * dim_padded + d, vmul(vload(ob + r * dim_padded + d), va));
+          }
+        }
+        row_max[r] = m_new;
+      }
+
+      const float* vblock = vp + k0 * dim_padded;
+      int64_t d0 = 0;
+      for (; d0 + kNV * W <= dim_padded; d0 += kNV * W)
+        value_tile<kNV>(sb, kKeyBlock, keys, vblock + d0, dim_padded, ob + d0, dim_padded);
+      for (; d0 < dim_padded; d0 += W) value_tile<1>(sb, kKeyBlock, keys, vblock + d0, dim_padded, ob + d0, dim_padded);
+    }
+
+    for (int64_t r = 0; r < rows; ++r) {
+      const Vec inv = vset1(1.0f / row_sum[r]);
+      T* o = out + (q0 + r) * heads * dim;
+      const float* src = ob + r * dim_padded;
+      int64_t d = 0;
+      for (; d + W <= dim; d += W) vstore(o + d, vmul(vload(src + d), inv));
+      if (d < dim) vstore_partial(o + d, vmul(vload(src + d), inv), dim - d);
+    }
+  }
+}
+
+struct Item { int32_t seq, head, q_begin, q_end; };
+
+template <class T>
+void run(const AttentionArgs& a) {
+  const int32_t* cu = a.cu_seqlens;
+  const int threads = a.threads > 0 ? a.threads : 1;
+  int64_t live = 0, max_len = 0;
+  for (int64_t b = 0; b < a.batch; ++b) {
+    int64_t len = cu[b + 1] - cu[b];
+    if (len > 0) ++live;
+    if (len > max_len) max_len = len;
+  }
+  if (live == 0) return;
+  // Enough items for the threads: split the query rows of a (sequence, head) when the pairs alone
+  // are too few (long sequences, small batches); each split re-packs K and V, so keep chunks long.
+  const int64_t pairs = live * a.heads;
+  const int64_t want = 4 * int64_t(threads);
+  int64_t chunks = pairs >= want ? 1 : (want + pairs - 1) / pairs;
+  int64_t min_rows = 4 * kMR > 32 ? 4 * kMR : 32;
+  int64_t max_chunks = (max_len + min_rows - 1) / min_rows;
+  if (chunks > max_chunks) chunks = max_chunks;
+  if (chunks < 1) chunks = 1;
+
+  int64_t capacity = pairs * chunks;
+  Item* items = static_cast<Item*>(std::malloc(size_t(capacity) * sizeof(Item)));
+  int64_t count = 0;
+  for (int64_t b = 0; b < a.batch; ++b) {
+    const int64_t len = cu[b + 1] - cu[b];
+    if (len <= 0) continue;
+    int64_t rows = round_up((len + chunks - 1) / chunks, kMR);
+    for (int64_t h = 0; h < a.heads; ++h)
+      for (int64_t q = 0; q < len; q += rows)
+        items[count++] = Item{int32_t(b), int32_t(h), int32_t(q), int32_t(q + rows < len ? q + rows : len)};
+  }
+  const int used = int(count < threads ? count : threads);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(used) if (used > 1)
+  for (int64_t i = 0; i < count; ++i) {
+    const Item& it = items[i];
+    attend<T>(a, cu[it.seq], cu[it.seq + 1] - cu[it.seq], it.head, it.q_begin, it.q_end);
+  }
+  std::free(items);
+}
+
+}  // namespace
+
+void attention(const AttentionArgs& a) {
+  switch (a.dtype) {
+    case DType::F32: return run<float>(a);
+    case DType::BF16: return run<bf16>(a);
+    case DType::F16: return run<f16>(a);
+  }
+}
+
+}  // namespace bertrt::cpu::BERTRT_NS

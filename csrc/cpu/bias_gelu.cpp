@@ -1,0 +1,64 @@
+// GELU(x + bias), exact (erf) or tanh approximation, fp32 math on fp32/bf16/fp16 storage.
+#include "simd.h"
+#include "parallel.h"
+
+namespace bertrt::cpu::BERTRT_NS {
+namespace {
+
+template <bool kTanh>
+BERTRT_INLINE Vec gelu(Vec v) {
+  if constexpr (kTanh) return vgelu_tanh(v); else return vgelu_erf(v);
+}
+
+template <class T, class B, bool kTanh>
+void run(const BiasGeluArgs& a) {
+  const T* x = static_cast<const T*>(a.x);
+  const B* bias = static_cast<const B*>(a.bias);
+  T* out = static_cast<T*>(a.out);
+  const int64_t rows = a.rows, cols = a.cols;
+  const int threads = threads_for(rows * cols, 16384, a.threads);
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * cols;
+    T* yr = out + r * cols;
+    int64_t c = 0;
+    for (; c + W <= cols; c += W) {
+      Vec v = vload(xr + c);
+      if (bias) v = vadd(v, vload(bias + c));
+      vstore(yr + c, gelu<kTanh>(v));
+    }
+    if (c < cols) {
+      Vec v = vload_partial(xr + c, cols - c);
+      if (bias) v = vadd(v, vload_partial(bias + c, cols - c));
+      vstore_partial(yr + c, gelu<kTanh>(v), cols - c);
+    }
+  }
+}
+
+template <class T, class B>
+void run_bias(const BiasGeluArgs& a) {
+  if (a.tanh_approximation) run<T, B, true>(a); else run<T, B, false>(a);
+}
+
+template <class T>
+void run_typed(const BiasGeluArgs& a) {
+  if (a.bias_dtype == DType::F32) run_bias<T, float>(a); else run_bias<T, T>(a);
+}
+
+}  // namespace
+
+void bias_gelu(const BiasGeluArgs& a) {
+  switch (a.dtype) {
+    case DType::F32: return run_typed<float>(a);
+    case DType::BF16: return run_typed<bf16>(a);
+    case DType::F16: return run_typed<f16>(a);
+  }
+}
+
+void vector_exp(const float* x, float* out, int64_t n) {
+  int64_t i = 0;
+  for (; i + W <= n; i += W) vstore(out + i, vexp(vload(x + i)));
+  if (i < n) vstore_partial(out + i, vexp(vload_partial(x + i, n - i)), n - i);
+}
+
+}  // namespace bertrt::cpu::BERTRT_NS

@@ -1,0 +1,103 @@
+// Arguments and per-ISA entry points of the bertrt CPU kernels.
+//
+// The bindings (module.cpp) validate shapes and dtype codes and fill these structs; dispatch.cpp
+// picks the variant. Tensors are raw, contiguous, row-major pointers: no torch headers in csrc/.
+#pragma once
+
+#include <cstdint>
+
+namespace bertrt::cpu {
+
+// Element type codes shared with engine/ops/cpu_kernels.py.
+enum class DType : int { F32 = 0, BF16 = 1, F16 = 2 };
+
+// Variants, best last; the Python side lists them best first.
+enum class Isa : int { Scalar = 0, Avx2 = 1, Avx512 = 2, Amx = 3 };
+constexpr int kIsaCount = 4;
+
+constexpr int64_t kMaxHeadDim = 128;
+
+struct AttentionArgs {
+  const void* qkv;             // (total_tokens, 3, heads, head_dim)
+  void* out;                   // (total_tokens, heads, head_dim)
+  const int32_t* cu_seqlens;   // (batch + 1,)
+  int64_t batch, heads, head_dim, max_seqlen;
+  float scale;
+  DType dtype;
+  int threads;
+};
+
+struct BiasGeluArgs {
+  const void* x;     // (rows, cols)
+  const void* bias;  // (cols,) or null
+  void* out;         // (rows, cols)
+  int64_t rows, cols;
+  bool tanh_approximation;
+  DType dtype, bias_dtype;  // bias_dtype is dtype or F32
+  int threads;
+};
+
+struct LayerNormArgs {
+  const void* x;         // (rows, hidden)
+  const void* residual;  // (rows, hidden)
+  const void* bias;      // (hidden,) or null
+  const void* weight;    // (hidden,)
+  const void* beta;      // (hidden,)
+  void* out;             // (rows, hidden)
+  int64_t rows, hidden;
+  float eps;
+  DType dtype, param_dtype;  // param_dtype (bias, weight, beta) is dtype or F32
+  int threads;
+};
+
+struct EmbeddingArgs {
+  const void* input_ids;        // (tokens,) int32 or int64, all three alike
+  const void* token_type_ids;
+  const void* position_ids;
+  bool ids_int64;
+  const void* word;             // (vocab, hidden)
+  const void* position;         // (max_positions, hidden)
+  const void* token_type;       // (type_vocab, hidden)
+  const void* weight;           // (hidden,)
+  const void* bias;             // (hidden,)
+  void* out;                    // (tokens, hidden)
+  int64_t tokens, hidden;
+  float eps;
+  DType dtype, param_dtype;     // param_dtype (weight, bias) is dtype or F32
+  int threads;
+};
+
+struct Int8LinearArgs {
+  const int8_t* x;        // (tokens, in_features)
+  const float* x_scale;   // (tokens,)
+  const int8_t* w;        // (out_features, in_features)
+  const float* w_scale;   // (out_features,)
+  const void* bias;       // (out_features,) or null, in bias_dtype
+  void* out;              // (tokens, out_features) in out_dtype
+  int64_t m, n, k;
+  int activation;         // 0 none, 1 gelu (erf), 2 gelu_tanh
+  DType bias_dtype, out_dtype;
+  int threads;
+};
+
+#define BERTRT_DECLARE_VARIANT(ns)                                           \
+  namespace ns {                                                             \
+  void attention(const AttentionArgs& args);                                 \
+  void bias_gelu(const BiasGeluArgs& args);                                  \
+  void bias_residual_layer_norm(const LayerNormArgs& args);                  \
+  void embedding_layer_norm(const EmbeddingArgs& args);                      \
+  void int8_linear(const Int8LinearArgs& args);                              \
+  void vector_exp(const float* x, float* out, int64_t n);                    \
+  }
+
+BERTRT_DECLARE_VARIANT(scalar)
+BERTRT_DECLARE_VARIANT(avx2)
+BERTRT_DECLARE_VARIANT(avx512)
+
+// AMX variant: tile-based bf16 attention; the other ops reuse the AVX-512 code.
+namespace amx {
+void attention(const AttentionArgs& args);
+bool request_tile_permission();  // Linux arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)
+}  // namespace amx
+
+}  // namespace bertrt::cpu

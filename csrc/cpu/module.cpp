@@ -1,0 +1,284 @@
+// bertrt._C: pybind11 bindings of the CPU kernels.
+//
+// Thin: each function takes raw data pointers (tensor.data_ptr()), shapes, dtype codes and an ISA
+// code, checks what it can see (codes, sizes, cu_seqlens, id ranges) and raises ValueError naming
+// the offending value, then releases the GIL and runs the kernel of the chosen variant.
+// engine/ops/cpu_kernels.py holds the tensor-level checks (devices, dtypes, contiguity).
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "dispatch.h"
+
+namespace py = pybind11;
+using namespace bertrt::cpu;
+
+namespace {
+
+template <class T>
+const T* ptr(uintptr_t p) { return reinterpret_cast<const T*>(p); }
+
+Isa checked_isa(int isa) {
+  if (isa < 0 || isa >= kIsaCount) throw py::value_error("unknown ISA code " + std::to_string(isa));
+  const char* reason = isa_unsupported_reason(Isa(isa));
+  if (reason[0] != '\0')
+    throw py::value_error(std::string("ISA variant '") + variant(Isa(isa)).name + "' cannot run here: " + reason);
+  return Isa(isa);
+}
+
+DType checked_dtype(const char* what, int code) {
+  if (code < 0 || code > 2) throw py::value_error(std::string(what) + ": unknown dtype code " + std::to_string(code));
+  return DType(code);
+}
+
+void require_pointer(const char* what, uintptr_t p) {
+  if (p == 0) throw py::value_error(std::string(what) + " is a null pointer");
+}
+
+void require_positive(const char* what, int64_t v) {
+  if (v <= 0) throw py::value_error(std::string(what) + " must be positive, got " + std::to_string(v));
+}
+
+int checked_threads(int threads) { return threads > 0 ? threads : 1; }
+
+void attention(int isa, uintptr_t qkv, uintptr_t out, uintptr_t cu_seqlens, int64_t total_tokens, int64_t batch,
+               int64_t heads, int64_t head_dim, double scale, int dtype, int threads) {
+  AttentionArgs a{};
+  const Isa chosen = checked_isa(isa);
+  a.dtype = checked_dtype("qkv", dtype);
+  require_positive("batch", batch);
+  require_positive("heads", heads);
+  if (head_dim <= 0 || head_dim > kMaxHeadDim)
+    throw py::value_error("head_dim must be in [1, " + std::to_string(kMaxHeadDim) + "], got " +
+                          std::to_string(head_dim));
+  const int32_t* cu = ptr<int32_t>(cu_seqlens);
+  require_pointer("cu_seqlens", cu_seqlens);
+  if (cu[0] != 0) throw py::value_error("cu_seqlens[0] must be 0, got " + std::to_string(cu[0]));
+  int64_t max_len = 0;
+  for (int64_t b = 0; b < batch; ++b) {
+    if (cu[b + 1] < cu[b])
+      throw py::value_error("cu_seqlens must be non-decreasing, got " + std::to_string(cu[b]) + " then " +
+                            std::to_string(cu[b + 1]) + " at index " + std::to_string(b));
+    if (cu[b + 1] - cu[b] > max_len) max_len = cu[b + 1] - cu[b];
+  }
+  if (cu[batch] != total_tokens)
+    throw py::value_error("cu_seqlens[-1] must equal total_tokens " + std::to_string(total_tokens) + ", got " +
+                          std::to_string(cu[batch]));
+  if (total_tokens > 0) {
+    require_pointer("qkv", qkv);
+    require_pointer("out", out);
+  }
+  a.qkv = ptr<void>(qkv);
+  a.out = reinterpret_cast<void*>(out);
+  a.cu_seqlens = cu;
+  a.batch = batch;
+  a.heads = heads;
+  a.head_dim = head_dim;
+  a.max_seqlen = max_len;
+  a.scale = float(scale);
+  a.threads = checked_threads(threads);
+  py::gil_scoped_release release;
+  variant(chosen).attention(a);
+}
+
+void bias_gelu(int isa, uintptr_t x, uintptr_t bias, uintptr_t out, int64_t rows, int64_t cols, bool tanh_approx,
+               int dtype, int bias_dtype, int threads) {
+  BiasGeluArgs a{};
+  const Isa chosen = checked_isa(isa);
+  a.dtype = checked_dtype("x", dtype);
+  a.bias_dtype = checked_dtype("bias", bias_dtype);
+  if (a.bias_dtype != a.dtype && a.bias_dtype != DType::F32)
+    throw py::value_error("bias dtype must be x's dtype or float32");
+  if (rows < 0 || cols < 0)
+    throw py::value_error("x shape must be non-negative, got (" + std::to_string(rows) + ", " + std::to_string(cols) + ")");
+  if (rows * cols > 0) {
+    require_pointer("x", x);
+    require_pointer("out", out);
+  }
+  a.x = ptr<void>(x);
+  a.bias = bias ? ptr<void>(bias) : nullptr;
+  a.out = reinterpret_cast<void*>(out);
+  a.rows = rows;
+  a.cols = cols;
+  a.tanh_approximation = tanh_approx;
+  a.threads = checked_threads(threads);
+  if (rows * cols == 0) return;
+  py::gil_scoped_release release;
+  variant(chosen).bias_gelu(a);
+}
+
+void bias_residual_layer_norm(int isa, uintptr_t x, uintptr_t residual, uintptr_t bias, uintptr_t weight,
+                              uintptr_t beta, uintptr_t out, int64_t rows, int64_t hidden, double eps, int dtype,
+                              int param_dtype, int threads) {
+  LayerNormArgs a{};
+  const Isa chosen = checked_isa(isa);
+  a.dtype = checked_dtype("x", dtype);
+  a.param_dtype = checked_dtype("weight", param_dtype);
+  if (a.param_dtype != a.dtype && a.param_dtype != DType::F32)
+    throw py::value_error("LayerNorm parameter dtype must be x's dtype or float32");
+  require_positive("hidden", hidden);
+  if (rows < 0) throw py::value_error("rows must be non-negative, got " + std::to_string(rows));
+  require_pointer("weight", weight);
+  require_pointer("beta", beta);
+  if (rows > 0) {
+    require_pointer("x", x);
+    require_pointer("residual", residual);
+    require_pointer("out", out);
+  }
+  a.x = ptr<void>(x);
+  a.residual = ptr<void>(residual);
+  a.bias = bias ? ptr<void>(bias) : nullptr;
+  a.weight = ptr<void>(weight);
+  a.beta = ptr<void>(beta);
+  a.out = reinterpret_cast<void*>(out);
+  a.rows = rows;
+  a.hidden = hidden;
+  a.eps = float(eps);
+  a.threads = checked_threads(threads);
+  if (rows == 0) return;
+  py::gil_scoped_release release;
+  variant(chosen).bias_residual_layer_norm(a);
+}
+
+template <class Id>
+void check_id_range(const char* name, const Id* ids, int64_t n, int64_t rows) {
+  Id lo = 0, hi = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (i == 0 || ids[i] < lo) lo = ids[i];
+    if (i == 0 || ids[i] > hi) hi = ids[i];
+  }
+  if (n > 0 && (lo < 0 || int64_t(hi) >= rows))
+    throw py::value_error(std::string(name) + " out of range: min " + std::to_string(int64_t(lo)) + ", max " +
+                          std::to_string(int64_t(hi)) + ", table has " + std::to_string(rows) + " rows");
+}
+
+void embedding_layer_norm(int isa, uintptr_t input_ids, uintptr_t token_type_ids, uintptr_t position_ids,
+                          bool ids_int64, uintptr_t word, int64_t vocab, uintptr_t position, int64_t max_positions,
+                          uintptr_t token_type, int64_t type_vocab, uintptr_t weight, uintptr_t bias, uintptr_t out,
+                          int64_t tokens, int64_t hidden, double eps, int dtype, int param_dtype, int threads) {
+  EmbeddingArgs a{};
+  const Isa chosen = checked_isa(isa);
+  a.dtype = checked_dtype("word_embeddings", dtype);
+  a.param_dtype = checked_dtype("weight", param_dtype);
+  if (a.param_dtype != a.dtype && a.param_dtype != DType::F32)
+    throw py::value_error("LayerNorm parameter dtype must be the embeddings' dtype or float32");
+  require_positive("hidden", hidden);
+  if (tokens < 0) throw py::value_error("tokens must be non-negative, got " + std::to_string(tokens));
+  if (tokens == 0) return;
+  for (auto [name, p] : {std::pair<const char*, uintptr_t>{"input_ids", input_ids}, {"token_type_ids", token_type_ids},
+                         {"position_ids", position_ids}, {"word_embeddings", word},
+                         {"position_embeddings", position}, {"token_type_embeddings", token_type},
+                         {"weight", weight}, {"bias", bias}, {"out", out}})
+    require_pointer(name, p);
+  if (ids_int64) {
+    check_id_range("input_ids", ptr<int64_t>(input_ids), tokens, vocab);
+    check_id_range("token_type_ids", ptr<int64_t>(token_type_ids), tokens, type_vocab);
+    check_id_range("position_ids", ptr<int64_t>(position_ids), tokens, max_positions);
+  } else {
+    check_id_range("input_ids", ptr<int32_t>(input_ids), tokens, vocab);
+    check_id_range("token_type_ids", ptr<int32_t>(token_type_ids), tokens, type_vocab);
+    check_id_range("position_ids", ptr<int32_t>(position_ids), tokens, max_positions);
+  }
+  a.input_ids = ptr<void>(input_ids);
+  a.token_type_ids = ptr<void>(token_type_ids);
+  a.position_ids = ptr<void>(position_ids);
+  a.ids_int64 = ids_int64;
+  a.word = ptr<void>(word);
+  a.position = ptr<void>(position);
+  a.token_type = ptr<void>(token_type);
+  a.weight = ptr<void>(weight);
+  a.bias = ptr<void>(bias);
+  a.out = reinterpret_cast<void*>(out);
+  a.tokens = tokens;
+  a.hidden = hidden;
+  a.eps = float(eps);
+  a.threads = checked_threads(threads);
+  py::gil_scoped_release release;
+  variant(chosen).embedding_layer_norm(a);
+}
+
+void int8_linear(int isa, uintptr_t x, uintptr_t x_scale, uintptr_t w, uintptr_t w_scale, uintptr_t bias,
+                 uintptr_t out, int64_t m, int64_t n, int64_t k, int activation, int bias_dtype, int out_dtype,
+                 int threads) {
+  Int8LinearArgs a{};
+  const Isa chosen = checked_isa(isa);
+  a.bias_dtype = checked_dtype("bias", bias_dtype);
+  a.out_dtype = checked_dtype("out_dtype", out_dtype);
+  if (activation < 0 || activation > 2) throw py::value_error("activation code must be 0, 1 or 2");
+  if (m < 0 || n <= 0 || k <= 0)
+    throw py::value_error("int8_linear shapes must be m >= 0, n > 0, k > 0, got m=" + std::to_string(m) +
+                          " n=" + std::to_string(n) + " k=" + std::to_string(k));
+  // int32 accumulation stays exact while k * 128 * 128 < 2^31.
+  if (k > (int64_t(1) << 17)) throw py::value_error("in_features must be <= 131072, got " + std::to_string(k));
+  if (m == 0) return;
+  for (auto [name, p] : {std::pair<const char*, uintptr_t>{"x_q", x}, {"x_scale", x_scale}, {"w_q", w},
+                         {"w_scale", w_scale}, {"out", out}})
+    require_pointer(name, p);
+  a.x = ptr<int8_t>(x);
+  a.x_scale = ptr<float>(x_scale);
+  a.w = ptr<int8_t>(w);
+  a.w_scale = ptr<float>(w_scale);
+  a.bias = bias ? ptr<void>(bias) : nullptr;
+  a.out = reinterpret_cast<void*>(out);
+  a.m = m;
+  a.n = n;
+  a.k = k;
+  a.activation = activation;
+  a.threads = checked_threads(threads);
+  py::gil_scoped_release release;
+  variant(chosen).int8_linear(a);
+}
+
+void vector_exp(int isa, uintptr_t x, uintptr_t out, int64_t n) {
+  const Isa chosen = checked_isa(isa);
+  if (n < 0) throw py::value_error("n must be non-negative");
+  if (n == 0) return;
+  require_pointer("x", x);
+  require_pointer("out", out);
+  variant(chosen).vector_exp(ptr<float>(x), reinterpret_cast<float*>(out), n);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "bertrt CPU kernels: raw-pointer bindings; use bertrt.ops.cpu_kernels for tensors";
+  m.attr("MAX_HEAD_DIM") = kMaxHeadDim;
+
+  m.def("isa_names", [] {
+    std::vector<std::string> names;
+    for (int i = kIsaCount - 1; i >= 0; --i) names.emplace_back(variant(Isa(i)).name);
+    return names;
+  }, "Compiled ISA variants, best first.");
+  m.def("isa_code", [](const std::string& name) {
+    for (int i = 0; i < kIsaCount; ++i)
+      if (name == variant(Isa(i)).name) return i;
+    throw py::value_error("unknown ISA variant '" + name + "'");
+  });
+  m.def("isa_unsupported_reason", [](int isa) {
+    if (isa < 0 || isa >= kIsaCount) throw py::value_error("unknown ISA code " + std::to_string(isa));
+    return std::string(isa_unsupported_reason(Isa(isa)));
+  }, "Empty when the variant runs on this CPU, else why not.");
+  m.def("best_isa", [] { return int(best_isa()); });
+
+  m.def("attention", &attention, py::arg("isa"), py::arg("qkv"), py::arg("out"), py::arg("cu_seqlens"),
+        py::arg("total_tokens"), py::arg("batch"), py::arg("heads"), py::arg("head_dim"), py::arg("scale"),
+        py::arg("dtype"), py::arg("threads"));
+  m.def("bias_gelu", &bias_gelu, py::arg("isa"), py::arg("x"), py::arg("bias"), py::arg("out"), py::arg("rows"),
+        py::arg("cols"), py::arg("tanh"), py::arg("dtype"), py::arg("bias_dtype"), py::arg("threads"));
+  m.def("bias_residual_layer_norm", &bias_residual_layer_norm, py::arg("isa"), py::arg("x"), py::arg("residual"),
+        py::arg("bias"), py::arg("weight"), py::arg("beta"), py::arg("out"), py::arg("rows"), py::arg("hidden"),
+        py::arg("eps"), py::arg("dtype"), py::arg("param_dtype"), py::arg("threads"));
+  m.def("embedding_layer_norm", &embedding_layer_norm, py::arg("isa"), py::arg("input_ids"),
+        py::arg("token_type_ids"), py::arg("position_ids"), py::arg("ids_int64"), py::arg("word"), py::arg("vocab"),
+        py::arg("position"), py::arg("max_positions"), py::arg("token_type"), py::arg("type_vocab"),
+        py::arg("weight"), py::arg("bias"), py::arg("out"), py::arg("tokens"), py::arg("hidden"), py::arg("eps"),
+        py::arg("dtype"), py::arg("param_dtype"), py::arg("threads"));
+  m.def("int8_linear", &int8_linear, py::arg("isa"), py::arg("x"), py::arg("x_scale"), py::arg("w"),
+        py::arg("w_scale"), py::arg("bias"), py::arg("out"), py::arg("m"), py::arg("n"), py::arg("k"),
+        py::arg("activation"), py::arg("bias_dtype"), py::arg("out_dtype"), py::arg("threads"));
+  m.def("vector_exp", &vector_exp, py::arg("isa"), py::arg("x"), py::arg("out"), py::arg("n"),
+        "The kernels' fast exp over n float32 values (for accuracy tests).");
+}

@@ -1,0 +1,81 @@
+// bias_residual_layer_norm: out = LayerNorm(x + residual + bias) * weight + beta, fp32 statistics.
+// One CTA per row; 128-bit loads when every pointer is 16-byte aligned and hidden % (16 / sizeof(T)) == 0.
+#include <type_traits>
+
+#include "layer_norm.cuh"
+
+namespace bertrt {
+namespace cuda {
+namespace {
+
+template <typename T, int VEC>
+struct ResidualLoader {
+  const T* __restrict__ x;
+  const T* __restrict__ residual;
+  const T* __restrict__ bias;  // may be null
+  __device__ __forceinline__ void operator()(int64_t col, float (&v)[VEC]) const {
+    float r[VEC];
+    load_float<T, VEC>(x + col, v);
+    load_float<T, VEC>(residual + col, r);
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) v[i] += r[i];  // (x + residual) + bias, the reference's order
+    if (bias != nullptr) {
+      float b[VEC];
+      load_float<T, VEC>(bias + col, b);
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) v[i] += b[i];
+    }
+  }
+};
+
+template <typename T, int VEC, int VPT>
+__global__ void __launch_bounds__(kLayerNormMaxThreads)
+    bias_residual_layer_norm_kernel(const T* __restrict__ x, const T* __restrict__ bias,
+                                    const T* __restrict__ residual, const T* __restrict__ weight,
+                                    const T* __restrict__ beta, T* __restrict__ out, int hidden, float eps) {
+  __shared__ float scratch[32];
+  const int64_t offset = static_cast<int64_t>(blockIdx.x) * hidden;
+  const ResidualLoader<T, VEC> load{x + offset, residual + offset, bias};
+  if constexpr (VPT == 0) {
+    layer_norm_row_loop<T>(load, hidden, weight, beta, out + offset, eps, scratch);
+  } else {
+    layer_norm_row_regs<T, VEC, VPT>(load, hidden, weight, beta, out + offset, eps, scratch);
+  }
+}
+
+template <typename T>
+cudaError_t launch_typed(const void* x, const void* bias, const void* residual, const void* weight,
+                         const void* beta, void* out, int64_t tokens, int64_t hidden, float eps,
+                         cudaStream_t stream) {
+  const bool aligned = aligned16(x) && aligned16(residual) && aligned16(weight) && aligned16(beta) &&
+                       aligned16(out) && (bias == nullptr || aligned16(bias));
+  const LayerNormConfig cfg = pick_layer_norm_config(hidden, sizeof(T), aligned);
+  dispatch_layer_norm_config<16 / sizeof(T)>(cfg, [&](auto vec, auto vpt) {
+    bias_residual_layer_norm_kernel<T, decltype(vec)::value, decltype(vpt)::value>
+        <<<static_cast<unsigned>(tokens), cfg.threads, 0, stream>>>(
+            static_cast<const T*>(x), static_cast<const T*>(bias), static_cast<const T*>(residual),
+            static_cast<const T*>(weight), static_cast<const T*>(beta), static_cast<T*>(out),
+            static_cast<int>(hidden), eps);
+  });
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t launch_bias_residual_layer_norm(const void* x, const void* bias, const void* residual,
+                                            const void* weight, const void* beta, void* out, int64_t tokens,
+                                            int64_t hidden, float eps, DType dtype, cudaStream_t stream) {
+  if (tokens == 0) return cudaSuccess;
+  switch (dtype) {
+    case DType::kFloat32:
+      return launch_typed<float>(x, bias, residual, weight, beta, out, tokens, hidden, eps, stream);
+    case DType::kFloat16:
+      return launch_typed<__half>(x, bias, residual, weight, beta, out, tokens, hidden, eps, stream);
+    case DType::kBFloat16:
+      return launch_typed<__nv_bfloat16>(x, bias, residual, weight, beta, out, tokens, hidden, eps, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace cuda
+}  // namespace bertrt

@@ -1,0 +1,295 @@
+"""Torch-level glue for the C++ CPU kernels in ``bertrt._C`` (``csrc/cpu``).
+
+Each op here has exactly the signature of its ``<op>_ref`` in ``engine/ops``. It checks devices,
+dtypes, shapes and contiguity (``ValueError`` naming the offending tensor), allocates the output with
+torch and passes data pointers, shapes and dtype codes to the kernel of the active ISA variant.
+
+ISA variants (best first): ``amx``, ``avx512``, ``avx2``, ``scalar``. The best one this CPU runs is
+chosen at import (override with ``BERTRT_CPU_ISA=<name>``); tests and benchmarks force one with::
+
+    with use_isa("scalar"):
+        y = bias_gelu(x, b)
+
+Threads: the kernels use ``torch.get_num_threads()`` OpenMP threads (same runtime as torch's).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+import os
+import warnings
+from collections.abc import Iterator
+
+import torch
+
+from bertrt import _C
+
+_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+_ACTIVATION_CODES = {"none": 0, "gelu": 1, "gelu_tanh": 2}
+
+_ISA_NAMES: tuple[str, ...] = tuple(_C.isa_names())  # compiled variants, best first
+
+
+def isa_variants() -> list[str]:
+    """Every compiled ISA variant, best first (some may not run on this CPU)."""
+    return list(_ISA_NAMES)
+
+
+def _unsupported_reason(name: str) -> str:
+    return _C.isa_unsupported_reason(_C.isa_code(name))
+
+
+def supported_isas() -> list[str]:
+    """The compiled variants this CPU (and OS) can run, best first; ``scalar`` is always last."""
+    return [name for name in _ISA_NAMES if not _unsupported_reason(name)]
+
+
+def _validated_isa(name: str) -> str:
+    if name not in _ISA_NAMES:
+        raise ValueError(f"unknown CPU ISA variant {name!r}; compiled variants: {list(_ISA_NAMES)}")
+    reason = _unsupported_reason(name)
+    if reason:
+        raise ValueError(f"CPU ISA variant {name!r} is not supported here: {reason}; supported: {supported_isas()}")
+    return name
+
+
+def _default_isa() -> str:
+    requested = os.environ.get("BERTRT_CPU_ISA")
+    if requested:
+        try:
+            return _validated_isa(requested)
+        except ValueError as exc:
+            warnings.warn(f"ignoring BERTRT_CPU_ISA: {exc}", stacklevel=2)
+    return supported_isas()[0]
+
+
+_DEFAULT_ISA = _default_isa()
+_forced_isa: contextvars.ContextVar[str | None] = contextvars.ContextVar("bertrt_cpu_isa", default=None)
+
+
+def active_isa() -> str:
+    """The variant the next call in this context runs: the forced one inside ``use_isa``, else the default."""
+    return _forced_isa.get() or _DEFAULT_ISA
+
+
+@contextlib.contextmanager
+def use_isa(name: str) -> Iterator[str]:
+    """Force ISA variant ``name`` for the kernel calls in this scope (raises ValueError if unknown/unsupported)."""
+    token = _forced_isa.set(_validated_isa(name))
+    try:
+        yield name
+    finally:
+        _forced_isa.reset(token)
+
+
+def _isa_code() -> int:
+    return _C.isa_code(active_isa())
+
+
+def _threads() -> int:
+    return torch.get_num_threads()
+
+
+# ---- input checks ---------------------------------------------------------------------------------
+
+
+def _require_tensor(name: str, t: object) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.device.type != "cpu":
+        raise ValueError(f"{name} must be on the CPU for the cpu kernels, got device {t.device}")
+    if not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous, got shape {tuple(t.shape)} with strides {t.stride()}")
+    return t
+
+
+def _require_float(name: str, t: torch.Tensor) -> int:
+    code = _DTYPE_CODES.get(t.dtype)
+    if code is None:
+        raise ValueError(f"{name} must be float32, bfloat16 or float16, got {t.dtype}")
+    return code
+
+
+def _require_shape(name: str, t: torch.Tensor, shape: tuple[int, ...]) -> None:
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+
+
+def _params(dtype: torch.dtype, **tensors: torch.Tensor | None) -> tuple[int, dict[str, torch.Tensor | None]]:
+    """Per-feature parameters share one dtype: the activations' dtype, else all go to float32."""
+    present = {k: v for k, v in tensors.items() if v is not None}
+    for name, t in present.items():
+        _require_tensor(name, t)
+        _require_float(name, t)
+    if all(t.dtype == dtype for t in present.values()):
+        return _DTYPE_CODES[dtype], tensors
+    return _DTYPE_CODES[torch.float32], {k: (None if v is None else v.float()) for k, v in tensors.items()}
+
+
+def _ptr(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+# ---- ops ------------------------------------------------------------------------------------------
+
+
+def attention(
+    qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, scale: float | None = None
+) -> torch.Tensor:
+    """qkv: (total_tokens, 3, heads, head_dim) -> (total_tokens, heads, head_dim); head_dim <= 128."""
+    _require_tensor("qkv", qkv)
+    _require_tensor("cu_seqlens", cu_seqlens)
+    code = _require_float("qkv", qkv)
+    if qkv.dim() != 4 or qkv.shape[1] != 3:
+        raise ValueError(f"qkv must be (total_tokens, 3, heads, head_dim), got {tuple(qkv.shape)}")
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+        raise ValueError(f"cu_seqlens must be (batch + 1,), got {tuple(cu_seqlens.shape)}")
+    if cu_seqlens.dtype != torch.int32:
+        raise ValueError(f"cu_seqlens must be int32, got {cu_seqlens.dtype}")
+    total, _, heads, head_dim = qkv.shape
+    if not 1 <= head_dim <= _C.MAX_HEAD_DIM:
+        raise ValueError(f"head_dim must be in [1, {_C.MAX_HEAD_DIM}], got {head_dim} (qkv {tuple(qkv.shape)})")
+    if heads < 1:
+        raise ValueError(f"qkv must have at least one head, got {tuple(qkv.shape)}")
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+    out = torch.empty((total, heads, head_dim), dtype=qkv.dtype)
+    _C.attention(_isa_code(), qkv.data_ptr(), out.data_ptr(), cu_seqlens.data_ptr(), total,
+                 cu_seqlens.numel() - 1, heads, head_dim, scale, code, _threads())
+    return out
+
+
+def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, approximate: str = "none") -> torch.Tensor:
+    """GELU(x + bias): x (tokens, features), bias (features,) or None; approximate "none" | "tanh"."""
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"approximate must be one of ('none', 'tanh'), got {approximate!r}")
+    _require_tensor("x", x)
+    code = _require_float("x", x)
+    if x.dim() != 2:
+        raise ValueError(f"x must be (tokens, features), got {tuple(x.shape)}")
+    if bias is not None:
+        _require_shape("bias", bias, (x.shape[1],))
+    bias_code, params = _params(x.dtype, bias=bias)
+    bias = params["bias"]
+    out = torch.empty_like(x)
+    _C.bias_gelu(_isa_code(), x.data_ptr(), _ptr(bias), out.data_ptr(), x.shape[0], x.shape[1],
+                 approximate == "tanh", code, bias_code, _threads())
+    return out
+
+
+def bias_residual_layer_norm(x, bias, residual, weight, beta, eps: float = 1e-12) -> torch.Tensor:
+    """LayerNorm(x + bias + residual) * weight + beta: x, residual (tokens, hidden); the rest (hidden,)."""
+    _require_tensor("x", x)
+    _require_tensor("residual", residual)
+    code = _require_float("x", x)
+    if x.dim() != 2:
+        raise ValueError(f"x must be (tokens, hidden), got {tuple(x.shape)}")
+    if residual.dtype != x.dtype:
+        raise ValueError(f"residual must have x's dtype {x.dtype}, got {residual.dtype}")
+    _require_shape("residual", residual, tuple(x.shape))
+    hidden = x.shape[1]
+    if hidden < 1:
+        raise ValueError(f"x must have hidden >= 1, got {tuple(x.shape)}")
+    for name, t in (("bias", bias), ("weight", weight), ("beta", beta)):
+        if t is None and name != "bias":
+            raise ValueError(f"{name} is required")
+        if t is not None:
+            _require_shape(name, t, (hidden,))
+    param_code, p = _params(x.dtype, bias=bias, weight=weight, beta=beta)
+    out = torch.empty_like(x)
+    _C.bias_residual_layer_norm(_isa_code(), x.data_ptr(), residual.data_ptr(), _ptr(p["bias"]),
+                                p["weight"].data_ptr(), p["beta"].data_ptr(), out.data_ptr(), x.shape[0], hidden,
+                                float(eps), code, param_code, _threads())
+    return out
+
+
+def embedding_layer_norm(
+    input_ids, token_type_ids, position_ids, word_embeddings, position_embeddings,
+    token_type_embeddings, weight, bias, eps: float = 1e-12,
+) -> torch.Tensor:
+    """LayerNorm(word[input_ids] + position[position_ids] + token_type[token_type_ids]) -> (tokens, hidden)."""
+    ids = {"input_ids": input_ids, "token_type_ids": token_type_ids, "position_ids": position_ids}
+    for name, t in ids.items():
+        _require_tensor(name, t)
+        if t.dim() != 1:
+            raise ValueError(f"{name} must be (tokens,), got {tuple(t.shape)}")
+        if t.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"{name} must be int32 or int64, got {t.dtype}")
+    if not (input_ids.shape == token_type_ids.shape == position_ids.shape):
+        raise ValueError(
+            "input_ids, token_type_ids and position_ids must have one shape, got "
+            f"{tuple(input_ids.shape)}, {tuple(token_type_ids.shape)}, {tuple(position_ids.shape)}"
+        )
+    if len({t.dtype for t in ids.values()}) > 1:
+        input_ids, token_type_ids, position_ids = (t.long() for t in ids.values())
+    tables = {"word_embeddings": word_embeddings, "position_embeddings": position_embeddings,
+              "token_type_embeddings": token_type_embeddings}
+    for name, t in tables.items():
+        _require_tensor(name, t)
+        if t.dim() != 2:
+            raise ValueError(f"{name} must be (rows, hidden), got {tuple(t.shape)}")
+    code = _require_float("word_embeddings", word_embeddings)
+    hidden = word_embeddings.shape[1]
+    for name, t in tables.items():
+        if t.dtype != word_embeddings.dtype:
+            raise ValueError(f"{name} must have word_embeddings' dtype {word_embeddings.dtype}, got {t.dtype}")
+        if t.shape[1] != hidden:
+            raise ValueError(f"{name} must have hidden size {hidden}, got {tuple(t.shape)}")
+    if hidden < 1:
+        raise ValueError(f"hidden size must be >= 1, got {tuple(word_embeddings.shape)}")
+    _require_shape("weight", weight, (hidden,))
+    _require_shape("bias", bias, (hidden,))
+    param_code, p = _params(word_embeddings.dtype, weight=weight, bias=bias)
+    tokens = input_ids.shape[0]
+    out = torch.empty((tokens, hidden), dtype=word_embeddings.dtype)
+    _C.embedding_layer_norm(
+        _isa_code(), input_ids.data_ptr(), token_type_ids.data_ptr(), position_ids.data_ptr(),
+        input_ids.dtype == torch.int64, word_embeddings.data_ptr(), word_embeddings.shape[0],
+        position_embeddings.data_ptr(), position_embeddings.shape[0], token_type_embeddings.data_ptr(),
+        token_type_embeddings.shape[0], p["weight"].data_ptr(), p["bias"].data_ptr(), out.data_ptr(), tokens, hidden,
+        float(eps), code, param_code, _threads(),
+    )
+    return out
+
+
+def int8_linear(x_q, x_scale, w_q, w_scale, bias=None, activation="none", out_dtype=torch.float32) -> torch.Tensor:
+    """epilogue(x_q (tokens, K) int8 @ w_q (N, K) int8 ^T) with exact int32 accumulation -> (tokens, N)."""
+    if activation not in _ACTIVATION_CODES:
+        raise ValueError(f"activation must be one of {tuple(_ACTIVATION_CODES)}, got {activation!r}")
+    for name, t in (("x_q", x_q), ("x_scale", x_scale), ("w_q", w_q), ("w_scale", w_scale)):
+        _require_tensor(name, t)
+    if x_q.dtype != torch.int8 or w_q.dtype != torch.int8:
+        raise ValueError(f"x_q and w_q must be int8, got {x_q.dtype} and {w_q.dtype}")
+    if x_q.dim() != 2 or w_q.dim() != 2 or x_q.shape[1] != w_q.shape[1]:
+        raise ValueError(f"x_q (tokens, K) and w_q (N, K) must agree on K: {tuple(x_q.shape)} vs {tuple(w_q.shape)}")
+    m, k = x_q.shape
+    n = w_q.shape[0]
+    if k < 1 or n < 1:
+        raise ValueError(f"int8_linear needs K >= 1 and N >= 1, got x_q {tuple(x_q.shape)}, w_q {tuple(w_q.shape)}")
+    _require_shape("x_scale", x_scale, (m,))
+    _require_shape("w_scale", w_scale, (n,))
+    if x_scale.dtype != torch.float32 or w_scale.dtype != torch.float32:
+        raise ValueError(f"x_scale and w_scale must be float32, got {x_scale.dtype} and {w_scale.dtype}")
+    bias_code = 0
+    if bias is not None:
+        _require_tensor("bias", bias)
+        _require_shape("bias", bias, (n,))
+        bias_code = _require_float("bias", bias)
+    if out_dtype not in _DTYPE_CODES:
+        raise ValueError(f"out_dtype must be float32, bfloat16 or float16, got {out_dtype}")
+    out = torch.empty((m, n), dtype=out_dtype)
+    _C.int8_linear(_isa_code(), x_q.data_ptr(), x_scale.data_ptr(), w_q.data_ptr(), w_scale.data_ptr(), _ptr(bias),
+                   out.data_ptr(), m, n, k, _ACTIVATION_CODES[activation], bias_code, _DTYPE_CODES[out_dtype],
+                   _threads())
+    return out
+
+
+def fast_exp(x: torch.Tensor) -> torch.Tensor:
+    """The kernels' vectorised exp on a float32 CPU tensor (exposed for accuracy tests)."""
+    _require_tensor("x", x)
+    if x.dtype != torch.float32:
+        raise ValueError(f"x must be float32, got {x.dtype}")
+    out = torch.empty_like(x)
+    _C.vector_exp(_isa_code(), x.data_ptr(), out.data_ptr(), x.numel())
+    return out

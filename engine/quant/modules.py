@@ -1,0 +1,259 @@
+"""Modules that replace parts of a ``BertModel`` during quantization.
+
+``Int8Linear`` replaces ``nn.Linear``: int8 weight (N, K) with per-output-channel fp32 scales, the bias
+in fp32, and activations quantized at run time either per token (dynamic) or with one calibrated
+scale and zero point (static). Two GEMM paths, same numerics (exact int32 accumulation, fp32 epilogue):
+
+* ``onednn`` (CPU): ``torch.ops.onednn.qlinear_pointwise``, oneDNN's int8 matmul primitive (AVX2
+  u8s8, AVX512-VNNI or AMX, whatever the CPU has), weights prepacked once. The u8 input is the
+  int8 value + 128 with zero point 128, so per-token int8 data goes through unchanged.
+* ``op``: ``bertrt.ops.int8_linear`` (our C++ CPU kernel when built, Triton on CUDA, else torch).
+
+``KeepPrecision`` wraps a module that stays in higher precision inside a bf16/fp16 model and casts
+at its boundary.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+from torch import nn
+
+from .. import ops
+from ..ops.int8_linear import quantize_per_token
+
+log = logging.getLogger("bertrt.quant")
+
+MODES = ("dynamic", "static")
+
+
+def quantize_weight_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8: (N, K) float -> (w_q int8 (N, K), scale float32 (N,))."""
+    w = weight.detach().float()
+    amax = w.abs().amax(dim=1)
+    scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+    w_q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return w_q, scale
+
+
+@functools.cache
+def onednn_available() -> str | None:
+    """None when torch's oneDNN int8 linear runs here, else the reason it does not."""
+    if not torch.backends.mkldnn.is_available():
+        return "torch was built without oneDNN (mkldnn)"
+    try:
+        w = torch.ones(8, 8, dtype=torch.int8)
+        packed = torch.ops.onednn.qlinear_prepack(w, None)
+        x = torch.full((2, 8), 129, dtype=torch.uint8)
+        y = torch.ops.onednn.qlinear_pointwise(x, 1.0, 128, packed, torch.ones(8), torch.zeros(8, dtype=torch.long),
+                                               None, 1.0, 0, torch.float32, "none", [None], "")
+        if not torch.allclose(y, torch.full((2, 8), 8.0)):
+            return f"oneDNN int8 linear gave wrong results ({y[0, 0].item()} for 8)"
+    except Exception as exc:  # op missing in this build, or no int8 ISA
+        return f"torch.ops.onednn.qlinear_pointwise failed: {exc}"
+    return None
+
+
+class Int8Linear(nn.Module):
+    """W8A8 linear. Buffers (what a quantized checkpoint stores):
+
+    weight (N, K) int8, weight_scale (N,) fp32, bias (N,) fp32 (when the source had one);
+    static mode adds input_scale (1,) fp32 and input_zero_point (1,) int32 (x_q = round(x / s) + z in
+    [-128, 127]); input_multiplier (K,) fp32 when SmoothQuant divided the activations (x -> x * m).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, mode: str = "dynamic",
+                 smooth: bool = False, kernel: str = "auto"):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.in_features, self.out_features, self.mode, self.kernel = in_features, out_features, mode, kernel
+        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(out_features))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        if mode == "static":
+            self.register_buffer("input_scale", torch.ones(1))
+            self.register_buffer("input_zero_point", torch.zeros(1, dtype=torch.int32))
+        self.register_buffer("input_multiplier", torch.ones(in_features) if smooth else None)
+        self._cache: dict = {}
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, mode={self.mode}, "
+                f"smooth={self.input_multiplier is not None}, kernel={self.kernel}")
+
+    def tensor_names(self) -> list[str]:
+        """Names of the tensors a checkpoint must hold for this module."""
+        names = ["weight", "weight_scale"]
+        if self.bias is not None:
+            names.append("bias")
+        if self.mode == "static":
+            names += ["input_scale", "input_zero_point"]
+        if self.input_multiplier is not None:
+            names.append("input_multiplier")
+        return names
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, mode: str = "dynamic", input_scale: float | None = None,
+                   input_zero_point: int = 0, smooth: torch.Tensor | None = None, kernel: str = "auto") -> Int8Linear:
+        """Quantize ``linear``. ``smooth`` (K,): SmoothQuant factors s; the weight's columns are multiplied
+        by s and the activations by 1 / s at run time (folded into the quantization scale)."""
+        weight = linear.weight.detach().float()
+        module = cls(linear.in_features, linear.out_features, linear.bias is not None, mode, smooth is not None, kernel)
+        if smooth is not None:
+            smooth = smooth.float().to(weight.device)
+            weight = weight * smooth[None, :]
+            module.input_multiplier = (1.0 / smooth).contiguous()
+        w_q, w_scale = quantize_weight_per_channel(weight)
+        module.weight, module.weight_scale = w_q, w_scale
+        if linear.bias is not None:
+            module.bias = linear.bias.detach().float().clone()
+        if mode == "static":
+            if input_scale is None or not input_scale > 0:
+                raise ValueError(f"static Int8Linear needs a positive input_scale, got {input_scale}")
+            module.input_scale = torch.tensor([float(input_scale)], device=weight.device)
+            module.input_zero_point = torch.tensor([int(input_zero_point)], dtype=torch.int32, device=weight.device)
+        return module.to(weight.device)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The float weight this module multiplies by (without SmoothQuant's factor)."""
+        w = self.weight.float() * self.weight_scale[:, None]
+        if self.input_multiplier is not None:
+            w = w * self.input_multiplier[None, :]
+        return w
+
+    # -- run time ------------------------------------------------------------------------------------
+
+    def _use_onednn(self, x: torch.Tensor) -> bool:
+        if x.device.type != "cpu" or self.kernel == "op":
+            return False
+        reason = onednn_available()
+        if reason and self.kernel == "onednn":
+            raise RuntimeError(f"Int8Linear kernel='onednn' is unavailable: {reason}")
+        return reason is None
+
+    def _key(self) -> tuple:
+        return (self.weight.data_ptr(), self.weight._version, self.weight_scale._version,
+                None if self.bias is None else self.bias._version)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, self.in_features)
+        if self._use_onednn(x2):
+            y = self._forward_onednn(x2)
+        else:
+            y = self._forward_op(x2)
+        return y.to(x.dtype).view(*shape[:-1], self.out_features)
+
+    def _scaled_input(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        return x if self.input_multiplier is None else x * self.input_multiplier
+
+    def _packed(self) -> torch.Tensor:
+        key = ("onednn", self._key())
+        if key not in self._cache:
+            self._cache.clear()
+            self._cache[key] = torch.ops.onednn.qlinear_prepack(self.weight.contiguous(), None)
+            self._cache["w_zp"] = torch.zeros(self.out_features, dtype=torch.long)
+        return self._cache[key]
+
+    def _forward_onednn(self, x: torch.Tensor) -> torch.Tensor:
+        packed = self._packed()
+        w_zp = self._cache["w_zp"]
+        if self.mode == "dynamic":
+            x_u8, x_scale = quantize_per_token_u8(self._scaled_input(x))
+            y = torch.ops.onednn.qlinear_pointwise(x_u8, 1.0, 128, packed, self.weight_scale, w_zp, None, 1.0, 0,
+                                                   torch.float32, "none", [None], "")
+            # per-token scale and bias after the int32 product: y = acc * s_w * s_x + b
+            return torch.addcmul(self.bias, y, x_scale[:, None]) if self.bias is not None else y.mul_(x_scale[:, None])
+        scale = float(self.input_scale.item())
+        zp = int(self.input_zero_point.item()) + 128
+        x_u8 = quantize_static_u8(self._scaled_input(x), scale, zp)
+        return torch.ops.onednn.qlinear_pointwise(x_u8, scale, zp, packed, self.weight_scale, w_zp, self.bias, 1.0, 0,
+                                                  torch.float32, "none", [None], "")
+
+    def _forward_op(self, x: torch.Tensor) -> torch.Tensor:
+        xs = self._scaled_input(x)
+        if self.mode == "dynamic":
+            x_q, x_scale = quantize_per_token(xs)
+            return ops.int8_linear(x_q, x_scale, self.weight, self.weight_scale, self.bias, "none", torch.float32)
+        scale = self.input_scale.float()
+        zp = self.input_zero_point
+        x_q = torch.round(xs / scale).add_(zp.float()).clamp_(-128, 127).to(torch.int8)
+        x_scale = scale.expand(x_q.shape[0]).contiguous()
+        return ops.int8_linear(x_q, x_scale, self.weight, self.weight_scale, self._op_bias(), "none", torch.float32)
+
+    def _op_bias(self) -> torch.Tensor | None:
+        """Static asymmetric: the zero point's contribution -s_x * s_w[n] * z * sum_k w_q[n, k], folded
+        into the bias so that the symmetric int8 op computes the exact asymmetric product."""
+        zp = int(self.input_zero_point.item())
+        if zp == 0:
+            return self.bias
+        key = ("op_bias", self._key(), self.input_scale._version, self.input_zero_point._version)
+        if key not in self._cache:
+            row_sum = self.weight.to(torch.int64).sum(1).float()
+            corr = -float(self.input_scale.item()) * zp * self.weight_scale * row_sum
+            self._cache[key] = corr + (self.bias if self.bias is not None else 0.0)
+        return self._cache[key]
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._cache.clear()
+        return super()._load_from_state_dict(*args, **kwargs)
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to(bfloat16) on the model must not touch the int8 weight nor the fp32 scales
+        self._cache.clear()
+        for name, buf in self._buffers.items():
+            if buf is not None:
+                moved = fn(buf)
+                self._buffers[name] = moved.to(buf.dtype) if moved.dtype != buf.dtype else moved
+        return self
+
+
+def quantize_per_token_u8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-token int8, stored as uint8 = int8 + 128: (x_u8 (M, K), scale (M,))."""
+    amax = x.abs().amax(dim=1).clamp_min_(1e-8)
+    scale = amax / 127.0
+    x_u8 = torch.round(x * (127.0 / amax)[:, None]).add_(128.0).clamp_(1.0, 255.0).to(torch.uint8)
+    return x_u8, scale
+
+
+def quantize_static_u8(x: torch.Tensor, scale: float, zero_point_u8: int) -> torch.Tensor:
+    """x -> uint8 round(x / scale) + zero_point, saturated to [0, 255]."""
+    return torch.round(x * (1.0 / scale)).add_(float(zero_point_u8)).clamp_(0.0, 255.0).to(torch.uint8)
+
+
+class KeepPrecision(nn.Module):
+    """Runs ``inner`` in ``dtype`` inside a model of another dtype: floating tensor arguments are cast
+    to ``dtype``, the floating output to ``out_dtype`` (or to the first floating argument's dtype)."""
+
+    def __init__(self, inner: nn.Module, dtype: torch.dtype, out_dtype: torch.dtype | None = None):
+        super().__init__()
+        self.inner = inner
+        self.dtype = dtype
+        self.out_dtype = out_dtype
+
+    def extra_repr(self) -> str:
+        return f"dtype={self.dtype}, out_dtype={self.out_dtype}"
+
+    def forward(self, *args, **kwargs):
+        out_dtype = self.out_dtype
+        cast = []
+        for a in args:
+            if isinstance(a, torch.Tensor) and a.is_floating_point():
+                out_dtype = out_dtype or a.dtype
+                a = a.to(self.dtype)
+            cast.append(a)
+        out = self.inner(*cast, **kwargs)
+        if out_dtype is not None and isinstance(out, torch.Tensor) and out.is_floating_point():
+            out = out.to(out_dtype)
+        return out
+
+    def _apply(self, fn, *args, **kwargs):
+        # model.to(dtype) keeps the wrapped module in its own dtype; moves between devices still apply
+        def keep_dtype(t):
+            moved = fn(t)
+            return moved.to(t.dtype) if moved.is_floating_point() and moved.dtype != t.dtype else moved
+
+        return super()._apply(keep_dtype, *args, **kwargs)

@@ -1,0 +1,356 @@
+"""Export a checkpoint to ONNX: the classic BERT graph that ONNX Runtime's transformers optimizer fuses.
+
+Inputs (all int64, dynamic axes ``batch`` and ``sequence``):
+    input_ids (batch, sequence), attention_mask (batch, sequence), token_type_ids (batch, sequence)
+Output, by task:
+    embed:    embeddings (batch, hidden), pooled in the graph exactly as ``heads.pool`` (fp32)
+    classify: logits (batch, num_labels)
+    ner, qa:  logits (batch, sequence, num_labels | 2); values at padding positions are meaningless
+
+Our encoder keeps Q, K and V in one fused (3H, H) linear. ``ExportBert`` splits it back into three
+MatMul + Add chains over the same weights, writes the mask as ``(1 - mask) * finfo.min`` and GELU
+with erf, because those are the patterns the optimizer's Attention / SkipLayerNormalization /
+BiasGelu / EmbedLayerNormalization fusions match.
+
+Variants: ``fp32`` (standard ONNX ops only: what TensorRT and OpenVINO read), ``fp32-ort`` (fused
+com.microsoft ops, ONNX Runtime only), ``fp16-ort`` (fused, fp16 weights and math, fp32 inputs and
+outputs), ``int8`` (QDQ, per-channel int8 weights, calibrated int8 activations; MatMuls only),
+``fp8`` (QDQ with float8 e4m3, for TensorRT on sm89+).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..model.bert import BertModel
+from . import cache
+
+log = logging.getLogger("bertrt.runtime")
+
+OPSET = 17
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+VARIANTS = ("fp32", "fp16", "fp32-ort", "fp16-ort", "int8", "fp8")
+# Fused operators the transformers optimizer must produce per encoder layer (and once per model)
+FUSED_PER_LAYER = ("Attention", "SkipLayerNormalization", "BiasGelu")
+
+
+def output_name(task: str) -> str:
+    return "embeddings" if task == "embed" else "logits"
+
+
+class ExportLayer(nn.Module):
+    """One encoder layer in the classic (batch, seq, hidden) form, weights shared with ``layer``."""
+
+    def __init__(self, layer: nn.Module, heads: int):
+        super().__init__()
+        hidden = layer.attn_out.weight.shape[0]
+        self.heads, self.head_dim = heads, hidden // heads
+        self.query, self.key, self.value = (nn.Linear(hidden, hidden) for _ in range(3))
+        with torch.no_grad():
+            for i, linear in enumerate((self.query, self.key, self.value)):
+                linear.weight.copy_(layer.qkv.weight[i * hidden:(i + 1) * hidden])
+                linear.bias.copy_(layer.qkv.bias[i * hidden:(i + 1) * hidden])
+        self.attn_out, self.attn_norm = layer.attn_out, layer.attn_norm
+        self.ffn_in, self.ffn_out, self.ffn_norm = layer.ffn_in, layer.ffn_out, layer.ffn_norm
+        self.gelu = layer.gelu
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, seq, hidden) -> (batch, heads, seq, head_dim)."""
+        return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim).permute(0, 2, 1, 3)
+
+    def forward(self, x: torch.Tensor, mask_bias: torch.Tensor) -> torch.Tensor:
+        q = self.split_heads(self.query(x))
+        k = self.split_heads(self.key(x))
+        v = self.split_heads(self.value(x))
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+        probs = torch.softmax(scores + mask_bias, dim=-1)
+        context = torch.matmul(probs, v).permute(0, 2, 1, 3).contiguous()
+        context = context.view(context.shape[0], context.shape[1], -1)
+        x = self.attn_norm(self.attn_out(context) + x)
+        h = F.gelu(self.ffn_in(x), approximate="tanh" if self.gelu == "tanh" else "none")
+        return self.ffn_norm(self.ffn_out(h) + x)
+
+
+class ExportBert(nn.Module):
+    """forward(input_ids, attention_mask, token_type_ids) (batch, seq) int64 -> the task output."""
+
+    def __init__(self, model: BertModel, task: str):
+        super().__init__()
+        model = copy.deepcopy(model).float().cpu().eval()
+        config = model.config
+        self.task = task
+        self.pooling = model.pooling
+        embeddings = model.encoder.embeddings
+        self.word, self.position, self.token_type = embeddings.word, embeddings.position, embeddings.token_type
+        self.embed_norm = embeddings.norm
+        self.register_buffer("position_ids", torch.arange(config.max_position_embeddings)[None, :], persistent=False)
+        self.layers = nn.ModuleList(ExportLayer(layer, config.num_attention_heads) for layer in model.encoder.layers)
+        if task != "embed" and (task != config.task or model.head is None):
+            raise ValueError(f"this {config.architecture} checkpoint has no head for task {task!r}")
+        self.head = model.head if task != "embed" else None
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        seq_len = input_ids.shape[1]
+        position_ids = self.position_ids[:, :seq_len]
+        x = self.word(input_ids) + self.token_type(token_type_ids)
+        x = self.embed_norm(x + self.position(position_ids))
+        # HF's extended attention mask: 0 for real keys, the most negative float for padding keys
+        mask = attention_mask[:, None, None, :].to(x.dtype)
+        mask_bias = (1.0 - mask) * torch.finfo(x.dtype).min
+        for layer in self.layers:
+            x = layer(x, mask_bias)
+        if self.task == "embed":
+            return self.pool(x, attention_mask)
+        if self.task == "classify":
+            pooled = torch.tanh(self.head.pooler.dense(x[:, 0]))
+            return self.head.classifier(pooled)
+        if self.task == "ner":
+            return self.head.classifier(x)
+        return self.head.qa_outputs(x)
+
+    def pool(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Masked pooling, the padded twin of ``heads.pool``."""
+        mode = self.pooling.mode
+        valid = attention_mask[:, :, None].to(x.dtype)
+        if mode == "cls":
+            out = x[:, 0]
+        elif mode == "mean":
+            out = (x * valid).sum(1) / valid.sum(1).clamp(min=1.0)
+        else:
+            out = x.masked_fill(valid == 0, float("-inf")).amax(1)
+        return F.normalize(out, dim=-1) if self.pooling.normalize else out
+
+
+def dummy_inputs(batch: int = 2, seq_len: int = 8, vocab: int = 100) -> tuple[torch.Tensor, ...]:
+    """A padded batch (second row shorter) so tracing sees a real mask."""
+    ids = torch.randint(1, vocab, (batch, seq_len), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(batch, seq_len, dtype=torch.int64)
+    mask[1:, seq_len // 2:] = 0
+    return ids, mask, torch.zeros_like(ids)
+
+
+def to_onnx(model: BertModel, task: str, opset: int = OPSET):
+    """Trace ``ExportBert`` with the TorchScript exporter -> onnx.ModelProto (fp32, standard ops).
+
+    The TorchScript exporter (dynamo=False) is used because its graph is the one the ORT
+    transformers optimizer's pattern matchers were written against.
+    """
+    import onnx
+
+    module = ExportBert(model, task)
+    out = output_name(task)
+    axes = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES}
+    axes[out] = {0: "batch"} if task in ("embed", "classify") else {0: "batch", 1: "sequence"}
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, dummy_inputs(vocab=model.config.vocab_size), buffer, dynamo=False,
+                          input_names=list(INPUT_NAMES), output_names=[out], dynamic_axes=axes,
+                          opset_version=opset, do_constant_folding=True)
+    proto = onnx.load_from_string(buffer.getvalue())
+    return proto
+
+
+def optimize(proto, config, use_gpu: bool = False):
+    """Run ORT's transformers optimizer (model_type="bert") -> (OnnxModel, fused-op statistics)."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    options = FusionOptions("bert")
+    # our mask is (batch, seq) of 0/1 right-padded: let Attention take it as a mask index
+    options.use_raw_attention_mask(False)
+    # the optimizer's modules log every fusion at INFO under their bare module names
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith(("fusion", "onnx_model", "optimizer", "float16", "onnxruntime.transformers")):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    optimized = optimize_model(copy.deepcopy(proto), model_type="bert", num_heads=config.num_attention_heads,
+                               hidden_size=config.hidden_size, optimization_options=options, opt_level=0,
+                               use_gpu=use_gpu)
+    return optimized, optimized.get_fused_operator_statistics()
+
+
+def calibration_batches(model: BertModel, texts: list[str] | None, tokenizer=None, count: int = 16,
+                        seq_len: int = 64) -> list[dict[str, np.ndarray]]:
+    """Inputs for static (QDQ) calibration: the given texts, else random token ids of mixed lengths."""
+    batches = []
+    if texts and tokenizer is not None:
+        encodings = tokenizer.encode_batch(list(texts), "truncate")
+        for enc in encodings:
+            ids = np.asarray([enc.ids], dtype=np.int64)
+            batches.append({"input_ids": ids, "attention_mask": np.ones_like(ids),
+                            "token_type_ids": np.asarray([enc.type_ids], dtype=np.int64)})
+        return batches
+    rng = np.random.default_rng(0)
+    vocab = model.config.vocab_size
+    for i in range(count):
+        length = 4 + (i * 37) % (seq_len - 3)
+        ids = rng.integers(1000 if vocab > 2000 else 1, vocab, size=(2, seq_len), dtype=np.int64)
+        mask = np.zeros((2, seq_len), dtype=np.int64)
+        mask[0, :length], mask[1, :] = 1, 1
+        batches.append({"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})
+    return batches
+
+
+def quantize_qdq(proto, calibration: list[dict[str, np.ndarray]], float8: bool = False):
+    """Static quantization in QDQ form: per-channel weights and calibrated activations of every
+    MatMul with a constant weight (the projections and FFN; attention's Q·K and P·V stay float)."""
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter(calibration)
+
+        def get_next(self):
+            return next(self.items, None)
+
+    initializers = {init.name for init in proto.graph.initializer}
+    weighted = [node.name for node in proto.graph.node
+                if node.op_type == "MatMul" and any(name in initializers for name in node.input)]
+    import tempfile
+
+    # the quantizer prints calibration progress on stdout and advises pre-processing on the root logger
+    quiet = logging.Filter()
+    quiet.filter = lambda record: "pre-processing" not in record.getMessage()
+    root = logging.getLogger()
+    root.addFilter(quiet)
+    try:
+        with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
+            src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
+            onnx.save(proto, str(src))
+            kind = QuantType.QFLOAT8E4M3FN if float8 else QuantType.QInt8
+            method = CalibrationMethod.Distribution if float8 else CalibrationMethod.MinMax
+            quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=not float8,
+                            activation_type=kind, weight_type=kind, nodes_to_quantize=weighted,
+                            op_types_to_quantize=["MatMul"], calibrate_method=method,
+                            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+            return onnx.load(str(dst))
+    finally:
+        root.removeFilter(quiet)
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    variant: str
+    task: str
+    fused: dict[str, int] = field(default_factory=dict)
+    max_abs_diff: float | None = None
+
+
+def build_variant(model: BertModel, task: str, variant: str, calibration_texts: list[str] | None = None,
+                  tokenizer=None, use_gpu: bool = False):
+    """The ONNX ModelProto of one variant, plus fused-operator statistics when the optimizer ran."""
+    if variant not in VARIANTS:
+        raise ValueError(f"ONNX variant must be one of {VARIANTS}, got {variant!r}")
+    opset = 19 if variant == "fp8" else OPSET  # float8 QuantizeLinear needs opset 19
+    proto = to_onnx(model, task, opset)
+    fused: dict[str, int] = {}
+    if variant in ("int8", "fp8"):
+        calibration = calibration_batches(model, calibration_texts, tokenizer)
+        return quantize_qdq(proto, calibration, float8=variant == "fp8"), fused
+    if variant.endswith("-ort"):
+        optimized, fused = optimize(proto, model.config, use_gpu=use_gpu)
+        if variant == "fp16-ort":
+            optimized.convert_float_to_float16(keep_io_types=True)
+        proto = optimized.model
+    elif variant == "fp16":
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        proto = convert_float_to_float16(proto, keep_io_types=True)
+    return proto, fused
+
+
+def stamp(proto, meta: dict[str, str]) -> None:
+    """Record bertrt metadata (task, variant, model hash, heads, hidden) in the ONNX file."""
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = f"bertrt.{key}", str(value)
+
+
+def export(checkpoint, output: str | Path, task: str | None = None, variant: str = "fp32-ort",
+           calibration_texts: list[str] | None = None, check: bool = True) -> ExportResult:
+    """Write one ONNX variant of ``checkpoint`` to ``output``; with ``check``, run it in ONNX Runtime
+    on a padded mixed-length batch and record the largest difference from our torch model."""
+    task = task or checkpoint.config.task
+    proto, fused = build_variant(checkpoint.model, task, variant, calibration_texts, checkpoint.tokenizer)
+    config = checkpoint.config
+    stamp(proto, {"task": task, "variant": variant, "model_hash": cache.model_hash(checkpoint.model_dir),
+                  "num_heads": config.num_attention_heads, "hidden_size": config.hidden_size})
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    cache.atomic_write_bytes(output, proto.SerializeToString())
+    result = ExportResult(output, variant, task, fused)
+    if check:
+        result.max_abs_diff = check_against_torch(output, checkpoint.model, task)
+    return result
+
+
+def check_against_torch(path: Path, model: BertModel, task: str, seed: int = 0) -> float:
+    """Max |ORT - torch| over real tokens of a padded batch with lengths 3, 11 and 17 (CPU, fp32 ref)."""
+    import onnxruntime as ort
+
+    generator = torch.Generator().manual_seed(seed)
+    lengths = [17, 3, 11]
+    batch, seq_len = len(lengths), max(lengths)
+    ids = torch.randint(1, model.config.vocab_size, (batch, seq_len), generator=generator)
+    mask = (torch.arange(seq_len)[None, :] < torch.tensor(lengths)[:, None]).to(torch.int64)
+    ids = ids * mask
+    types = torch.zeros_like(ids)
+    types[:, seq_len // 2:] = 1 if model.config.type_vocab_size > 1 else 0
+    types *= mask
+    reference_model = copy.deepcopy(model).float().cpu().eval()
+    with torch.no_grad():
+        reference = reference_model.forward_padded(ids, mask, types, task=task).float()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": types.numpy()}
+    feeds = {k: v for k, v in feeds.items() if k in {i.name for i in session.get_inputs()}}
+    got = torch.from_numpy(session.run(None, feeds)[0]).float()
+    if task in ("ner", "qa"):
+        valid = mask.bool()
+        got, reference = got[valid], reference[valid]
+    return float((got - reference).abs().max())
+
+
+def versions() -> dict[str, str]:
+    """Versions an exported graph depends on; a cached file made under others is stale."""
+    import onnx
+    import onnxruntime
+
+    from .. import __version__
+
+    return {"bertrt": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__}
+
+
+def cached_onnx(checkpoint, task: str, variant: str, use_gpu: bool = False) -> Path:
+    """The path of ``variant`` for ``task`` in bertrt's cache, exported now if missing, corrupt or stale.
+
+    Key: cache_dir()/onnx/<model hash>/<task>-<variant>[-gpu].onnx; the sidecar records the
+    versions that made it (a changed torch / onnx / onnxruntime / bertrt makes it stale).
+    """
+    digest = cache.model_hash(checkpoint.model_dir)
+    suffix = "-gpu" if use_gpu and variant.endswith("-ort") else ""
+    path = cache.cache_dir() / "onnx" / digest / f"{task}-{variant}{suffix}.onnx"
+    expect = {"model_hash": digest, "task": task, "variant": variant, "versions": versions()}
+    if cache.verified_artifact(path, expect) is not None:
+        return path
+    log.info("exporting %s to ONNX (%s, %s)", checkpoint.model_dir, task, variant)
+    proto, fused = build_variant(checkpoint.model, task, variant, tokenizer=checkpoint.tokenizer, use_gpu=use_gpu)
+    stamp(proto, {"task": task, "variant": variant, "model_hash": digest,
+                  "num_heads": checkpoint.config.num_attention_heads, "hidden_size": checkpoint.config.hidden_size})
+    cache.write_artifact(path, proto.SerializeToString(), {**expect, "fused": fused})
+    return path

@@ -1,0 +1,209 @@
+"""``bertrt tune``: measure the eligible (backend, precision) candidates on this device and store the winner.
+
+For one model, task and device: every candidate from ``policy.tune_candidates`` runs the same
+representative batches (shape buckets below). Its outputs are compared with torch in FP32 (the
+accuracy gate: mean cosine similarity for embeddings, argmax agreement for logits, >= ``gate``);
+its latency is the median of ``repeats`` timed runs after warm-up. The fastest candidate that
+passes the gate wins each bucket; the "overall" winner has the best geometric-mean speed-up over
+torch FP32 across buckets. Results go to cache_dir()/tune/<device fingerprint>/<model hash>-<task>.json
+with a schema version, the package versions and a checksum: a corrupt or stale file is re-measured
+by ``tune`` and ignored (with a log line) by ``lookup``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from ..batching import PackedBatch, pack
+from . import cache, policy, probe
+
+log = logging.getLogger("bertrt.runtime")
+
+GATE = 0.99
+BUCKETS = ("1x128", "8x128", "mixed")
+_VERSIONED = ("torch", "onnxruntime", "onnxruntime-gpu", "onnx", "openvino", "tensorrt")
+
+
+def shape_lengths(bucket: str, max_length: int) -> list[int]:
+    """Sequence lengths of a bucket's batch, capped at the model's max length."""
+    if bucket == "1x128":
+        return [min(128, max_length)]
+    if bucket == "8x128":
+        return [min(128, max_length)] * 8
+    if bucket == "mixed":  # 16 sequences from very short to long, as a real request stream
+        top = min(256, max_length)
+        return [max(2, round(8 + (top - 8) * i / 15)) for i in range(16)]
+    raise ValueError(f"unknown shape bucket {bucket!r}; buckets: {BUCKETS}")
+
+
+def bucket_for(batch_size: int, max_seqlen: int) -> str:
+    """The bucket a real batch falls in (for callers that tune per traffic shape)."""
+    if batch_size == 1:
+        return "1x128"
+    return "8x128" if batch_size <= 8 else "mixed"
+
+
+def make_batch(bucket: str, config, max_length: int, seed: int = 0) -> PackedBatch:
+    """Random token ids (deterministic) between [CLS]=101 and [SEP]=102 for a bucket's lengths."""
+    generator = torch.Generator().manual_seed(seed)
+    low = 1000 if config.vocab_size > 2000 else 1
+    ids, types = [], []
+    for length in shape_lengths(bucket, max_length):
+        body = torch.randint(low, config.vocab_size, (max(0, length - 2),), generator=generator).tolist()
+        seq = ([101] + body + [102])[:length] if config.vocab_size > 102 else body + [1] * (length - len(body))
+        ids.append(seq)
+        types.append([0] * len(seq))
+    return pack(ids, types, list(range(len(ids))))
+
+
+def agreement(output: torch.Tensor, reference: torch.Tensor, task: str) -> float:
+    """embed: mean cosine similarity of rows; classify/ner/qa: share of rows with the same argmax
+    (qa: start and end columns separately)."""
+    output, reference = output.float().cpu(), reference.float().cpu()
+    if task == "embed":
+        return float(torch.nn.functional.cosine_similarity(output, reference, dim=-1).mean())
+    if task == "qa":
+        same = (output.argmax(0) == reference.argmax(0)).float()
+        return float(same.mean())
+    return float((output.argmax(-1) == reference.argmax(-1)).float().mean())
+
+
+def _timed(runner, batch: PackedBatch, task: str, repeats: int, warmup: int) -> tuple[float, torch.Tensor]:
+    """Median milliseconds of ``runner.run`` (result copied to the host, as Engine does)."""
+    out = None
+    for _ in range(warmup):
+        out = runner.run(batch, task).float().cpu()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = runner.run(batch, task).float().cpu()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000.0, out
+
+
+def versions() -> dict[str, str]:
+    from .. import __version__
+
+    found = {name: probe.package_version(name) for name in _VERSIONED}
+    return {"bertrt": __version__, **{k: v for k, v in found.items() if v}}
+
+
+def result_path(fingerprint: str, digest: str, task: str) -> Path:
+    return cache.cache_dir() / "tune" / fingerprint / f"{digest}-{task}.json"
+
+
+def _identity(model_dir: Path, device: str, task: str | None) -> tuple[str, str, str, dict]:
+    from ..model.config import EncoderConfig
+
+    task = task or EncoderConfig.from_file(Path(model_dir) / "config.json").task
+    fingerprint = probe.fingerprint(device)
+    digest = cache.model_hash(model_dir)
+    expect = {"fingerprint": fingerprint, "model_hash": digest, "task": task, "versions": versions()}
+    return fingerprint, digest, task, expect
+
+
+def lookup(model_dir: str | Path, device: str, task: str | None = None, bucket: str = "overall"):
+    """(backend, precision, detail) stored by ``tune`` for this device, model, task and bucket, or
+    None (no result; a corrupt or stale result is logged and ignored)."""
+    fingerprint, digest, task, expect = _identity(Path(model_dir), device, task)
+    record = cache.read_record(result_path(fingerprint, digest, task), expect)
+    if record is None:
+        return None
+    winner = record.get("winners", {}).get(bucket)
+    if not winner:
+        return None
+    return winner["backend"], winner["precision"], winner["detail"]
+
+
+def tune(model_dir: str | Path | None = None, device: str = "auto", task: str | None = None,
+         candidates: list[tuple[str, str]] | None = None, buckets: tuple[str, ...] = BUCKETS, gate: float = GATE,
+         repeats: int = 10, warmup: int = 2, force: bool = False, progress: bool | None = None) -> dict:
+    """Measure, gate, pick and store; returns the stored record. A valid stored record for the same
+    device, model, task and versions is returned as is unless ``force``."""
+    from tqdm.auto import tqdm
+
+    from ..model import load_checkpoint
+    from .backends import create_runner
+
+    device = policy.choose_device(device)
+    model_dir = policy._model_dir(model_dir)
+    fingerprint, digest, task, expect = _identity(model_dir, device, task)
+    path = result_path(fingerprint, digest, task)
+    if not force and candidates is None:
+        record = cache.read_record(path, expect)
+        if record is not None and set(record.get("buckets", [])) >= set(buckets):
+            log.info("tune: using the stored result %s", path)
+            return {**record, "cached": True}
+    skipped: list[str] = []
+    if candidates is None:
+        candidates, skipped = policy.tune_candidates(device)
+    if ("torch", "float32") not in candidates:
+        candidates = [("torch", "float32"), *candidates]
+
+    reference_ckpt = load_checkpoint(model_dir, torch.float32, device)
+    max_length = reference_ckpt.tokenizer.max_length
+    batches = {b: make_batch(b, reference_ckpt.config, max_length) for b in buckets}
+    results: dict[str, dict] = {}
+    bar = tqdm(total=len(candidates) * len(buckets), desc="bertrt tune", unit="run", disable=progress is False)
+    references: dict[str, torch.Tensor] = {}
+    for name, precision in candidates:
+        key = f"{name}/{precision}"
+        bar.set_postfix_str(key)
+        entry: dict = {"backend": name, "precision": precision, "ms": {}, "agreement": {}}
+        try:
+            if (name, precision) == ("torch", "float32"):
+                checkpoint = reference_ckpt
+            else:
+                choice = policy.Choice(name, precision, "tune", "explicit", [(name, precision)])
+                dtype, place = policy.checkpoint_placement(choice, device)
+                checkpoint = load_checkpoint(model_dir, dtype, place)
+            runner, _, _ = create_runner(checkpoint, device, [(name, precision)], explicit=True)
+            for bucket in buckets:
+                ms, out = _timed(runner, batches[bucket], task, repeats, warmup)
+                if (name, precision) == ("torch", "float32"):
+                    references[bucket] = out
+                entry["ms"][bucket] = round(ms, 4)
+                entry["agreement"][bucket] = round(agreement(out, references[bucket], task), 6)
+                bar.update(1)
+            entry["passed"] = all(v >= gate for v in entry["agreement"].values())
+        except Exception as exc:  # one failing candidate must not end the tune
+            entry["error"] = f"{type(exc).__name__}: {exc}"
+            entry["passed"] = False
+            bar.update(len(buckets) - len(entry["ms"]))
+            log.warning("tune: %s failed: %s", key, entry["error"])
+        results[key] = entry
+        del checkpoint
+    bar.close()
+    record = {**expect, "device": device, "model_dir": str(model_dir), "gate": gate, "buckets": list(buckets),
+              "repeats": repeats, "skipped": skipped, "results": results,
+              "winners": _winners(results, buckets, gate), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                         time.gmtime())}
+    return cache.write_record(path, record)
+
+
+def _winners(results: dict[str, dict], buckets, gate: float) -> dict[str, dict]:
+    passed = {k: r for k, r in results.items() if r.get("passed")}
+    base = results["torch/float32"]["ms"]
+    winners = {}
+    for bucket in buckets:
+        key = min(passed, key=lambda k: passed[k]["ms"][bucket])
+        r = passed[key]
+        winners[bucket] = {"backend": r["backend"], "precision": r["precision"], "ms": r["ms"][bucket],
+                           "detail": f"{key} {r['ms'][bucket]:.2f} ms on {bucket} vs torch/float32 "
+                                     f"{base[bucket]:.2f} ms; agreement {r['agreement'][bucket]:.4f} >= {gate}"}
+
+    def speedup(k: str) -> float:
+        return math.exp(statistics.mean(math.log(base[b] / passed[k]["ms"][b]) for b in buckets))
+
+    best = max(passed, key=speedup)
+    r = passed[best]
+    winners["overall"] = {"backend": r["backend"], "precision": r["precision"], "speedup": round(speedup(best), 4),
+                          "detail": f"{best} is {speedup(best):.2f}x torch/float32 (geometric mean over "
+                                    f"{', '.join(buckets)}), agreement >= {gate}"}
+    return winners

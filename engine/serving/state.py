@@ -1,0 +1,151 @@
+"""What the routes share: the engine, the batcher, the tokenizer thread, metrics and the limits."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .. import tasks
+from ..errors import InputError
+from .batcher import Draining, DynamicBatcher, QueueFull, RequestTimeout
+from .config import ServeConfig
+from .metrics import ServerMetrics
+from .protocol import ApiError
+
+
+class ServerState:
+    def __init__(self, engine, config: ServeConfig):
+        self.engine = engine
+        self.config = config
+        self.metrics = ServerMetrics()
+        self.batcher = DynamicBatcher(engine.run_encodings, config.max_batch_tokens, config.max_batch_size,
+                                      config.max_wait_ms, config.max_queue, on_batch=self.metrics.observe_batch,
+                                      on_queue_depth=self.metrics.queue_depth.set)
+        # The tokenizer toggles truncation on its shared state, so all tokenization runs on this one
+        # thread: serialized, and off the event loop for big requests.
+        self._tokenizer_thread: ThreadPoolExecutor | None = None
+        self.ready = False
+        self.draining = False
+        model_task = engine.config.task
+        self.tasks = ("embed",) if model_task == "embed" else ("embed", model_task)
+
+    @property
+    def model_name(self) -> str:
+        return self.config.model_name
+
+    @property
+    def max_length(self) -> int:
+        return self.engine.tokenizer.max_length
+
+    async def start(self) -> None:
+        self._tokenizer_thread = ThreadPoolExecutor(1, thread_name_prefix="bertrt-tokenize")
+        await self.batcher.start()
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.draining = True
+        self.ready = False
+        await self.batcher.close(drain_timeout=self.config.timeout_s)
+        if self._tokenizer_thread is not None:
+            self._tokenizer_thread.shutdown(wait=True)
+
+    def require(self, task: str) -> None:
+        if task not in self.tasks:
+            raise ApiError(404, f"this server's model ({self.engine.config.architecture}) has no {task} head; "
+                                f"it serves: {', '.join(self.tasks)}")
+
+    # -- off-loop work -------------------------------------------------------------------------------
+
+    async def _on_tokenizer_thread(self, function, *args):
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._tokenizer_thread, function, *args)
+        except InputError as exc:
+            raise ApiError(400, str(exc)) from None
+
+    async def tokenize(self, texts: list[str], truncate: bool):
+        return await self._on_tokenizer_thread(self.engine.tokenizer.encode_batch, texts,
+                                               "truncate" if truncate else "error")
+
+    async def tokenize_pair(self, question: str, context: str, max_length: int, stride: int):
+        return await self._on_tokenizer_thread(self.engine.tokenizer.encode_pairs_with_stride, question, context,
+                                               max_length, stride)
+
+    async def infer(self, ids: list[Sequence[int]], type_ids: list[Sequence[int]], task: str) -> list:
+        """Outputs per sequence through the dynamic batcher; overload and timeouts become HTTP errors."""
+        try:
+            return await self.batcher.run(ids, type_ids, task, self.config.timeout_s)
+        except QueueFull as exc:
+            self.metrics.rejected.labels("queue_full").inc()
+            raise ApiError(503, f"server overloaded: {exc}; retry later",
+                           headers={"Retry-After": str(self.config.retry_after_s)}) from None
+        except Draining as exc:
+            self.metrics.rejected.labels("draining").inc()
+            raise ApiError(503, str(exc), headers={"Retry-After": str(self.config.retry_after_s)}) from None
+        except RequestTimeout as exc:
+            self.metrics.rejected.labels("timeout").inc()
+            raise ApiError(504, str(exc)) from None
+        except InputError as exc:
+            raise ApiError(400, str(exc)) from None
+
+    def check_token_ids(self, rows: list[list[int]], what: str) -> None:
+        vocab = self.engine.config.vocab_size
+        for index, row in enumerate(rows):
+            if not row:
+                raise ApiError(400, f"{what}[{index}] is empty")
+            if len(row) > self.max_length:
+                raise ApiError(400, f"{what}[{index}] has {len(row)} tokens, over the model's limit of "
+                                    f"{self.max_length}")
+            low, high = min(row), max(row)
+            if low < 0 or high >= vocab:
+                raise ApiError(400, f"{what}[{index}] holds token id {low if low < 0 else high}, outside the "
+                                    f"vocabulary [0, {vocab})")
+
+    # -- post-processing (the same functions Engine uses) -------------------------------------------
+
+    def classification(self, logits: np.ndarray) -> dict:
+        config = self.engine.config
+        return tasks.classification_result(logits, config.id2label,
+                                           config.problem_type == "multi_label_classification")
+
+    def entities(self, text: str, encoding, logits: np.ndarray, aggregation: str) -> list[dict]:
+        """As Engine.ner does for one text: [UNK] tokens take their source text, subwords are the tokens
+        shorter than their span's text."""
+        tokenizer = self.engine.tokenizer
+        unk = tokenizer.token_to_id("[UNK]")
+        tokens = list(encoding.tokens)
+        subword = []
+        for i, (token, (start, end)) in enumerate(zip(tokens, encoding.offsets)):
+            if encoding.ids[i] == unk:
+                tokens[i] = text[start:end]
+                subword.append(False)
+            else:
+                subword.append(len(token) != len(text[start:end]))
+        return tasks.ner_entities(logits, tokens, encoding.offsets, encoding.special_tokens_mask, subword,
+                                  self.engine.config.id2label, aggregation, tokenizer.join_tokens)
+
+    @staticmethod
+    def answers(context: str, windows, rows, max_answer_length: int, top_k: int) -> list[dict]:
+        """As Engine.qa does: best spans of every window, best first, as character offsets."""
+        found = []
+        for window, logits in zip(windows, rows):
+            context_mask = np.array([s == 1 for s in window.sequence_ids])
+            logits = logits.numpy()
+            for s, e, score in tasks.best_spans(logits[:, 0], logits[:, 1], context_mask, max_answer_length, top_k):
+                start, end = window.offsets[s][0], window.offsets[e][1]
+                found.append({"answer": context[start:end], "score": score, "start": start, "end": end})
+        found.sort(key=lambda a: -a["score"])
+        return found[:top_k] or [{"answer": "", "score": 0.0, "start": 0, "end": 0}]
+
+
+async def read_body(request, limit: int) -> bytes:
+    """The request body, or 413 as soon as it passes ``limit`` bytes (chunked bodies included)."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"request body is over this server's limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)

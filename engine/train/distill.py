@@ -1,0 +1,233 @@
+"""Distil a fine-tuned teacher into a student with fewer layers (and optionally a smaller hidden size).
+
+The student is the teacher's config with ``num_hidden_layers = N`` (and ``hidden_size = H``). With the
+teacher's hidden size it starts as a copy of the teacher: embeddings, head, and for student layer ``i``
+the teacher layer ``layer_map[i]`` (default: evenly spaced and ending at the top layer, e.g. 1,3,5 for
+6 -> 3). With another hidden size it starts from random weights and a learned projection maps its hidden
+states to the teacher's width for the hidden-state loss.
+
+Losses (each weight configurable, 0 turns a term off):
+- soft: KL(teacher || student) of the temperature-softened label distributions, times T^2 (Hinton et al.);
+  per token for token classification.
+- hard: cross-entropy with the gold labels, when the training file has them.
+- hidden: MSE between student hidden states and the mapped teacher hidden states (embedding output to
+  embedding output, student layer i to teacher layer layer_map[i]), over real (non-padding) tokens.
+- attention: KL between the mapped layers' attention distributions (MiniLM/TinyBERT style), per head
+  when head counts match, else of the head-averaged distributions.
+- embedding models: MSE and 1 - cosine between the pooled sentence embeddings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .data import Columns, load_examples
+from .loop import TrainConfig, setup_determinism, train
+from .models import Pooling, detect_task, load_model, load_tokenizer, save_model
+
+log = logging.getLogger("bertrt.train")
+
+
+@dataclass
+class LossWeights:
+    soft: float = 1.0
+    hard: float = 0.0
+    hidden: float = 1.0
+    attention: float = 1.0
+    embedding_mse: float = 1.0
+    embedding_cosine: float = 1.0
+
+
+@dataclass
+class DistillConfig:
+    teacher_dir: str
+    train_file: str
+    student_layers: int
+    hidden_size: int | None = None
+    layer_map: list[int] | None = None
+    task: str | None = None  # default: from the teacher's architecture
+    eval_file: str | None = None
+    max_length: int = 128
+    temperature: float = 2.0
+    weights: LossWeights = field(default_factory=LossWeights)
+    columns: Columns = field(default_factory=Columns)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="out/distill", learning_rate=1e-4))
+    latency: bool = True  # measure latency in the report
+
+
+def default_layer_map(teacher_layers: int, student_layers: int) -> list[int]:
+    """Evenly spaced teacher layers ending at the top one: 6 -> 3 gives [1, 3, 5], 12 -> 4 [2, 5, 8, 11]."""
+    if not 0 < student_layers <= teacher_layers:
+        raise ValueError(f"student layers must be in 1..{teacher_layers}, got {student_layers}")
+    return [round((i + 1) * teacher_layers / student_layers) - 1 for i in range(student_layers)]
+
+
+def student_config(teacher_config, layers: int, hidden_size: int | None):
+    config = teacher_config.__class__.from_dict(teacher_config.to_dict())
+    config.num_hidden_layers = layers
+    if hidden_size is not None and hidden_size != teacher_config.hidden_size:
+        heads = teacher_config.num_attention_heads
+        if hidden_size % heads:
+            heads = max(1, hidden_size // 64)
+            if hidden_size % heads:
+                raise ValueError(f"--hidden {hidden_size} is not divisible by a usable number of attention heads")
+        config.hidden_size = hidden_size
+        config.num_attention_heads = heads
+        config.intermediate_size = teacher_config.intermediate_size * hidden_size // teacher_config.hidden_size
+    return config
+
+
+_LAYER_KEY = re.compile(r"(^|\.)layer\.(\d+)\.")
+
+
+def init_from_teacher(student, teacher, layer_map: list[int]) -> None:
+    """Copy every student weight from the teacher; encoder layer i comes from teacher layer layer_map[i]."""
+    teacher_state = teacher.state_dict()
+    new_state = {}
+    for key, value in student.state_dict().items():
+        match = _LAYER_KEY.search(key)
+        source = key
+        if match:
+            teacher_layer = layer_map[int(match.group(2))]
+            source = f"{key[: match.start()]}{match.group(1)}layer.{teacher_layer}.{key[match.end():]}"
+        if source not in teacher_state or teacher_state[source].shape != value.shape:
+            raise ValueError(f"cannot initialise student weight {key} from teacher weight {source}")
+        new_state[key] = teacher_state[source].clone()
+    student.load_state_dict(new_state)
+
+
+class Student(torch.nn.Module):
+    """The student model plus the train-time projections (hidden/embedding width -> teacher width)."""
+
+    def __init__(self, model, teacher_hidden: int):
+        super().__init__()
+        self.model = model
+        hidden = model.config.hidden_size
+        self.projection = torch.nn.Linear(hidden, teacher_hidden) if hidden != teacher_hidden else torch.nn.Identity()
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """values: (batch, seq, ...) and mask: (batch, seq) -> mean over the masked-in (batch, seq) rows."""
+    while mask.ndim < values.ndim:
+        mask = mask.unsqueeze(-1)
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / (mask.sum() * values[0, 0].numel() / mask[0, 0].numel()).clamp(min=1)
+
+
+def soft_label_kl(student_logits, teacher_logits, temperature: float, mask=None) -> torch.Tensor:
+    """KL(teacher || student) at temperature T, times T^2; logits (batch, labels) or (batch, seq, labels)."""
+    log_student = F.log_softmax(student_logits / temperature, dim=-1)
+    log_teacher = F.log_softmax(teacher_logits / temperature, dim=-1)
+    kl = (log_teacher.exp() * (log_teacher - log_student)).sum(-1)
+    kl = kl.mean() if mask is None else (kl * mask).sum() / mask.sum().clamp(min=1)
+    return kl * temperature**2
+
+
+def attention_kl(student_attention, teacher_attention, mask) -> torch.Tensor:
+    """attentions (batch, heads, query, key) -> KL(teacher || student) per query row, mean over heads and
+    real query tokens; different head counts compare head-averaged distributions."""
+    if student_attention.shape[1] != teacher_attention.shape[1]:
+        student_attention = student_attention.mean(1, keepdim=True)
+        teacher_attention = teacher_attention.mean(1, keepdim=True)
+    eps = 1e-12
+    kl = (teacher_attention * (torch.log(teacher_attention + eps) - torch.log(student_attention + eps))).sum(-1)
+    query_mask = mask[:, None, :].to(kl.dtype).expand_as(kl)
+    return (kl * query_mask).sum() / query_mask.sum().clamp(min=1)
+
+
+def distill(config: DistillConfig) -> dict:
+    """Train the student, save it to ``config.train.out_dir`` and, with an eval file, write the report."""
+    task = config.task or detect_task(config.teacher_dir)
+    out_dir = Path(config.train.out_dir)
+    weights = config.weights
+    tokenizer = load_tokenizer(config.teacher_dir)
+    teacher = load_model(config.teacher_dir, task)
+    teacher.eval().requires_grad_(False)
+    teacher_layers = teacher.config.num_hidden_layers
+    layer_map = config.layer_map or default_layer_map(teacher_layers, config.student_layers)
+    if len(layer_map) != config.student_layers or not all(0 <= j < teacher_layers for j in layer_map):
+        raise ValueError(f"layer map {layer_map} needs {config.student_layers} teacher layers in 0..{teacher_layers - 1}")
+
+    label2id = getattr(teacher.config, "label2id", None) if task != "embedding" else None
+    examples = load_examples(task, config.train_file, tokenizer, config.max_length, label2id, config.columns,
+                             labelled=weights.hard > 0)
+
+    setup_determinism(config.train.seed, config.train.threads)
+    s_config = student_config(teacher.config, config.student_layers, config.hidden_size)
+    s_config._attn_implementation = "eager"
+    student_model = type(teacher)(s_config)
+    same_width = s_config.hidden_size == teacher.config.hidden_size
+    if same_width:
+        init_from_teacher(student_model, teacher, layer_map)
+    else:
+        log.info("student hidden %d != teacher %d: random init, learned projection", s_config.hidden_size,
+                 teacher.config.hidden_size)
+    student = Student(student_model, teacher.config.hidden_size)
+    pooling = Pooling.from_dir(config.teacher_dir) if task == "embedding" else None
+    want_hidden, want_attention = weights.hidden > 0, weights.attention > 0
+    # hidden_states[0] is the embedding output, hidden_states[k] the output of layer k - 1.
+    hidden_pairs = [(0, 0)] + [(i + 1, j + 1) for i, j in enumerate(layer_map)]
+
+    def loss_fn(batch):
+        labels = batch.pop("labels", None)
+        mask = batch["attention_mask"]
+        with torch.no_grad():
+            t_out = teacher(**batch, output_hidden_states=want_hidden, output_attentions=want_attention)
+        s_out = student.model(**batch, output_hidden_states=want_hidden, output_attentions=want_attention)
+        parts, loss = {}, 0.0
+        if task == "embedding":
+            t_emb = pooling(t_out.last_hidden_state, mask)
+            s_emb = student.projection(pooling(s_out.last_hidden_state, mask))
+            if weights.embedding_mse:
+                parts["emb_mse"] = F.mse_loss(s_emb, t_emb)
+            if weights.embedding_cosine:
+                parts["emb_cos"] = (1 - F.cosine_similarity(s_emb, t_emb, dim=-1)).mean()
+            loss = weights.embedding_mse * parts.get("emb_mse", 0.0) + weights.embedding_cosine * parts.get("emb_cos", 0.0)
+        else:
+            token_mask = mask if task == "token" else None
+            if weights.soft:
+                parts["soft"] = soft_label_kl(s_out.logits, t_out.logits, config.temperature, token_mask)
+                loss = loss + weights.soft * parts["soft"]
+            if weights.hard and labels is not None:
+                parts["hard"] = F.cross_entropy(s_out.logits.reshape(-1, s_out.logits.shape[-1]), labels.reshape(-1),
+                                                ignore_index=-100)
+                loss = loss + weights.hard * parts["hard"]
+        if want_hidden:
+            parts["hidden"] = sum(
+                _masked_mean((student.projection(s_out.hidden_states[s]) - t_out.hidden_states[t]) ** 2, mask)
+                for s, t in hidden_pairs
+            ) / len(hidden_pairs)
+            loss = loss + weights.hidden * parts["hidden"]
+        if want_attention:
+            parts["attention"] = sum(
+                attention_kl(s_out.attentions[i], t_out.attentions[j], mask) for i, j in enumerate(layer_map)
+            ) / len(layer_map)
+            loss = loss + weights.attention * parts["attention"]
+        return loss, {name: float(value.detach()) for name, value in parts.items()}
+
+    log.info("distill: %s teacher %d layers -> student %d layers (map %s), hidden %d, %d rows", task,
+             teacher_layers, config.student_layers, layer_map, s_config.hidden_size, len(examples))
+    result = train(student, loss_fn, examples, config.train, pad_id=tokenizer.pad_token_id or 0)
+    student_model.config.architectures = [type(student_model).__name__]
+    student_model.config.distillation = {
+        "teacher": str(config.teacher_dir), "layer_map": layer_map, "temperature": config.temperature,
+        "weights": vars(weights), "steps": result["total_steps"],
+    }
+    save_model(student_model, tokenizer, config.teacher_dir, out_dir, task)
+    summary = {"task": task, "student_dir": str(out_dir), "layer_map": layer_map, "steps": result["total_steps"],
+               "final_loss": sum(h["loss"] for h in result["history"][-50:]) / max(1, len(result["history"][-50:]))}
+    if config.eval_file:
+        from .report import compare
+
+        report = compare(config.teacher_dir, str(out_dir), config.eval_file, task=task, max_length=config.max_length,
+                         columns=config.columns, latency=config.latency, threads=config.train.threads)
+        summary["report"] = report
+    (out_dir / "distill_results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

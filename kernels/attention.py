@@ -1,0 +1,182 @@
+"""Flash-style variable-length self-attention forward (Triton), over packed sequences without padding.
+
+    qkv:        (total_tokens, 3, heads, head_dim) fp16/bf16/fp32, unit stride along head_dim
+    cu_seqlens: (batch + 1,) int32 on the same device, cu_seqlens[0] == 0, cu_seqlens[-1] == total_tokens
+    max_seqlen: int >= 1, sizes the launch grid only (see below)
+    scale:      softmax scale, default 1/sqrt(head_dim)
+    returns:    (total_tokens, heads, head_dim), qkv's dtype, contiguous
+
+Same contract as ``bertrt.ops.attention.attention_ref``. Bidirectional (encoder) attention: each token
+attends to every token of its own sequence.
+
+Algorithm: online softmax (FlashAttention-2 forward). One program owns a (BLOCK_M query rows, sequence,
+head) tile; it streams the sequence's keys/values in BLOCK_N blocks, keeping a running max and sum in fp32
+and an fp32 output accumulator; scores are computed in base 2 (``exp2``) with log2(e) folded into the
+scale. ``tl.dot`` takes fp16/bf16 operands with fp32 accumulation; fp32 inputs use IEEE fp32 dots (not
+TF32), so the fp32 path is as accurate as the reference. head_dim 32/64/80/128 (any head_dim <= 256):
+the head dim is padded to the next power of two (BLOCK_D) and masked.
+
+No work on padding: the program reads its sequence's start/end from cu_seqlens and loops only over query
+blocks and key blocks inside that sequence; a program whose query block lies past the sequence's end does
+nothing. The 1D grid is ``cdiv(max_seqlen, BLOCK_M) * batch * heads`` programs (one axis, so large
+batch * heads never hits CUDA's 65535 limit on grid axes 1 and 2); query blocks step by the grid's
+query-block count, so a ``max_seqlen`` smaller than the true longest sequence costs speed, never
+correctness (no device sync is needed to validate it).
+
+Autotuning: over (BLOCK_M, BLOCK_N, num_warps, num_stages), keyed on ``max_seqlen`` rounded up to a power
+of two (at least 16), head_dim and the dtype; varied sequence lengths therefore do not retune every call.
+Under ``TRITON_INTERPRET=1`` a single config is used.
+
+GPU speed unmeasured until run on a GPU; correctness verified under TRITON_INTERPRET=1 on CPU (fp16, fp32;
+bf16 with the dot operands upcast to fp32 because the interpreter's bf16 ``tl.dot`` is broken, see
+``_utils.dot_upcast``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ._utils import FLOAT_DTYPES, autotune_configs, bucket, check_device, dot_upcast, next_pow2
+
+LOG2E = 1.4426950408889634
+MAX_HEAD_DIM = 256
+
+
+def _prune(configs, named_args, **kwargs):
+    """Drop query tiles much larger than the longest sequence (all-masked rows are wasted work)."""
+    seq_bucket = named_args["SEQ_BUCKET"]
+    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= max(64, seq_bucket)]
+    return kept or configs[:1]
+
+
+_CONFIGS = autotune_configs([
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=2),  # first: the interpreter's
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=2),
+])
+
+
+@triton.autotune(configs=_CONFIGS, key=["SEQ_BUCKET", "HEAD_DIM"], prune_configs_by={"early_config_prune": _prune})
+@triton.jit
+def _attention_fwd_kernel(
+    qkv_ptr, out_ptr, cu_seqlens_ptr,
+    max_seqlen, qk_scale,
+    stride_qkv_t, stride_qkv_s, stride_qkv_h,
+    stride_out_t, stride_out_h,
+    SEQ_BUCKET,  # rounded max_seqlen: the autotune key only, unused in the body
+    HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    num_m = tl.cdiv(max_seqlen, BLOCK_M)
+    pid = tl.program_id(0)
+    pid_m = pid % num_m
+    pid_bh = pid // num_m
+    seq = pid_bh // HEADS
+    head = pid_bh % HEADS
+
+    start = tl.load(cu_seqlens_ptr + seq)
+    seqlen = tl.load(cu_seqlens_ptr + seq + 1) - start
+
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+    q_base = qkv_ptr + head * stride_qkv_h
+    k_base = q_base + stride_qkv_s
+    v_base = q_base + 2 * stride_qkv_s
+    o_base = out_ptr + head * stride_out_h
+
+    # Query blocks of this sequence: pid_m, pid_m + num_m, ... (one block unless max_seqlen was too small).
+    for m_start in range(pid_m * BLOCK_M, seqlen, num_m * BLOCK_M):
+        offs_m = m_start + tl.arange(0, BLOCK_M)
+        m_mask = offs_m < seqlen
+        rows_m = (start + offs_m).to(tl.int64)
+        q = tl.load(q_base + rows_m[:, None] * stride_qkv_t + offs_d[None, :],
+                    mask=m_mask[:, None] & d_mask[None, :], other=0.0)
+        if UPCAST:
+            q = q.to(tl.float32)
+
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+        for n_start in range(0, seqlen, BLOCK_N):
+            offs_n = n_start + tl.arange(0, BLOCK_N)
+            n_mask = offs_n < seqlen
+            rows_n = (start + offs_n).to(tl.int64)
+            # K loaded transposed: (BLOCK_D, BLOCK_N)
+            k = tl.load(k_base + rows_n[None, :] * stride_qkv_t + offs_d[:, None],
+                        mask=n_mask[None, :] & d_mask[:, None], other=0.0)
+            v = tl.load(v_base + rows_n[:, None] * stride_qkv_t + offs_d[None, :],
+                        mask=n_mask[:, None] & d_mask[None, :], other=0.0)
+            if UPCAST:
+                k = k.to(tl.float32)
+                v = v.to(tl.float32)
+            s = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N) fp32, base 2
+            s = tl.where(n_mask[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))  # finite: every key block has >= 1 valid key
+            alpha = tl.math.exp2(m_i - m_new)
+            p = tl.math.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+            m_i = m_new
+
+        acc = acc / l_i[:, None]
+        tl.store(o_base + rows_m[:, None] * stride_out_t + offs_d[None, :],
+                 acc.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
+
+
+def attention(
+    qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, scale: float | None = None
+) -> torch.Tensor:
+    """Varlen attention over packed sequences; shapes and semantics as in the module docstring.
+
+    Raises ValueError naming the offending shape/dtype/device for invalid inputs. GPU speed unmeasured
+    until run on a GPU; correctness verified under TRITON_INTERPRET=1 on CPU.
+    """
+    if qkv.dim() != 4 or qkv.shape[1] != 3:
+        raise ValueError(f"qkv must be (total_tokens, 3, heads, head_dim), got {tuple(qkv.shape)}")
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+        raise ValueError(f"cu_seqlens must be (batch + 1,), got {tuple(cu_seqlens.shape)}")
+    if cu_seqlens.dtype != torch.int32:
+        raise ValueError(f"cu_seqlens must be int32, got {cu_seqlens.dtype}")
+    if qkv.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"qkv must be float32/float16/bfloat16, got {qkv.dtype}")
+    check_device([("qkv", qkv), ("cu_seqlens", cu_seqlens)])
+    total, _, heads, head_dim = qkv.shape
+    if not 1 <= head_dim <= MAX_HEAD_DIM:
+        raise ValueError(f"head_dim must be in [1, {MAX_HEAD_DIM}], got qkv shape {tuple(qkv.shape)}")
+    if head_dim > 1 and qkv.stride(3) != 1:
+        raise ValueError(f"qkv must be contiguous along head_dim, got strides {qkv.stride()}")
+    if cu_seqlens.numel() > 1 and cu_seqlens.stride(0) != 1:
+        raise ValueError(f"cu_seqlens must be contiguous, got stride {cu_seqlens.stride()}")
+    max_seqlen = int(max_seqlen)
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+
+    out = torch.empty(total, heads, head_dim, dtype=qkv.dtype, device=qkv.device)
+    batch = cu_seqlens.numel() - 1
+    if total == 0 or heads == 0:
+        return out
+    if max_seqlen < 1:
+        raise ValueError(f"max_seqlen must be >= 1 for {total} tokens, got {max_seqlen}")
+
+    def grid(meta):
+        return (triton.cdiv(max_seqlen, meta["BLOCK_M"]) * batch * heads,)
+
+    _attention_fwd_kernel[grid](
+        qkv, out, cu_seqlens,
+        max_seqlen, scale * LOG2E,
+        qkv.stride(0), qkv.stride(1), qkv.stride(2),
+        out.stride(0), out.stride(1),
+        bucket(max_seqlen),
+        HEADS=heads, HEAD_DIM=head_dim, BLOCK_D=max(16, next_pow2(head_dim)),
+        UPCAST=dot_upcast(qkv.dtype), DOT_PRECISION="ieee" if qkv.dtype == torch.float32 else "tf32",
+    )
+    return out

@@ -1,0 +1,162 @@
+"""bertrt distill: student init from teacher layers, the losses fall, resume is exact, the output loads in
+transformers (and as a sentence-transformers embedder), and the report is written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from bertrt.train import cli  # noqa: E402
+from bertrt.train.distill import (  # noqa: E402
+    DistillConfig,
+    LossWeights,
+    attention_kl,
+    default_layer_map,
+    distill,
+    init_from_teacher,
+    soft_label_kl,
+    student_config,
+)
+from bertrt.train.finetune import FinetuneConfig, finetune  # noqa: E402
+from bertrt.train.loop import TrainConfig, TrainingInterrupted  # noqa: E402
+from bertrt.train.report import spearman  # noqa: E402
+
+from .train_fixtures import make_tiny_model, write_sequence_csv  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A 4-layer tiny embedder and a 4-layer classification teacher fine-tuned from it."""
+    root = tmp_path_factory.mktemp("distill")
+    embedder = make_tiny_model(root / "embedder", layers=4)
+    train, dev = write_sequence_csv(root / "train.csv", 160, seed=1), write_sequence_csv(root / "dev.csv", 60, seed=2)
+    teacher = root / "teacher"
+    finetune(FinetuneConfig(model_dir=str(embedder), train_file=str(train), max_length=32, train=TrainConfig(
+        out_dir=str(teacher), batch_size=16, learning_rate=5e-3, max_steps=60, threads=1, progress=False)))
+    return {"root": root, "embedder": embedder, "teacher": teacher, "train": train, "dev": dev}
+
+
+def _config(setup, teacher, out, layers=2, hidden=None, eval_file=None, latency=False, weights=None, **train):
+    train = {"batch_size": 16, "learning_rate": 2e-3, "max_steps": 24, "checkpoint_every": 8, "threads": 1,
+             "progress": False, **train}
+    return DistillConfig(teacher_dir=str(teacher), train_file=str(setup["train"]), student_layers=layers,
+                         hidden_size=hidden, eval_file=str(eval_file) if eval_file else None, max_length=32,
+                         weights=weights or LossWeights(), latency=latency,
+                         train=TrainConfig(out_dir=str(out), **train))
+
+
+def _history(out_dir):
+    return json.loads((out_dir / "training_log.json").read_text())["history"]
+
+
+def test_default_layer_map():
+    assert default_layer_map(6, 3) == [1, 3, 5]
+    assert default_layer_map(12, 4) == [2, 5, 8, 11]
+    assert default_layer_map(4, 4) == [0, 1, 2, 3]
+    with pytest.raises(ValueError):
+        default_layer_map(6, 7)
+
+
+def test_student_starts_as_a_copy_of_mapped_teacher_layers(setup):
+    from transformers import AutoModelForSequenceClassification
+
+    teacher = AutoModelForSequenceClassification.from_pretrained(str(setup["teacher"]))
+    student = type(teacher)(student_config(teacher.config, 2, None))
+    init_from_teacher(student, teacher, [1, 3])
+    t, s = teacher.state_dict(), student.state_dict()
+    assert torch.equal(s["bert.encoder.layer.0.attention.self.query.weight"], t["bert.encoder.layer.1.attention.self.query.weight"])
+    assert torch.equal(s["bert.encoder.layer.1.output.dense.weight"], t["bert.encoder.layer.3.output.dense.weight"])
+    assert torch.equal(s["classifier.weight"], t["classifier.weight"])
+    assert torch.equal(s["bert.embeddings.word_embeddings.weight"], t["bert.embeddings.word_embeddings.weight"])
+
+
+def test_loss_terms():
+    logits = torch.randn(4, 5)
+    assert soft_label_kl(logits, logits, 2.0).abs() < 1e-6
+    assert soft_label_kl(torch.randn(4, 5), logits, 2.0) > 0
+    attention = torch.softmax(torch.randn(2, 2, 6, 6), -1)
+    mask = torch.ones(2, 6)
+    assert attention_kl(attention, attention, mask).abs() < 1e-6
+    assert attention_kl(torch.softmax(torch.randn(2, 2, 6, 6), -1), attention, mask) > 0
+    x = torch.randn(100)
+    assert spearman(x, 2 * x + 1) == pytest.approx(1.0)
+    assert spearman(x, -x) == pytest.approx(-1.0)
+
+
+def test_classification_distillation_loss_falls_and_loads(setup, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    out = tmp_path / "student"
+    summary = distill(_config(setup, setup["teacher"], out, eval_file=setup["dev"], latency=True))
+    history = _history(out)
+    first, last = history[:4], history[-4:]
+    for term in ("loss", "soft", "hidden", "attention"):
+        assert sum(h[term] for h in last) < sum(h[term] for h in first), term
+    model = AutoModelForSequenceClassification.from_pretrained(str(out))
+    assert model.config.num_hidden_layers == 2
+    assert model.config.id2label == {0: "animal", 1: "food", 2: "tool"}
+    assert model.config.distillation["layer_map"] == [1, 3]
+    report = json.loads((out / "report.json").read_text())
+    assert report == summary["report"]
+    assert 0 <= report["student_accuracy"] <= 1 and 0 <= report["agreement"] <= 1
+    assert report["student_parameters"] < report["teacher_parameters"]
+    assert report["latency"]["teacher_ms"] > 0 and report["latency"]["batch"] == 8
+    assert "| accuracy |" in (out / "report.md").read_text()
+
+
+def test_resume_after_interruption_is_identical(setup, tmp_path):
+    from safetensors.torch import load_file
+
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    distill(_config(setup, setup["teacher"], whole, max_steps=10, checkpoint_every=4))
+    with pytest.raises(TrainingInterrupted):
+        distill(_config(setup, setup["teacher"], broken, max_steps=10, checkpoint_every=4, stop_after=6))
+    assert torch.load(broken / "checkpoint" / "state.pt", weights_only=False)["step"] == 4
+    distill(_config(setup, setup["teacher"], broken, max_steps=10, checkpoint_every=4))
+    assert _history(whole) == _history(broken)
+    a, b = load_file(whole / "model.safetensors"), load_file(broken / "model.safetensors")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_embedding_distillation_keeps_pooling_files(setup, tmp_path):
+    from transformers import AutoModel
+
+    out = tmp_path / "embedder"
+    weights = LossWeights(hidden=0.1, attention=0.1)
+    summary = distill(_config(setup, setup["embedder"], out, eval_file=setup["dev"], weights=weights,
+                              learning_rate=1e-3))
+    history = _history(out)
+    assert sum(h["emb_cos"] for h in history[-4:]) < sum(h["emb_cos"] for h in history[:4])
+    assert AutoModel.from_pretrained(str(out)).config.num_hidden_layers == 2
+    for name in ("modules.json", "1_Pooling/config.json", "sentence_bert_config.json", "vocab.txt"):
+        assert (out / name).is_file(), name
+    report = summary["report"]
+    assert report["task"] == "embedding" and -1 <= report["spearman"] <= 1 and report["pairs"] == 60 * 59 // 2
+
+
+def test_smaller_hidden_size_uses_a_projection(setup, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    out = tmp_path / "narrow"
+    distill(_config(setup, setup["teacher"], out, hidden=16, max_steps=6))
+    model = AutoModelForSequenceClassification.from_pretrained(str(out))
+    assert model.config.hidden_size == 16 and model.config.num_hidden_layers == 2
+    state = torch.load(out / "checkpoint" / "state.pt", weights_only=False)["model"]
+    assert state["projection.weight"].shape == (32, 16)
+
+
+def test_cli_distill(setup, tmp_path, capsys):
+    out = tmp_path / "cli"
+    code = cli.main(["distill", "--teacher", str(setup["teacher"]), "--student-layers", "1", "--layer-map", "3",
+                     "--data", str(setup["train"]), "--out", str(out), "--max-steps", "2", "--threads", "1",
+                     "--no-progress", "--w-attention", "0"])
+    assert code == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["layer_map"] == [3]
+    code = cli.main(["distill", "--teacher", str(setup["teacher"]), "--student-layers", "2", "--layer-map", "1,9",
+                     "--data", str(setup["train"]), "--out", str(tmp_path / "bad"), "--max-steps", "1"])
+    assert code == 2 and "layer map [1, 9]" in capsys.readouterr().err
