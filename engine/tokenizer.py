@@ -67,7 +67,8 @@ class BertTokenizer:
         decoder = self._tok.decoder
         return decoder.decode(tokens) if decoder is not None else " ".join(tokens)
 
-    def encode_batch(self, texts: list[str], truncation: str = "truncate", max_length: int | None = None) -> list[Encoding]:
+    def encode_batch(self, texts: list[str], truncation: str = "truncate",
+                     max_length: int | None = None) -> list[Encoding]:
         if truncation not in TRUNCATION_MODES:
             raise InputError(f"truncation must be one of {TRUNCATION_MODES}, got {truncation!r}")
         limit = max_length or self.max_length

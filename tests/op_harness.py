@@ -10,7 +10,6 @@ import contextlib
 
 import pytest
 import torch
-
 from bertrt.ops import registry
 
 from .conftest import FP32_TOLERANCE, LOW_PRECISION_ATOL, LOW_PRECISION_FACTOR

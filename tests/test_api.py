@@ -3,10 +3,9 @@ pipelines on the same checkpoint."""
 
 from __future__ import annotations
 
+import bertrt
 import numpy as np
 import pytest
-
-import bertrt
 from bertrt import InputError
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from bertrt.ops import registry
 
 from .op_harness import assert_close, device_for, implementation_params, reference, run

@@ -7,7 +7,6 @@ import shutil
 
 import pytest
 import torch
-
 from bertrt import ModelLoadError
 from bertrt.model import load_checkpoint
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from bertrt.model import load_checkpoint
 
 from .conftest import PARITY_ATOL

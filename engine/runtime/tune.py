@@ -143,8 +143,8 @@ def tune(model_dir: str | Path | None = None, device: str = "auto", task: str | 
     skipped: list[str] = []
     if candidates is None:
         candidates, skipped = policy.tune_candidates(device)
-    if ("torch", "float32") not in candidates:
-        candidates = [("torch", "float32"), *candidates]
+    # torch float32 runs first: its outputs are the reference of the accuracy gate
+    candidates = [("torch", "float32"), *(c for c in candidates if c != ("torch", "float32"))]
 
     reference_ckpt = load_checkpoint(model_dir, torch.float32, device)
     max_length = reference_ckpt.tokenizer.max_length
@@ -156,6 +156,7 @@ def tune(model_dir: str | Path | None = None, device: str = "auto", task: str | 
         key = f"{name}/{precision}"
         bar.set_postfix_str(key)
         entry: dict = {"backend": name, "precision": precision, "ms": {}, "agreement": {}}
+        checkpoint = None
         try:
             if (name, precision) == ("torch", "float32"):
                 checkpoint = reference_ckpt
@@ -163,6 +164,7 @@ def tune(model_dir: str | Path | None = None, device: str = "auto", task: str | 
                 choice = policy.Choice(name, precision, "tune", "explicit", [(name, precision)])
                 dtype, place = policy.checkpoint_placement(choice, device)
                 checkpoint = load_checkpoint(model_dir, dtype, place)
+            runner = None
             runner, _, _ = create_runner(checkpoint, device, [(name, precision)], explicit=True)
             for bucket in buckets:
                 ms, out = _timed(runner, batches[bucket], task, repeats, warmup)
@@ -178,7 +180,7 @@ def tune(model_dir: str | Path | None = None, device: str = "auto", task: str | 
             bar.update(len(buckets) - len(entry["ms"]))
             log.warning("tune: %s failed: %s", key, entry["error"])
         results[key] = entry
-        del checkpoint
+        del checkpoint, runner  # free one candidate's engine before the next builds its own
     bar.close()
     record = {**expect, "device": device, "model_dir": str(model_dir), "gate": gate, "buckets": list(buckets),
               "repeats": repeats, "skipped": skipped, "results": results,
