@@ -37,4 +37,4 @@ bench:
 	$(BIN)/bertrt bench --out bench-results
 
 clean:
-	rm -rf build out bench-results engine/_C*.so engine/_cuda*.so *.egg-info
+	rm -rf build out bench-results engine/_C*.so engine/_cuda*.so engine/*.ptxas.log *.egg-info

@@ -46,22 +46,45 @@ LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 256
 
 
-def _prune(configs, named_args, **kwargs):
-    """Drop query tiles much larger than the longest sequence (all-masked rows are wasted work)."""
-    seq_bucket = named_args["SEQ_BUCKET"]
-    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= max(64, seq_bucket)]
-    return kept or configs[:1]
-
-
-_CONFIGS = autotune_configs([
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=2),  # first: the interpreter's
+# fp16/bf16: tensor-core tiles. The first config is the one the interpreter uses, for every dtype.
+_HALF_CONFIGS = [
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=2),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=2),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=4, num_stages=2),
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=2),
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=2),
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=2),
-])
+]
+# fp32 with IEEE dots (FMA, no tensor cores) needs far more registers per tile: smaller tiles
+_FP32_CONFIGS = [
+    triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4, num_stages=1),
+    triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1),
+    triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=8, num_stages=1),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=1),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=8, num_stages=1),
+]
+_CONFIGS = autotune_configs(_HALF_CONFIGS + _FP32_CONFIGS)
+
+
+def _prune(configs, named_args, **kwargs):
+    """Keep the dtype's config family; drop query tiles much taller than the longest sequence (all-masked
+    rows are wasted work) and tiles that spill registers. The register rules were set from ptxas reports
+    of the AOT-compiled kernels for sm_80 (``python -m bertrt.kernels._compile_check``): fp16/bf16 tiles
+    spill once the fp32 accumulator + score tile exceed ~96 values a thread; IEEE fp32 tiles once the
+    accumulator exceeds ~32."""
+    seq_bucket = named_args["SEQ_BUCKET"]
+    block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
+    fp32 = kwargs.get("DOT_PRECISION", named_args.get("DOT_PRECISION")) == "ieee"
+    family = {id(c) for c in (_FP32_CONFIGS if fp32 else _HALF_CONFIGS)}
+
+    def fits(c):
+        m, n, threads = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], 32 * c.num_warps
+        if id(c) not in family or m > max(64, seq_bucket):
+            return False
+        return m * block_d / threads <= 32 if fp32 else (m * block_d + m * n) / threads <= 96
+
+    return [c for c in configs if fits(c)] or configs[:1]
 
 
 @triton.autotune(configs=_CONFIGS, key=["SEQ_BUCKET", "HEAD_DIM"], prune_configs_by={"early_config_prune": _prune})
@@ -88,17 +111,17 @@ def _attention_fwd_kernel(
 
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < HEAD_DIM
-    q_base = qkv_ptr + head * stride_qkv_h
+    # 64-bit scalar bases for the sequence and head; the per-element tile offsets stay 32-bit (fewer registers)
+    q_base = qkv_ptr + start.to(tl.int64) * stride_qkv_t + head * stride_qkv_h
     k_base = q_base + stride_qkv_s
     v_base = q_base + 2 * stride_qkv_s
-    o_base = out_ptr + head * stride_out_h
+    o_base = out_ptr + start.to(tl.int64) * stride_out_t + head * stride_out_h
 
     # Query blocks of this sequence: pid_m, pid_m + num_m, ... (one block unless max_seqlen was too small).
     for m_start in range(pid_m * BLOCK_M, seqlen, num_m * BLOCK_M):
         offs_m = m_start + tl.arange(0, BLOCK_M)
         m_mask = offs_m < seqlen
-        rows_m = (start + offs_m).to(tl.int64)
-        q = tl.load(q_base + rows_m[:, None] * stride_qkv_t + offs_d[None, :],
+        q = tl.load(q_base + offs_m[:, None] * stride_qkv_t + offs_d[None, :],
                     mask=m_mask[:, None] & d_mask[None, :], other=0.0)
         if UPCAST:
             q = q.to(tl.float32)
@@ -110,11 +133,10 @@ def _attention_fwd_kernel(
         for n_start in range(0, seqlen, BLOCK_N):
             offs_n = n_start + tl.arange(0, BLOCK_N)
             n_mask = offs_n < seqlen
-            rows_n = (start + offs_n).to(tl.int64)
             # K loaded transposed: (BLOCK_D, BLOCK_N)
-            k = tl.load(k_base + rows_n[None, :] * stride_qkv_t + offs_d[:, None],
+            k = tl.load(k_base + offs_n[None, :] * stride_qkv_t + offs_d[:, None],
                         mask=n_mask[None, :] & d_mask[:, None], other=0.0)
-            v = tl.load(v_base + rows_n[:, None] * stride_qkv_t + offs_d[None, :],
+            v = tl.load(v_base + offs_n[:, None] * stride_qkv_t + offs_d[None, :],
                         mask=n_mask[:, None] & d_mask[None, :], other=0.0)
             if UPCAST:
                 k = k.to(tl.float32)
@@ -129,7 +151,7 @@ def _attention_fwd_kernel(
             m_i = m_new
 
         acc = acc / l_i[:, None]
-        tl.store(o_base + rows_m[:, None] * stride_out_t + offs_d[None, :],
+        tl.store(o_base + offs_m[:, None] * stride_out_t + offs_d[None, :],
                  acc.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
 
 

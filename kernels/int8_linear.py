@@ -83,13 +83,16 @@ def _int8_linear_kernel(
     pid_m = first_pid_m + (pid % num_pid_in_group) % group_size_m
     pid_n = (pid % num_pid_in_group) // group_size_m
 
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    # 64-bit scalar bases of this tile's rows/columns; the per-element offsets inside the tile stay 32-bit
+    # (64-bit offset tiles cost registers and spill)
+    rm = tl.arange(0, BLOCK_M)
+    rn = tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
-    m_mask = offs_m < M
-    n_mask = offs_n < N
-    x_ptrs = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm + offs_k[None, :] * stride_xk
-    w_ptrs = w_ptr + offs_n.to(tl.int64)[None, :] * stride_wn + offs_k[:, None] * stride_wk  # (BLOCK_K, BLOCK_N)
+    m_mask = pid_m * BLOCK_M + rm < M
+    n_mask = pid_n * BLOCK_N + rn < N
+    x_ptrs = x_ptr + (pid_m * BLOCK_M).to(tl.int64) * stride_xm + rm[:, None] * stride_xm + offs_k[None, :] * stride_xk
+    w_ptrs = (w_ptr + (pid_n * BLOCK_N).to(tl.int64) * stride_wn
+              + rn[None, :] * stride_wn + offs_k[:, None] * stride_wk)  # (BLOCK_K, BLOCK_N) view of w.T
 
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
     for k in range(0, tl.cdiv(K, BLOCK_K)):
@@ -101,16 +104,16 @@ def _int8_linear_kernel(
         w_ptrs += BLOCK_K * stride_wk
 
     # epilogue, fp32, in the reference's order: acc * x_scale * w_scale + bias, then the activation
-    x_scale = tl.load(x_scale_ptr + offs_m, mask=m_mask, other=0.0).to(tl.float32)
-    w_scale = tl.load(w_scale_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+    x_scale = tl.load(x_scale_ptr + pid_m * BLOCK_M + rm, mask=m_mask, other=0.0).to(tl.float32)
+    w_scale = tl.load(w_scale_ptr + pid_n * BLOCK_N + rn, mask=n_mask, other=0.0).to(tl.float32)
     y = acc.to(tl.float32) * x_scale[:, None] * w_scale[None, :]
     if HAS_BIAS:
-        y = y + tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+        y = y + tl.load(bias_ptr + pid_n * BLOCK_N + rn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
     if ACTIVATION == 1:
         y = gelu_fp32(y, False)
     elif ACTIVATION == 2:
         y = gelu_fp32(y, True)
-    out_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
+    out_ptrs = out_ptr + (pid_m * BLOCK_M).to(tl.int64) * stride_om + pid_n * BLOCK_N + rm[:, None] * stride_om + rn[None, :]
     tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
 
 

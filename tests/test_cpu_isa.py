@@ -8,10 +8,12 @@ clear error, and their numerics are not exercised here: the parametrised tests c
 from __future__ import annotations
 
 import math
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
-
 from bertrt.ops.attention import attention_ref
 from bertrt.ops.bias_gelu import bias_gelu_ref
 from bertrt.ops.bias_residual_layer_norm import bias_residual_layer_norm_ref
@@ -160,6 +162,36 @@ def test_attention_same_result_for_any_thread_count(isa):
     assert torch.equal(one, many)
 
 
+def test_amx_attention_tiling_in_software_emulation(tmp_path):
+    """attention_amx.cpp's packing, tile indexing and online softmax, with software tiles.
+
+    Runs everywhere g++ exists; the real AMX instructions only run where supported_isas() has "amx".
+    """
+    compiler = shutil.which("g++")
+    source = Path(__file__).resolve().parents[1] / "csrc" / "cpu"
+    if compiler is None or not (source / "amx_emulation_test.cpp").exists():
+        pytest.skip("needs g++ and the csrc/cpu sources")
+    binary = tmp_path / "amx_emulation_test"
+    subprocess.run(
+        [
+            compiler,
+            "-O2",
+            "-std=c++17",
+            "-fopenmp",
+            "-DBERTRT_ISA_AMX",
+            "-DBERTRT_AMX_EMULATE",
+            str(source / "amx_emulation_test.cpp"),
+            str(source / "attention_amx.cpp"),
+            "-o",
+            str(binary),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    result = subprocess.run([str(binary)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 # ---- bias + GELU ------------------------------------------------------------------------------------
 
 
@@ -260,8 +292,7 @@ def test_int8_linear_matches_ref(isa, m, n, k, activation):
     w_q, w_scale = quantize_per_token(torch.randn(n, k))
     bias = torch.randn(n)
     out = ck.int8_linear(x_q, x_scale, w_q, w_scale, bias, activation)
-    torch.testing.assert_close(out, int8_linear_ref(x_q, x_scale, w_q, w_scale, bias, activation),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, int8_linear_ref(x_q, x_scale, w_q, w_scale, bias, activation), atol=1e-5, rtol=1e-5)
 
 
 def test_int8_linear_is_exact_over_the_whole_int8_range(isa):

@@ -68,7 +68,8 @@ def test_student_starts_as_a_copy_of_mapped_teacher_layers(setup):
     student = type(teacher)(student_config(teacher.config, 2, None))
     init_from_teacher(student, teacher, [1, 3])
     t, s = teacher.state_dict(), student.state_dict()
-    assert torch.equal(s["bert.encoder.layer.0.attention.self.query.weight"], t["bert.encoder.layer.1.attention.self.query.weight"])
+    query = "bert.encoder.layer.{}.attention.self.query.weight"
+    assert torch.equal(s[query.format(0)], t[query.format(1)])
     assert torch.equal(s["bert.encoder.layer.1.output.dense.weight"], t["bert.encoder.layer.3.output.dense.weight"])
     assert torch.equal(s["classifier.weight"], t["classifier.weight"])
     assert torch.equal(s["bert.embeddings.word_embeddings.weight"], t["bert.embeddings.word_embeddings.weight"])

@@ -152,3 +152,15 @@ def test_cli_finetune_with_custom_columns(tiny_model, tmp_path, capsys):
     assert code == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["labels"] == 2
     assert Columns().text == "text"
+
+
+def test_export_checkpoint_of_a_stopped_run(tiny_model, data, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    out = tmp_path / "stopped"
+    with pytest.raises(TrainingInterrupted):
+        finetune(_config(tiny_model, data["train"], out, max_steps=6, checkpoint_every=2, stop_after=4))
+    config = _config(tiny_model, data["train"], out, max_steps=6, checkpoint_every=2)
+    config.export_checkpoint = True
+    assert finetune(config)["steps"] == 4
+    assert AutoModelForSequenceClassification.from_pretrained(str(out)).config.num_labels == 3

@@ -112,18 +112,28 @@ void attend(const AttentionArgs& a, int64_t start, int64_t len, int64_t head, in
   const T* base = static_cast<const T*>(a.qkv) + start * token_stride + head * dim;
   T* out = static_cast<T*>(a.out) + start * heads * dim + head * dim;
 
-  float* kt = tls_scratch.get(dim * len_padded + len * dim_padded + kMR * dim + kMR * kKeyBlock +
+  const int64_t q_rows = q_end - q_begin;
+  float* kt = tls_scratch.get(dim * len_padded + len * dim_padded + (q_rows + kMR) * dim + kMR * kKeyBlock +
                               kMR * dim_padded + 2 * kMR);
   float* vp = kt + dim * len_padded;
-  float* qb = vp + len * dim_padded;
+  float* qp = vp + len * dim_padded;  // this item's query rows, scaled
+  float* qb = qp + q_rows * dim;      // staging for the last, partial block of rows
   float* sb = qb + kMR * dim;
   float* ob = sb + kMR * kKeyBlock;
   float* row_max = ob + kMR * dim_padded;
   float* row_sum = row_max + kMR;
 
-  // Pack K transposed and V padded, converting to fp32 once for the whole item.
+  // Pack Q (scaled into the log2 domain), K transposed and V padded, converting to fp32 once for the
+  // whole item; the next token's rows are prefetched (tokens are 3 * heads * dim elements apart).
+  const float q_factor = a.scale * kLog2e;
+  for (int64_t i = q_begin; i < q_end; ++i) {
+    __builtin_prefetch(base + (i + 2) * token_stride);
+    convert_row(base + i * token_stride, qp + (i - q_begin) * dim, dim, q_factor);
+  }
   float krow[kMaxHeadDim];
   for (int64_t j = 0; j < len; ++j) {
+    __builtin_prefetch(base + (j + 2) * token_stride + heads * dim);
+    __builtin_prefetch(base + (j + 2) * token_stride + 2 * heads * dim);
     convert_row(base + j * token_stride + heads * dim, krow, dim, 1.0f);
     for (int64_t d = 0; d < dim; ++d) kt[d * len_padded + j] = krow[d];
     float* vrow = vp + j * dim_padded;
@@ -133,12 +143,15 @@ void attend(const AttentionArgs& a, int64_t start, int64_t len, int64_t head, in
   for (int64_t d = 0; d < dim; ++d)
     for (int64_t j = len; j < len_padded; ++j) kt[d * len_padded + j] = 0.0f;
 
-  const float q_factor = a.scale * kLog2e;
   for (int64_t q0 = q_begin; q0 < q_end; q0 += kMR) {
     const int64_t rows = q_end - q0 < kMR ? q_end - q0 : kMR;
+    const float* q = qp + (q0 - q_begin) * dim;
+    if (rows < kMR) {  // pad the last block with zero rows (their scores are discarded)
+      for (int64_t i = 0; i < rows * dim; ++i) qb[i] = q[i];
+      for (int64_t i = rows * dim; i < kMR * dim; ++i) qb[i] = 0.0f;
+      q = qb;
+    }
     for (int64_t r = 0; r < kMR; ++r) {
-      if (r < rows) convert_row(base + (q0 + r) * token_stride, qb + r * dim, dim, q_factor);
-      else for (int64_t d = 0; d < dim; ++d) qb[r * dim + d] = 0.0f;
       row_max[r] = -__builtin_inff();
       row_sum[r] = 0.0f;
     }
@@ -148,7 +161,7 @@ void attend(const AttentionArgs& a, int64_t start, int64_t len, int64_t head, in
       const int64_t keys = len - k0 < kKeyBlock ? len - k0 : kKeyBlock;
       const int64_t keys_padded = round_up(keys, kNR);
       for (int64_t jt = 0; jt < keys_padded; jt += kNR)
-        score_tile(qb, dim, kt + k0 + jt, len_padded, sb + jt, kKeyBlock);
+        score_tile(q, dim, kt + k0 + jt, len_padded, sb + jt, kKeyBlock);
 
       // Online softmax: new running max, rescale of the old sum and output, p = 2^(s - max).
       for (int64_t r = 0; r < kMR; ++r) {
@@ -164,7 +177,7 @@ void attend(const AttentionArgs& a, int64_t start, int64_t len, int64_t head, in
         Vec sum = vzero();
         j = 0;
         for (; j + W <= keys; j += W) {
-          Vec pv = vexp2(vsub(vload(s + j), vm));
+          Vec pv = vexp2_nonpositive(vsub(vload(s + j), vm));
           vstore(s + j, pv);
           sum = vadd(sum, pv);
         }

@@ -1,8 +1,24 @@
-// AMX variant entry points. Built with -mamx-tile -mamx-bf16 -mamx-int8 plus the AVX-512 flags.
+// AMX variant of the fused variable-length attention (bf16 input); fp32/fp16 inputs and the other
+// ops use the AVX-512 code. Built with the AVX-512 flags plus -mamx-tile -mamx-bf16 -mamx-int8.
+//
+// Same work split and online softmax as attention.cpp, with both products on AMX-BF16 tiles
+// (every tile 16 rows x 64 bytes, fp32 accumulation):
+//   scores  S[16 x 32] : tmm0, tmm1 += Q[16 x 32 dims] (tmm2) . K^T VNNI-packed (tmm3, tmm4)
+//   output  O[16 x 16] : tmm5 += P[16 x 32 keys] (tmm6, bf16) . V VNNI-packed (tmm7)
+// Q and K go in as the bf16 they are; P is rounded to bf16 (flash-attention's choice on GPUs);
+// the softmax itself (max, exp2, sums, rescale) stays fp32 on AVX-512. Head dims pad with zeros to
+// 32 (scores) and 16 (output); keys pad to 32 and their probabilities are zeroed.
+//
+// UNVERIFIED on hardware so far: the development machine has no AMX. tests/test_cpu_isa.py runs
+// this variant against attention_ref wherever supported_isas() lists "amx".
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "kernels.h"
+#include "simd.h"
+#include "parallel.h"
+#if defined(BERTRT_AMX_EMULATE)
+#include "amx_emulation.h"
+#endif
 
 namespace bertrt::cpu::amx {
 
@@ -16,6 +32,219 @@ bool request_tile_permission() {
 #endif
 }
 
-void attention(const AttentionArgs& args) { avx512::attention(args); }
+namespace {
+
+constexpr int kRows = 16;             // query rows per block = tile rows
+constexpr int64_t kKeyBlock = 256;    // keys per online-softmax step, a multiple of 32
+
+BERTRT_INLINE int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+struct alignas(64) TileConfig {
+  uint8_t palette_id;
+  uint8_t start_row;
+  uint8_t reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+static_assert(sizeof(TileConfig) == 64, "AMX tile configuration is 64 bytes");
+
+void configure_tiles() {
+  TileConfig cfg;
+  std::memset(&cfg, 0, sizeof(cfg));
+  cfg.palette_id = 1;
+  for (int t = 0; t < 8; ++t) {
+    cfg.colsb[t] = 64;
+    cfg.rows[t] = 16;
+  }
+  _tile_loadconfig(&cfg);
+}
+
+struct Scratch {
+  unsigned char* data = nullptr;
+  int64_t capacity = 0;
+  unsigned char* get(int64_t bytes) {
+    if (bytes > capacity) {
+      std::free(data);
+      data = static_cast<unsigned char*>(std::aligned_alloc(64, size_t(round_up(bytes, 64))));
+      capacity = round_up(bytes, 64);
+    }
+    return data;
+  }
+};
+thread_local Scratch tls_scratch;
+
+void attend(const AttentionArgs& a, int64_t start, int64_t len, int64_t head, int64_t q_begin, int64_t q_end) {
+  const int64_t dim = a.head_dim, heads = a.heads, token_stride = 3 * heads * dim;
+  const int64_t dim32 = round_up(dim, 32), dim16 = round_up(dim, 16);
+  const int64_t d_chunks = dim32 / 32, d_tiles = dim16 / 16;
+  const int64_t len32 = round_up(len, 32);
+  const uint16_t* base = static_cast<const uint16_t*>(a.qkv) + start * token_stride + head * dim;
+  bf16* out = static_cast<bf16*>(a.out) + start * heads * dim + head * dim;
+
+  // Scratch: packed K and V (bf16), the Q block, scores, probabilities, output, row statistics.
+  const int64_t k_bytes = round_up(len32 * dim32 * 2, 64), v_bytes = round_up(len32 * dim16 * 2, 64);
+  const int64_t q_bytes = round_up(kRows * dim32 * 2, 64), s_bytes = kRows * kKeyBlock * 4;
+  const int64_t p_bytes = kRows * kKeyBlock * 2, o_bytes = round_up(kRows * dim16 * 4, 64);
+  unsigned char* mem = tls_scratch.get(k_bytes + v_bytes + q_bytes + s_bytes + p_bytes + o_bytes + 2 * 64);
+  uint16_t* kpack = reinterpret_cast<uint16_t*>(mem);
+  uint16_t* vpack = reinterpret_cast<uint16_t*>(mem + k_bytes);
+  uint16_t* qb = reinterpret_cast<uint16_t*>(mem + k_bytes + v_bytes);
+  float* sb = reinterpret_cast<float*>(mem + k_bytes + v_bytes + q_bytes);
+  uint16_t* pb = reinterpret_cast<uint16_t*>(mem + k_bytes + v_bytes + q_bytes + s_bytes);
+  float* ob = reinterpret_cast<float*>(mem + k_bytes + v_bytes + q_bytes + s_bytes + p_bytes);
+  float* row_max = reinterpret_cast<float*>(mem + k_bytes + v_bytes + q_bytes + s_bytes + p_bytes + o_bytes);
+  float* row_sum = row_max + kRows;
+
+  // VNNI packing. K tile (16 keys, 32 dims): row r = dim pair, column n = key.
+  // V tile (32 keys, 16 dims): row r = key pair, column n = dim.
+  std::memset(kpack, 0, size_t(k_bytes));
+  std::memset(vpack, 0, size_t(v_bytes));
+  for (int64_t j = 0; j < len; ++j) {
+    const uint16_t* k = base + j * token_stride + heads * dim;
+    const uint16_t* v = k + heads * dim;
+    uint16_t* kdst = kpack + (j / 16) * d_chunks * 512 + (j % 16) * 2;
+    uint16_t* vdst = vpack + (j / 32) * d_tiles * 512 + ((j % 32) / 2) * 32 + (j % 2);
+    for (int64_t d = 0; d < dim; ++d) {
+      kdst[(d / 32) * 512 + ((d % 32) / 2) * 32 + (d % 2)] = k[d];
+      vdst[(d / 16) * 512 + (d % 16) * 2] = v[d];
+    }
+  }
+
+  const float q_factor = a.scale * kLog2e;
+  for (int64_t q0 = q_begin; q0 < q_end; q0 += kRows) {
+    const int64_t rows = q_end - q0 < kRows ? q_end - q0 : kRows;
+    std::memset(qb, 0, size_t(q_bytes));
+    for (int64_t r = 0; r < rows; ++r) std::memcpy(qb + r * dim32, base + (q0 + r) * token_stride, size_t(dim) * 2);
+    for (int r = 0; r < kRows; ++r) {
+      row_max[r] = -__builtin_inff();
+      row_sum[r] = 0.0f;
+    }
+    std::memset(ob, 0, size_t(o_bytes));
+
+    for (int64_t k0 = 0; k0 < len; k0 += kKeyBlock) {
+      const int64_t keys = len - k0 < kKeyBlock ? len - k0 : kKeyBlock;
+      const int64_t keys32 = round_up(keys, 32);
+      for (int64_t jt = 0; jt < keys32; jt += 32) {
+        _tile_zero(0);
+        _tile_zero(1);
+        const uint16_t* k_lo = kpack + ((k0 + jt) / 16) * d_chunks * 512;
+        const uint16_t* k_hi = k_lo + d_chunks * 512;
+        for (int64_t c = 0; c < d_chunks; ++c) {
+          _tile_loadd(2, qb + c * 32, dim32 * 2);
+          _tile_loadd(3, k_lo + c * 512, 64);
+          _tile_loadd(4, k_hi + c * 512, 64);
+          _tile_dpbf16ps(0, 2, 3);
+          _tile_dpbf16ps(1, 2, 4);
+        }
+        _tile_stored(0, sb + jt, kKeyBlock * 4);
+        _tile_stored(1, sb + jt + 16, kKeyBlock * 4);
+      }
+
+      const Vec factor = vset1(q_factor);
+      for (int r = 0; r < kRows; ++r) {
+        float* s = sb + r * kKeyBlock;
+        int64_t j = 0;
+        Vec mx = vset1(-__builtin_inff());
+        for (; j + W <= keys; j += W) mx = vmax(mx, vmul(vload(s + j), factor));
+        float m_block = vreduce_max(mx);
+        for (; j < keys; ++j) m_block = s[j] * q_factor > m_block ? s[j] * q_factor : m_block;
+        const float m_old = row_max[r];
+        const float m_new = m_block > m_old ? m_block : m_old;
+        const Vec neg_m = vset1(-m_new);
+        Vec sum = vzero();
+        for (j = 0; j + W <= keys; j += W) {
+          Vec p = vexp2(vfmadd(vload(s + j), factor, neg_m));
+          vstore(s + j, p);
+          sum = vadd(sum, p);
+        }
+        float block_sum = vreduce_add(sum);
+        for (; j < keys; ++j) {
+          s[j] = vreduce_max(vexp2(vset1(s[j] * q_factor - m_new)));
+          block_sum += s[j];
+        }
+        for (j = keys; j < keys32; ++j) s[j] = 0.0f;  // padded keys: probability 0
+        for (j = 0; j < keys32; j += W) vstore(reinterpret_cast<bf16*>(pb + r * kKeyBlock + j), vload(s + j));
+        if (m_old == -__builtin_inff()) {
+          row_sum[r] = block_sum;
+        } else {
+          const float alpha = vreduce_max(vexp2(vset1(m_old - m_new)));
+          row_sum[r] = row_sum[r] * alpha + block_sum;
+          const Vec va = vset1(alpha);
+          for (int64_t d = 0; d < dim16; d += W) vstore(ob + r * dim16 + d, vmul(vload(ob + r * dim16 + d), va));
+        }
+        row_max[r] = m_new;
+      }
+
+      for (int64_t dt = 0; dt < d_tiles; ++dt) {
+        _tile_loadd(5, ob + dt * 16, dim16 * 4);
+        for (int64_t kc = 0; kc < keys32 / 32; ++kc) {
+          _tile_loadd(6, pb + kc * 32, kKeyBlock * 2);
+          _tile_loadd(7, vpack + ((k0 / 32 + kc) * d_tiles + dt) * 512, 64);
+          _tile_dpbf16ps(5, 6, 7);
+        }
+        _tile_stored(5, ob + dt * 16, dim16 * 4);
+      }
+    }
+
+    for (int64_t r = 0; r < rows; ++r) {
+      const Vec inv = vset1(1.0f / row_sum[r]);
+      bf16* o = out + (q0 + r) * heads * dim;
+      const float* src = ob + r * dim16;
+      int64_t d = 0;
+      for (; d + W <= dim; d += W) vstore(o + d, vmul(vload(src + d), inv));
+      if (d < dim) vstore_partial(o + d, vmul(vload(src + d), inv), dim - d);
+    }
+  }
+}
+
+struct Item { int32_t seq, head, q_begin, q_end; };
+
+void run_bf16(const AttentionArgs& a) {
+  const int32_t* cu = a.cu_seqlens;
+  const int threads = a.threads > 0 ? a.threads : 1;
+  int64_t live = 0, max_len = 0;
+  for (int64_t b = 0; b < a.batch; ++b) {
+    const int64_t len = cu[b + 1] - cu[b];
+    if (len > 0) ++live;
+    if (len > max_len) max_len = len;
+  }
+  if (live == 0) return;
+  const int64_t pairs = live * a.heads, want = 4 * int64_t(threads);
+  int64_t chunks = pairs >= want ? 1 : (want + pairs - 1) / pairs;
+  const int64_t max_chunks = (max_len + 63) / 64;  // keep >= 64 query rows per item
+  if (chunks > max_chunks) chunks = max_chunks;
+  if (chunks < 1) chunks = 1;
+  Item* items = static_cast<Item*>(std::malloc(size_t(pairs * chunks) * sizeof(Item)));
+  int64_t count = 0;
+  for (int64_t b = 0; b < a.batch; ++b) {
+    const int64_t len = cu[b + 1] - cu[b];
+    if (len <= 0) continue;
+    const int64_t rows = round_up((len + chunks - 1) / chunks, kRows);
+    for (int64_t h = 0; h < a.heads; ++h)
+      for (int64_t q = 0; q < len; q += rows)
+        items[count++] = Item{int32_t(b), int32_t(h), int32_t(q), int32_t(q + rows < len ? q + rows : len)};
+  }
+  const int used = int(count < threads ? count : threads);
+#pragma omp parallel num_threads(used) if (used > 1)
+  {
+    configure_tiles();  // tile configuration is per thread
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t i = 0; i < count; ++i) {
+      const Item& it = items[i];
+      attend(a, cu[it.seq], cu[it.seq + 1] - cu[it.seq], it.head, it.q_begin, it.q_end);
+    }
+    _tile_release();
+  }
+  std::free(items);
+}
+
+}  // namespace
+
+void attention(const AttentionArgs& args) {
+  if (args.dtype == DType::BF16) run_bf16(args);
+#if !defined(BERTRT_AMX_EMULATE)
+  else avx512::attention(args);
+#endif
+}
 
 }  // namespace bertrt::cpu::amx

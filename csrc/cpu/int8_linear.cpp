@@ -27,8 +27,134 @@ void epilogue_row(const int32_t* acc, float x_scale, const float* w_scale, const
   }
 }
 
+#if defined(BERTRT_ISA_AVX2) || defined(BERTRT_ISA_AVX512)
+// AVX2 u8 x s8 path (the AVX-512 variant runs it too). vpmaddubsw multiplies unsigned by signed
+// bytes and adds pairs into int16 with saturation, so the operands are made saturation-free:
+//   a = |w| (u8, <= 128),  b = sign(x, w) = x * sgn(w) (s8),  a * b = w * x
+// and |pair| <= 2 * 128 * 127 = 32512 < 32767, exact, unless x = -128 (whose negation wraps).
+// Rows of x holding -128 take the plain int32 loop instead. vpmaddwd with ones widens pairs to
+// int32: each lane then holds 4 consecutive k of one output column.
+//
+// W is packed per call: panels of 8 columns, k in groups of 4 -> 32 bytes per (panel, group);
+// zero padding to N % 8 and K % 4. The micro-kernel is 4 rows x 16 columns (8 ymm accumulators).
+constexpr int64_t kRows = 4, kPanel = 8, kCols = 16, kRowChunk = 48, kColChunk = 128;
+
+void pack_weights(const int8_t* w, int64_t n, int64_t k, int64_t k_groups, int8_t* packed, int threads) {
+  const int64_t panels = (n + kPanel - 1) / kPanel;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && n * k > (1 << 16))
+  for (int64_t p = 0; p < panels; ++p) {
+    int8_t* dst = packed + p * k_groups * 32;
+    for (int64_t g = 0; g < k_groups; ++g)
+      for (int64_t c = 0; c < kPanel; ++c)
+        for (int64_t t = 0; t < 4; ++t) {
+          const int64_t col = p * kPanel + c, kk = g * 4 + t;
+          dst[g * 32 + c * 4 + t] = (col < n && kk < k) ? w[col * k + kk] : int8_t(0);
+        }
+  }
+}
+
+// acc[r][0..16) = sum_k x[r][k] * w[col0 + ...][k] for 4 rows of padded x (stride k_padded).
+BERTRT_INLINE void int8_tile(const int8_t* x, int64_t k_padded, const int8_t* panel0, const int8_t* panel1,
+                             int64_t k_groups, int32_t* acc) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+  for (int64_t g = 0; g < k_groups; ++g) {
+    const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel0 + g * 32));
+    const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel1 + g * 32));
+    const __m256i a0 = _mm256_abs_epi8(w0), a1 = _mm256_abs_epi8(w1);
+#define BERTRT_INT8_ROW(r, acc0, acc1)                                                                  \
+    {                                                                                                   \
+      int32_t x4;                                                                                       \
+      std::memcpy(&x4, x + (r) * k_padded + g * 4, 4);                                                  \
+      const __m256i xb = _mm256_set1_epi32(x4);                                                         \
+      acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(_mm256_maddubs_epi16(a0, _mm256_sign_epi8(xb, w0)), ones)); \
+      acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(_mm256_maddubs_epi16(a1, _mm256_sign_epi8(xb, w1)), ones)); \
+    }
+    BERTRT_INT8_ROW(0, c00, c01)
+    BERTRT_INT8_ROW(1, c10, c11)
+    BERTRT_INT8_ROW(2, c20, c21)
+    BERTRT_INT8_ROW(3, c30, c31)
+#undef BERTRT_INT8_ROW
+  }
+  __m256i* out = reinterpret_cast<__m256i*>(acc);
+  _mm256_storeu_si256(out + 0, c00); _mm256_storeu_si256(out + 1, c01);
+  _mm256_storeu_si256(out + 2, c10); _mm256_storeu_si256(out + 3, c11);
+  _mm256_storeu_si256(out + 4, c20); _mm256_storeu_si256(out + 5, c21);
+  _mm256_storeu_si256(out + 6, c30); _mm256_storeu_si256(out + 7, c31);
+}
+
+template <class O, class B>
+void run_simd(const Int8LinearArgs& a) {
+  const int64_t m = a.m, n = a.n, k = a.k;
+  const int64_t k_groups = (k + 3) / 4, k_padded = k_groups * 4;
+  const int64_t panels = (n + kPanel - 1) / kPanel;
+  // Two panels per tile: an odd panel count gets one zero panel at the end.
+  const int64_t panels_padded = (panels + 1) / 2 * 2;
+  int8_t* packed = static_cast<int8_t*>(std::aligned_alloc(64, size_t(panels_padded * k_groups * 32 + 64)));
+  pack_weights(a.w, n, k, k_groups, packed, a.threads);
+  std::memset(packed + panels * k_groups * 32, 0, size_t((panels_padded - panels) * k_groups * 32));
+
+  const B* bias = static_cast<const B*>(a.bias);
+  O* out = static_cast<O*>(a.out);
+  const int64_t row_chunks = (m + kRowChunk - 1) / kRowChunk, col_chunks = (n + kColChunk - 1) / kColChunk;
+  const int threads = threads_for(m * n * k, 1 << 20, a.threads);
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    int8_t* xs = static_cast<int8_t*>(std::aligned_alloc(64, size_t(kRowChunk * k_padded + 64)));
+    alignas(32) int32_t acc[kRows * kCols];
+#pragma omp for collapse(2) schedule(dynamic, 1)
+    for (int64_t rc = 0; rc < row_chunks; ++rc)
+      for (int64_t cc = 0; cc < col_chunks; ++cc) {
+        const int64_t r0 = rc * kRowChunk, r1 = r0 + kRowChunk < m ? r0 + kRowChunk : m;
+        const int64_t c0 = cc * kColChunk, c1 = c0 + kColChunk < n ? c0 + kColChunk : n;
+        // Rows padded to a multiple of 4 (k) and of kRows (zero rows); flag rows holding -128.
+        const int64_t rows = r1 - r0, rows_padded = (rows + kRows - 1) / kRows * kRows;
+        bool has_min[kRowChunk];
+        for (int64_t r = 0; r < rows_padded; ++r) {
+          int8_t* dst = xs + r * k_padded;
+          has_min[r] = false;
+          if (r < rows) {
+            const int8_t* src = a.x + (r0 + r) * k;
+            std::memcpy(dst, src, size_t(k));
+            for (int64_t t = 0; t < k; ++t) has_min[r] |= src[t] == -128;
+            std::memset(dst + k, 0, size_t(k_padded - k));
+          } else {
+            std::memset(dst, 0, size_t(k_padded));
+          }
+        }
+        for (int64_t col = c0; col < c1; col += kCols) {
+          const int64_t panel = col / kPanel;
+          const int64_t cols = c1 - col < kCols ? c1 - col : kCols;
+          for (int64_t r = 0; r < rows; r += kRows) {
+            int8_tile(xs + r * k_padded, k_padded, packed + panel * k_groups * 32,
+                      packed + (panel + 1) * k_groups * 32, k_groups, acc);
+            for (int64_t i = 0; i < kRows && r + i < rows; ++i) {
+              const int64_t row = r0 + r + i;
+              if (has_min[r + i]) {  // exact int32 loop for a row the u8 x s8 trick cannot take
+                for (int64_t j = 0; j < cols; ++j) {
+                  const int8_t* wr = a.w + (col + j) * k;
+                  int32_t s = 0;
+                  for (int64_t t = 0; t < k; ++t) s += int32_t(a.x[row * k + t]) * int32_t(wr[t]);
+                  acc[i * kCols + j] = s;
+                }
+              }
+              epilogue_row(acc + i * kCols, a.x_scale[row], a.w_scale + col, bias ? bias + col : nullptr,
+                           a.activation, cols, out + row * n + col);
+            }
+          }
+        }
+      }
+    std::free(xs);
+  }
+  std::free(packed);
+}
+#endif
+
 template <class O, class B>
 void run(const Int8LinearArgs& a) {
+#if defined(BERTRT_ISA_AVX2) || defined(BERTRT_ISA_AVX512)
+  return run_simd<O, B>(a);
+#endif
   const int64_t m = a.m, n = a.n, k = a.k;
   const int threads = threads_for(m * n * k, 1 << 18, a.threads);
   const B* bias = static_cast<const B*>(a.bias);

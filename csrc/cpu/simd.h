@@ -15,16 +15,23 @@
 
 #include "kernels.h"
 
-#if defined(BERTRT_ISA_AVX512)
+#if defined(BERTRT_ISA_AMX) && defined(BERTRT_AMX_EMULATE)  // amx_emulation_test.cpp: scalar lanes
+#define BERTRT_NS amx
+#elif defined(BERTRT_ISA_AMX)  // AVX-512 registers, own namespace (attention_amx.cpp)
+#include <immintrin.h>
+#define BERTRT_NS amx
+#define BERTRT_VEC512 1
+#elif defined(BERTRT_ISA_AVX512)
 #include <immintrin.h>
 #define BERTRT_NS avx512
+#define BERTRT_VEC512 1
 #elif defined(BERTRT_ISA_AVX2)
 #include <immintrin.h>
 #define BERTRT_NS avx2
 #elif defined(BERTRT_ISA_SCALAR)
 #define BERTRT_NS scalar
 #else
-#error "define one of BERTRT_ISA_SCALAR, BERTRT_ISA_AVX2, BERTRT_ISA_AVX512"
+#error "define one of BERTRT_ISA_SCALAR, BERTRT_ISA_AVX2, BERTRT_ISA_AVX512, BERTRT_ISA_AMX"
 #endif
 
 #define BERTRT_INLINE inline __attribute__((always_inline))
@@ -78,9 +85,9 @@ BERTRT_INLINE void from_float(float x, bf16* p) { p->bits = float_to_bf16_bits(x
 BERTRT_INLINE void from_float(float x, f16* p) { p->bits = float_to_f16_bits(x); }
 
 // ---- vector registers -------------------------------------------------------------------------
-#if defined(BERTRT_ISA_AVX2) || defined(BERTRT_ISA_AVX512)
+#if defined(BERTRT_ISA_AVX2) || defined(BERTRT_VEC512)
 
-#if defined(BERTRT_ISA_AVX512)
+#if defined(BERTRT_VEC512)
 constexpr int W = 16;
 using Vec = __m512;
 using IVec = __m512i;
@@ -256,9 +263,26 @@ BERTRT_INLINE Vec vexp2(Vec x) {
   return vselect_lt(x, lo, vzero(), r);
 }
 
+// 2^x for x <= 0 (softmax numerators after the max is subtracted): no overflow handling needed.
+BERTRT_INLINE Vec vexp2_nonpositive(Vec x) {
+  const Vec lo = vset1(-126.0f);
+  Vec xc = vmax(x, lo);
+  Vec n = vround(xc);
+  Vec f = vsub(xc, n);
+  Vec p = vset1(1.5252733804059840e-05f);
+  p = vfmadd(p, f, vset1(1.5403530393381609e-04f));
+  p = vfmadd(p, f, vset1(1.3333558146428443e-03f));
+  p = vfmadd(p, f, vset1(9.6181291076284772e-03f));
+  p = vfmadd(p, f, vset1(5.5504108664821580e-02f));
+  p = vfmadd(p, f, vset1(2.4022650695910071e-01f));
+  p = vfmadd(p, f, vset1(6.9314718055994531e-01f));
+  p = vfmadd(p, f, vset1(1.0f));
+  return vselect_lt(x, lo, vzero(), vmul(p, vpow2i(n)));
+}
+
 constexpr float kLog2e = 1.4426950408889634f;
 
-#if defined(BERTRT_ISA_SCALAR)
+#if !defined(BERTRT_ISA_AVX2) && !defined(BERTRT_VEC512)
 BERTRT_INLINE Vec vexp(Vec x) {
   // No hardware FMA on baseline x86-64: take the reduction in double instead of the split below.
   double t = double(x) * 1.4426950408889634;

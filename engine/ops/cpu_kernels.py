@@ -23,7 +23,6 @@ import warnings
 from collections.abc import Iterator
 
 import torch
-
 from bertrt import _C
 
 _DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
@@ -84,8 +83,11 @@ def use_isa(name: str) -> Iterator[str]:
         _forced_isa.reset(token)
 
 
+_ISA_CODES = {name: _C.isa_code(name) for name in _ISA_NAMES}
+
+
 def _isa_code() -> int:
-    return _C.isa_code(active_isa())
+    return _ISA_CODES[_forced_isa.get() or _DEFAULT_ISA]
 
 
 def _threads() -> int:
@@ -98,7 +100,7 @@ def _threads() -> int:
 def _require_tensor(name: str, t: object) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.device.type != "cpu":
+    if not t.is_cpu:
         raise ValueError(f"{name} must be on the CPU for the cpu kernels, got device {t.device}")
     if not t.is_contiguous():
         raise ValueError(f"{name} must be contiguous, got shape {tuple(t.shape)} with strides {t.stride()}")
@@ -113,19 +115,21 @@ def _require_float(name: str, t: torch.Tensor) -> int:
 
 
 def _require_shape(name: str, t: torch.Tensor, shape: tuple[int, ...]) -> None:
-    if tuple(t.shape) != tuple(shape):
+    if t.shape != shape:
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
 
 
-def _params(dtype: torch.dtype, **tensors: torch.Tensor | None) -> tuple[int, dict[str, torch.Tensor | None]]:
+def _params(dtype: torch.dtype, names: tuple[str, ...], tensors: tuple) -> tuple[int, tuple]:
     """Per-feature parameters share one dtype: the activations' dtype, else all go to float32."""
-    present = {k: v for k, v in tensors.items() if v is not None}
-    for name, t in present.items():
-        _require_tensor(name, t)
-        _require_float(name, t)
-    if all(t.dtype == dtype for t in present.values()):
+    same = True
+    for name, t in zip(names, tensors):
+        if t is not None:
+            _require_tensor(name, t)
+            _require_float(name, t)
+            same = same and t.dtype == dtype
+    if same:
         return _DTYPE_CODES[dtype], tensors
-    return _DTYPE_CODES[torch.float32], {k: (None if v is None else v.float()) for k, v in tensors.items()}
+    return 0, tuple(None if t is None else t.float() for t in tensors)
 
 
 def _ptr(t: torch.Tensor | None) -> int:
@@ -135,9 +139,7 @@ def _ptr(t: torch.Tensor | None) -> int:
 # ---- ops ------------------------------------------------------------------------------------------
 
 
-def attention(
-    qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, scale: float | None = None
-) -> torch.Tensor:
+def attention(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, scale: float | None = None) -> torch.Tensor:
     """qkv: (total_tokens, 3, heads, head_dim) -> (total_tokens, heads, head_dim); head_dim <= 128."""
     _require_tensor("qkv", qkv)
     _require_tensor("cu_seqlens", cu_seqlens)
@@ -155,8 +157,19 @@ def attention(
         raise ValueError(f"qkv must have at least one head, got {tuple(qkv.shape)}")
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
     out = torch.empty((total, heads, head_dim), dtype=qkv.dtype)
-    _C.attention(_isa_code(), qkv.data_ptr(), out.data_ptr(), cu_seqlens.data_ptr(), total,
-                 cu_seqlens.numel() - 1, heads, head_dim, scale, code, _threads())
+    _C.attention(
+        _isa_code(),
+        qkv.data_ptr(),
+        out.data_ptr(),
+        cu_seqlens.data_ptr(),
+        total,
+        cu_seqlens.numel() - 1,
+        heads,
+        head_dim,
+        scale,
+        code,
+        _threads(),
+    )
     return out
 
 
@@ -170,11 +183,20 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, approximate: str = "no
         raise ValueError(f"x must be (tokens, features), got {tuple(x.shape)}")
     if bias is not None:
         _require_shape("bias", bias, (x.shape[1],))
-    bias_code, params = _params(x.dtype, bias=bias)
-    bias = params["bias"]
+    bias_code, (bias,) = _params(x.dtype, ("bias",), (bias,))
     out = torch.empty_like(x)
-    _C.bias_gelu(_isa_code(), x.data_ptr(), _ptr(bias), out.data_ptr(), x.shape[0], x.shape[1],
-                 approximate == "tanh", code, bias_code, _threads())
+    _C.bias_gelu(
+        _isa_code(),
+        x.data_ptr(),
+        _ptr(bias),
+        out.data_ptr(),
+        x.shape[0],
+        x.shape[1],
+        approximate == "tanh",
+        code,
+        bias_code,
+        _threads(),
+    )
     return out
 
 
@@ -196,17 +218,36 @@ def bias_residual_layer_norm(x, bias, residual, weight, beta, eps: float = 1e-12
             raise ValueError(f"{name} is required")
         if t is not None:
             _require_shape(name, t, (hidden,))
-    param_code, p = _params(x.dtype, bias=bias, weight=weight, beta=beta)
+    param_code, (bias, weight, beta) = _params(x.dtype, ("bias", "weight", "beta"), (bias, weight, beta))
     out = torch.empty_like(x)
-    _C.bias_residual_layer_norm(_isa_code(), x.data_ptr(), residual.data_ptr(), _ptr(p["bias"]),
-                                p["weight"].data_ptr(), p["beta"].data_ptr(), out.data_ptr(), x.shape[0], hidden,
-                                float(eps), code, param_code, _threads())
+    _C.bias_residual_layer_norm(
+        _isa_code(),
+        x.data_ptr(),
+        residual.data_ptr(),
+        _ptr(bias),
+        weight.data_ptr(),
+        beta.data_ptr(),
+        out.data_ptr(),
+        x.shape[0],
+        hidden,
+        float(eps),
+        code,
+        param_code,
+        _threads(),
+    )
     return out
 
 
 def embedding_layer_norm(
-    input_ids, token_type_ids, position_ids, word_embeddings, position_embeddings,
-    token_type_embeddings, weight, bias, eps: float = 1e-12,
+    input_ids,
+    token_type_ids,
+    position_ids,
+    word_embeddings,
+    position_embeddings,
+    token_type_embeddings,
+    weight,
+    bias,
+    eps: float = 1e-12,
 ) -> torch.Tensor:
     """LayerNorm(word[input_ids] + position[position_ids] + token_type[token_type_ids]) -> (tokens, hidden)."""
     ids = {"input_ids": input_ids, "token_type_ids": token_type_ids, "position_ids": position_ids}
@@ -223,8 +264,11 @@ def embedding_layer_norm(
         )
     if len({t.dtype for t in ids.values()}) > 1:
         input_ids, token_type_ids, position_ids = (t.long() for t in ids.values())
-    tables = {"word_embeddings": word_embeddings, "position_embeddings": position_embeddings,
-              "token_type_embeddings": token_type_embeddings}
+    tables = {
+        "word_embeddings": word_embeddings,
+        "position_embeddings": position_embeddings,
+        "token_type_embeddings": token_type_embeddings,
+    }
     for name, t in tables.items():
         _require_tensor(name, t)
         if t.dim() != 2:
@@ -240,15 +284,30 @@ def embedding_layer_norm(
         raise ValueError(f"hidden size must be >= 1, got {tuple(word_embeddings.shape)}")
     _require_shape("weight", weight, (hidden,))
     _require_shape("bias", bias, (hidden,))
-    param_code, p = _params(word_embeddings.dtype, weight=weight, bias=bias)
+    param_code, (weight, bias) = _params(word_embeddings.dtype, ("weight", "bias"), (weight, bias))
     tokens = input_ids.shape[0]
     out = torch.empty((tokens, hidden), dtype=word_embeddings.dtype)
     _C.embedding_layer_norm(
-        _isa_code(), input_ids.data_ptr(), token_type_ids.data_ptr(), position_ids.data_ptr(),
-        input_ids.dtype == torch.int64, word_embeddings.data_ptr(), word_embeddings.shape[0],
-        position_embeddings.data_ptr(), position_embeddings.shape[0], token_type_embeddings.data_ptr(),
-        token_type_embeddings.shape[0], p["weight"].data_ptr(), p["bias"].data_ptr(), out.data_ptr(), tokens, hidden,
-        float(eps), code, param_code, _threads(),
+        _isa_code(),
+        input_ids.data_ptr(),
+        token_type_ids.data_ptr(),
+        position_ids.data_ptr(),
+        input_ids.dtype == torch.int64,
+        word_embeddings.data_ptr(),
+        word_embeddings.shape[0],
+        position_embeddings.data_ptr(),
+        position_embeddings.shape[0],
+        token_type_embeddings.data_ptr(),
+        token_type_embeddings.shape[0],
+        weight.data_ptr(),
+        bias.data_ptr(),
+        out.data_ptr(),
+        tokens,
+        hidden,
+        float(eps),
+        code,
+        param_code,
+        _threads(),
     )
     return out
 
@@ -279,9 +338,22 @@ def int8_linear(x_q, x_scale, w_q, w_scale, bias=None, activation="none", out_dt
     if out_dtype not in _DTYPE_CODES:
         raise ValueError(f"out_dtype must be float32, bfloat16 or float16, got {out_dtype}")
     out = torch.empty((m, n), dtype=out_dtype)
-    _C.int8_linear(_isa_code(), x_q.data_ptr(), x_scale.data_ptr(), w_q.data_ptr(), w_scale.data_ptr(), _ptr(bias),
-                   out.data_ptr(), m, n, k, _ACTIVATION_CODES[activation], bias_code, _DTYPE_CODES[out_dtype],
-                   _threads())
+    _C.int8_linear(
+        _isa_code(),
+        x_q.data_ptr(),
+        x_scale.data_ptr(),
+        w_q.data_ptr(),
+        w_scale.data_ptr(),
+        _ptr(bias),
+        out.data_ptr(),
+        m,
+        n,
+        k,
+        _ACTIVATION_CODES[activation],
+        bias_code,
+        _DTYPE_CODES[out_dtype],
+        _threads(),
+    )
     return out
 
 

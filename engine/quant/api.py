@@ -18,8 +18,7 @@ from torch import nn
 from ..errors import InputError
 from ..model.bert import BertModel
 from . import calibration as calib
-from .configs import (Bf16Config, Fp16Config, Int8DynamicConfig, Int8StaticConfig, QuantConfig, expand_pattern,
-                      matches)
+from .configs import Bf16Config, Fp16Config, Int8DynamicConfig, Int8StaticConfig, QuantConfig, expand_pattern, matches
 from .modules import Int8Linear, KeepPrecision, onednn_available
 
 log = logging.getLogger("bertrt.quant")

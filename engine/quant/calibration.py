@@ -223,7 +223,8 @@ def as_batches(data, tokenizer, batch_tokens: int = 4096) -> list[PackedBatch]:
 
 
 @torch.inference_mode()
-def run_batches(model: nn.Module, batches: list[PackedBatch], progress: bool = False, desc: str = "calibrating") -> None:
+def run_batches(model: nn.Module, batches: list[PackedBatch], progress: bool = False,
+                desc: str = "calibrating") -> None:
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device

@@ -7,6 +7,10 @@ scale and zero point (static). Two GEMM paths, same numerics (exact int32 accumu
 * ``onednn`` (CPU): ``torch.ops.onednn.qlinear_pointwise``, oneDNN's int8 matmul primitive (AVX2
   u8s8, AVX512-VNNI or AMX, whatever the CPU has), weights prepacked once. The u8 input is the
   int8 value + 128 with zero point 128, so per-token int8 data goes through unchanged.
+  Without VNNI/AMX, oneDNN multiplies u8 x s8 pairs with vpmaddubsw, whose int16 pair sums
+  saturate for 8-bit operands (measured: errors of ~34,000 in the int32 result). There the prepacked
+  weights are requantized to 7 bits (|w| <= 63, scale * 127 / 63), which keeps the product exact and
+  the activations at 8 bits (they carry the outliers); the checkpoint does not change.
 * ``op``: ``bertrt.ops.int8_linear`` (our C++ CPU kernel when built, Triton on CUDA, else torch).
 
 ``KeepPrecision`` wraps a module that stays in higher precision inside a bf16/fp16 model and casts
@@ -36,6 +40,15 @@ def quantize_weight_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, tor
     scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
     w_q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
     return w_q, scale
+
+
+@functools.cache
+def has_int8_dot() -> bool:
+    """True when the CPU has VNNI or AMX-INT8 (int8 dot products accumulate in int32 without saturation)."""
+    from ..runtime.probe import read_cpu
+
+    cpu = read_cpu()
+    return any(cpu.has(f) for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
 @functools.cache
@@ -154,23 +167,28 @@ class Int8Linear(nn.Module):
         key = ("onednn", self._key())
         if key not in self._cache:
             self._cache.clear()
-            self._cache[key] = torch.ops.onednn.qlinear_prepack(self.weight.contiguous(), None)
+            w_q, w_scale = self.weight, self.weight_scale
+            if not has_int8_dot():  # 7-bit weights: vpmaddubsw's int16 pair sums cannot saturate
+                w_q = torch.round(w_q.float() * (63.0 / 127.0)).to(torch.int8)
+                w_scale = w_scale * (127.0 / 63.0)
+            self._cache[key] = torch.ops.onednn.qlinear_prepack(w_q.contiguous(), None)
+            self._cache["w_scale"] = w_scale.contiguous()
             self._cache["w_zp"] = torch.zeros(self.out_features, dtype=torch.long)
         return self._cache[key]
 
     def _forward_onednn(self, x: torch.Tensor) -> torch.Tensor:
         packed = self._packed()
-        w_zp = self._cache["w_zp"]
+        w_zp, w_scale = self._cache["w_zp"], self._cache["w_scale"]
         if self.mode == "dynamic":
             x_u8, x_scale = quantize_per_token_u8(self._scaled_input(x))
-            y = torch.ops.onednn.qlinear_pointwise(x_u8, 1.0, 128, packed, self.weight_scale, w_zp, None, 1.0, 0,
-                                                   torch.float32, "none", [None], "")
+            y = torch.ops.onednn.qlinear_pointwise(x_u8, 1.0, 128, packed, w_scale, w_zp,
+                                                   None, 1.0, 0, torch.float32, "none", [None], "")
             # per-token scale and bias after the int32 product: y = acc * s_w * s_x + b
             return torch.addcmul(self.bias, y, x_scale[:, None]) if self.bias is not None else y.mul_(x_scale[:, None])
         scale = float(self.input_scale.item())
         zp = int(self.input_zero_point.item()) + 128
         x_u8 = quantize_static_u8(self._scaled_input(x), scale, zp)
-        return torch.ops.onednn.qlinear_pointwise(x_u8, scale, zp, packed, self.weight_scale, w_zp, self.bias, 1.0, 0,
+        return torch.ops.onednn.qlinear_pointwise(x_u8, scale, zp, packed, w_scale, w_zp, self.bias, 1.0, 0,
                                                   torch.float32, "none", [None], "")
 
     def _forward_op(self, x: torch.Tensor) -> torch.Tensor:
@@ -211,17 +229,19 @@ class Int8Linear(nn.Module):
         return self
 
 
-def quantize_per_token_u8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-token int8, stored as uint8 = int8 + 128: (x_u8 (M, K), scale (M,))."""
+def quantize_per_token_u8(x: torch.Tensor, qmax: int = 127) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-token quantization to [-qmax, qmax], stored as uint8 = q + qmax + 1 (zero point
+    128 for qmax 127, 64 for the 7-bit qmax 63): (x_u8 (M, K), scale (M,))."""
     amax = x.abs().amax(dim=1).clamp_min_(1e-8)
-    scale = amax / 127.0
-    x_u8 = torch.round(x * (127.0 / amax)[:, None]).add_(128.0).clamp_(1.0, 255.0).to(torch.uint8)
+    scale = amax / float(qmax)
+    x_u8 = torch.round(x * (qmax / amax)[:, None]).add_(qmax + 1.0)
+    x_u8 = x_u8.clamp_(1.0, 2.0 * qmax + 1).to(torch.uint8)
     return x_u8, scale
 
 
-def quantize_static_u8(x: torch.Tensor, scale: float, zero_point_u8: int) -> torch.Tensor:
-    """x -> uint8 round(x / scale) + zero_point, saturated to [0, 255]."""
-    return torch.round(x * (1.0 / scale)).add_(float(zero_point_u8)).clamp_(0.0, 255.0).to(torch.uint8)
+def quantize_static_u8(x: torch.Tensor, scale: float, zero_point_u8: int, hi: float = 255.0) -> torch.Tensor:
+    """x -> uint8 round(x / scale) + zero_point, saturated to [0, hi]."""
+    return torch.round(x * (1.0 / scale)).add_(float(zero_point_u8)).clamp_(0.0, hi).to(torch.uint8)
 
 
 class KeepPrecision(nn.Module):

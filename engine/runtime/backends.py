@@ -145,8 +145,8 @@ def create_runner(checkpoint, device: str, candidates: list[tuple[str, str]], ex
 
     explicit: the caller named the backend; its failure raises instead of falling back. Otherwise a
     failing candidate is logged with the reason and the next one is tried; torch in float32 is the
-    last resort. ``options`` go to every backend (each ignores what it does not know, except
-    torch's ``kernels``).
+    last resort. ``kernels`` goes to torch only, every other option to the graph backends (each
+    ignores what it does not know).
     """
     kind = torch.device(device).type
     tried = list(candidates)
@@ -158,7 +158,9 @@ def create_runner(checkpoint, device: str, candidates: list[tuple[str, str]], ex
         reason = f"unknown backend {name!r}" if backend is None else backend.unavailable(kind, precision)
         if reason is None:
             try:
-                own = {k: v for k, v in options.items() if name == "torch" or k != "kernels"}
+                # torch takes only its kernel choice; the graph backends ignore options they do not know
+                own = ({k: v for k, v in options.items() if k == "kernels"} if name == "torch"
+                       else {k: v for k, v in options.items() if k != "kernels"})
                 return backend.create(checkpoint, device, precision, **own), name, precision
             except Exception as exc:  # a failed export/build: fall back, saying why
                 if explicit:

@@ -12,10 +12,11 @@ MatMul + Add chains over the same weights, writes the mask as ``(1 - mask) * fin
 with erf, because those are the patterns the optimizer's Attention / SkipLayerNormalization /
 BiasGelu / EmbedLayerNormalization fusions match.
 
-Variants: ``fp32`` (standard ONNX ops only: what TensorRT and OpenVINO read), ``fp32-ort`` (fused
-com.microsoft ops, ONNX Runtime only), ``fp16-ort`` (fused, fp16 weights and math, fp32 inputs and
-outputs), ``int8`` (QDQ, per-channel int8 weights, calibrated int8 activations; MatMuls only),
-``fp8`` (QDQ with float8 e4m3, for TensorRT on sm89+).
+Variants: ``fp32`` (standard ONNX ops only: what TensorRT and OpenVINO read), ``fp16`` (the same
+in fp16 with fp32 inputs and outputs), ``fp32-ort`` (fused com.microsoft ops, ONNX Runtime only),
+``fp16-ort`` (fused, fp16 weights and math, fp32 inputs and outputs), ``int8`` (QDQ on the
+standard graph: per-channel int8 weights, calibrated int8 activations; MatMuls with a constant
+weight only), ``fp8`` (QDQ with float8 e4m3, opset 19, for TensorRT on sm89+).
 """
 
 from __future__ import annotations
@@ -207,8 +208,13 @@ def quantize_qdq(proto, calibration: list[dict[str, np.ndarray]], float8: bool =
     """Static quantization in QDQ form: per-channel weights and calibrated activations of every
     MatMul with a constant weight (the projections and FFN; attention's Q·K and P·V stay float)."""
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self):

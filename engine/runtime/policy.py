@@ -213,14 +213,17 @@ def pick(device: str, cpu: probe.CpuInfo | None = None, gpu: probe.GpuInfo | Non
          available: Availability | None = None, precision: str | None = None) -> Choice:
     """The policy's choice for ``device``: the first pick of the matching rule that can run.
 
-    precision: a precision the caller fixed (dtype != "auto"): only picks in it count, and torch
-    in that precision is the last resort.
+    precision: a precision the caller fixed (dtype != "auto"): only picks in it count (the row's
+    tune extras included), torch in that precision is the last resort for float precisions, and
+    BackendUnavailable is raised when nothing here runs it.
     """
     rule = rule_for(device, cpu, gpu)
     available = available or availability_here(device)
     picks = list(rule.picks)
     if precision is not None:
-        picks = [p for p in picks + list(rule.tune) if p[1] == precision] + [("torch", precision)]
+        picks = [p for p in picks + list(rule.tune) if p[1] == precision]
+        if precision not in QUANTIZED.values():
+            picks.append(("torch", precision))
     skipped, usable = [], []
     for name, prec in dict.fromkeys(picks):
         reason = available(name, prec)
@@ -229,7 +232,12 @@ def pick(device: str, cpu: probe.CpuInfo | None = None, gpu: probe.GpuInfo | Non
         else:
             skipped.append(f"{name}/{prec}: {reason}")
     if not usable:
-        usable = [("torch", precision or "float32")]
+        if precision is not None:
+            from .backends import BackendUnavailable
+
+            raise BackendUnavailable(f"no backend runs {precision} on {device} here"
+                                     + (": " + "; ".join(skipped) if skipped else ""))
+        usable = [("torch", "float32")]
     backend, prec = usable[0]
     reason = f"policy row '{rule.family}' ({rule.examples}): {rule.why}"
     if skipped:

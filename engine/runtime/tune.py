@@ -125,7 +125,8 @@ def tune(model_dir: str | Path | None = None, device: str = "auto", task: str | 
          candidates: list[tuple[str, str]] | None = None, buckets: tuple[str, ...] = BUCKETS, gate: float = GATE,
          repeats: int = 10, warmup: int = 2, force: bool = False, progress: bool | None = None) -> dict:
     """Measure, gate, pick and store; returns the stored record. A valid stored record for the same
-    device, model, task and versions is returned as is unless ``force``."""
+    device, model, task and versions that covers the candidates and buckets asked for is returned
+    as is (with "cached": True) unless ``force``; a corrupt or stale one is re-measured."""
     from tqdm.auto import tqdm
 
     from ..model import load_checkpoint
@@ -135,9 +136,11 @@ def tune(model_dir: str | Path | None = None, device: str = "auto", task: str | 
     model_dir = policy._model_dir(model_dir)
     fingerprint, digest, task, expect = _identity(model_dir, device, task)
     path = result_path(fingerprint, digest, task)
-    if not force and candidates is None:
+    if not force:
         record = cache.read_record(path, expect)
-        if record is not None and set(record.get("buckets", [])) >= set(buckets):
+        wanted = None if candidates is None else {f"{b}/{p}" for b, p in candidates}
+        if (record is not None and set(record.get("buckets", [])) >= set(buckets)
+                and (wanted is None or wanted <= set(record.get("results", {})))):
             log.info("tune: using the stored result %s", path)
             return {**record, "cached": True}
     skipped: list[str] = []
@@ -156,7 +159,7 @@ def tune(model_dir: str | Path | None = None, device: str = "auto", task: str | 
         key = f"{name}/{precision}"
         bar.set_postfix_str(key)
         entry: dict = {"backend": name, "precision": precision, "ms": {}, "agreement": {}}
-        checkpoint = None
+        checkpoint = runner = None
         try:
             if (name, precision) == ("torch", "float32"):
                 checkpoint = reference_ckpt
@@ -164,7 +167,6 @@ def tune(model_dir: str | Path | None = None, device: str = "auto", task: str | 
                 choice = policy.Choice(name, precision, "tune", "explicit", [(name, precision)])
                 dtype, place = policy.checkpoint_placement(choice, device)
                 checkpoint = load_checkpoint(model_dir, dtype, place)
-            runner = None
             runner, _, _ = create_runner(checkpoint, device, [(name, precision)], explicit=True)
             for bucket in buckets:
                 ms, out = _timed(runner, batches[bucket], task, repeats, warmup)

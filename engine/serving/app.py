@@ -30,16 +30,26 @@ def error_body(path: str, status: int, message: str, param: str | None = None) -
     """v2 paths answer {"error": message} (the Open Inference Protocol's form); others the OpenAI form."""
     if path.startswith("/v2"):
         return dumps({"error": message})
-    kind = {401: "authentication_error", 404: "not_found_error", 413: "request_too_large",
-            429: "rate_limit_error", 503: "overloaded_error", 504: "timeout_error"}.get(
-        status, "invalid_request_error" if status < 500 else "server_error")
+    kind = {
+        401: "authentication_error",
+        404: "not_found_error",
+        413: "request_too_large",
+        429: "rate_limit_error",
+        503: "overloaded_error",
+        504: "timeout_error",
+    }.get(status, "invalid_request_error" if status < 500 else "server_error")
     return dumps({"error": {"message": message, "type": kind, "param": param, "code": status}})
 
 
-def error_response(request: Request, status: int, message: str, param: str | None = None,
-                   headers: dict[str, str] | None = None) -> Response:
-    return Response(error_body(request.url.path, status, message, param), status_code=status,
-                    media_type="application/json", headers=headers)
+def error_response(
+    request: Request, status: int, message: str, param: str | None = None, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(
+        error_body(request.url.path, status, message, param),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
 
 
 class Gate:
@@ -77,13 +87,19 @@ class Gate:
         try:
             length = headers.get(b"content-length")
             if state.config.api_key and path not in OPEN_PATHS and not _authorized(headers, state.config.api_key):
-                await refuse(401, "missing or wrong API key (send 'Authorization: Bearer KEY' or 'X-API-Key: KEY')",
-                             {"WWW-Authenticate": "Bearer"})
+                await refuse(
+                    401,
+                    "missing or wrong API key (send 'Authorization: Bearer KEY' or 'X-API-Key: KEY')",
+                    {"WWW-Authenticate": "Bearer"},
+                )
             elif state.draining and path not in OPEN_PATHS:
                 await refuse(503, "server is shutting down", {"Retry-After": str(state.config.retry_after_s)})
             elif length is not None and length.isdigit() and int(length) > state.config.max_body_bytes:
-                await refuse(413, f"request body of {int(length)} bytes is over this server's limit of "
-                                  f"{state.config.max_body_bytes} bytes")
+                await refuse(
+                    413,
+                    f"request body of {int(length)} bytes is over this server's limit of "
+                    f"{state.config.max_body_bytes} bytes",
+                )
             else:
                 await self.app(scope, receive, send_with_id)
         finally:
@@ -93,10 +109,20 @@ class Gate:
             endpoint = getattr(route, "path", None) or "unmatched"
             state.metrics.observe_request(endpoint, status, seconds)
             if log.isEnabledFor(logging.INFO):
-                log.info("request", extra={"fields": {
-                    "request_id": request_id, "method": scope["method"], "path": path, "endpoint": endpoint,
-                    "status": status, "ms": round(seconds * 1000, 3),
-                    "client": (scope.get("client") or ("", 0))[0]}})
+                log.info(
+                    "request",
+                    extra={
+                        "fields": {
+                            "request_id": request_id,
+                            "method": scope["method"],
+                            "path": path,
+                            "endpoint": endpoint,
+                            "status": status,
+                            "ms": round(seconds * 1000, 3),
+                            "client": (scope.get("client") or ("", 0))[0],
+                        }
+                    },
+                )
 
 
 def _authorized(headers: dict[bytes, bytes], key: str) -> bool:
@@ -116,8 +142,9 @@ def create_app(engine, config: ServeConfig | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app):
         await state.start()
-        log.info("ready", extra={"fields": {"model": state.model_name, "tasks": list(state.tasks),
-                                            "engine": repr(engine)}})
+        log.info(
+            "ready", extra={"fields": {"model": state.model_name, "tasks": list(state.tasks), "engine": repr(engine)}}
+        )
         try:
             yield
         finally:

@@ -56,10 +56,16 @@ class BatchStats:
 
 
 class DynamicBatcher:
-    def __init__(self, run: RunFunction, max_batch_tokens: int = 8192, max_batch_size: int = 256,
-                 max_wait_ms: float = 2.0, max_queue: int = 1024,
-                 on_batch: Callable[[BatchStats], None] | None = None,
-                 on_queue_depth: Callable[[int], None] | None = None):
+    def __init__(
+        self,
+        run: RunFunction,
+        max_batch_tokens: int = 8192,
+        max_batch_size: int = 256,
+        max_wait_ms: float = 2.0,
+        max_queue: int = 1024,
+        on_batch: Callable[[BatchStats], None] | None = None,
+        on_queue_depth: Callable[[int], None] | None = None,
+    ):
         self._run = run
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
@@ -109,8 +115,9 @@ class DynamicBatcher:
 
     # -- submitting ----------------------------------------------------------------------------------
 
-    def submit(self, ids: list[Sequence[int]], type_ids: list[Sequence[int]], task: str,
-               timeout: float) -> list[asyncio.Future]:
+    def submit(
+        self, ids: list[Sequence[int]], type_ids: list[Sequence[int]], task: str, timeout: float
+    ) -> list[asyncio.Future]:
         """Queue sequences (all or none); one future per sequence. Raises QueueFull or Draining."""
         if self._closing:
             raise Draining("server is shutting down")
@@ -128,8 +135,7 @@ class DynamicBatcher:
         self._wakeup.set()
         return futures
 
-    async def run(self, ids: list[Sequence[int]], type_ids: list[Sequence[int]], task: str,
-                  timeout: float) -> list:
+    async def run(self, ids: list[Sequence[int]], type_ids: list[Sequence[int]], task: str, timeout: float) -> list:
         """Queue sequences and wait for their outputs, in order. Raises QueueFull, Draining,
         RequestTimeout, or what the runner raised."""
         futures = self.submit(ids, type_ids, task, timeout)
@@ -158,8 +164,11 @@ class DynamicBatcher:
                 self._pop_left()
                 continue
             close_at = oldest.enqueued + self.max_wait
-            while (not self._closing and self._tokens.get(oldest.task, 0) < self.max_batch_tokens
-                   and len(self._queue) < self.max_batch_size):
+            while (
+                not self._closing
+                and self._tokens.get(oldest.task, 0) < self.max_batch_tokens
+                and len(self._queue) < self.max_batch_size
+            ):
                 remaining = close_at - loop.time()
                 if remaining <= 0:
                     break
@@ -190,8 +199,9 @@ class DynamicBatcher:
         begin = time.perf_counter()
         outputs = self._run([list(i.ids) for i in batch], [list(i.type_ids) for i in batch], batch[0].task)
         seconds = time.perf_counter() - begin
-        stats = BatchStats(batch[0].task, len(batch), sum(len(i.ids) for i in batch), seconds,
-                           [started - i.enqueued for i in batch])
+        stats = BatchStats(
+            batch[0].task, len(batch), sum(len(i.ids) for i in batch), seconds, [started - i.enqueued for i in batch]
+        )
         return stats, outputs
 
     def _pop_left(self) -> None:
@@ -213,8 +223,7 @@ class DynamicBatcher:
                 self._tokens[item.task] -= len(item.ids)
                 item.future.set_exception(RequestTimeout("request timed out in the queue"))
                 continue
-            fits = (not batch or (tokens + len(item.ids) <= self.max_batch_tokens
-                                  and len(batch) < self.max_batch_size))
+            fits = not batch or (tokens + len(item.ids) <= self.max_batch_tokens and len(batch) < self.max_batch_size)
             if item.task == task and fits:
                 batch.append(item)
                 tokens += len(item.ids)

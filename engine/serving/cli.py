@@ -20,8 +20,12 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, msg, and the record's ``fields`` extra."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-                 "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage()}
+        entry = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
         entry.update(getattr(record, "fields", {}) or {})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
@@ -30,9 +34,11 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(fmt: str = "json", level: str = "info") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else
-                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s %(fields)s",
-                                           defaults={"fields": ""}))
+    handler.setFormatter(
+        JsonFormatter()
+        if fmt == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s %(fields)s", defaults={"fields": ""})
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -45,8 +51,14 @@ def model_name_for(path: str | None) -> str:
     return resolved.name if resolved.name not in ("model", "") else resolved.parent.name
 
 
-def build_server(app, host: str = "127.0.0.1", port: int = 8000, sock: socket.socket | None = None,
-                 log_level: str = "warning", graceful_timeout: float | None = 30.0):
+def build_server(
+    app,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    sock: socket.socket | None = None,
+    log_level: str = "warning",
+    graceful_timeout: float | None = 30.0,
+):
     """A uvicorn.Server whose shutdown first marks the app draining (new requests 503, readiness
     fails), then lets accepted requests finish and the batcher drain in the lifespan shutdown."""
     import uvicorn
@@ -56,8 +68,16 @@ def build_server(app, host: str = "127.0.0.1", port: int = 8000, sock: socket.so
             app.state.bertrt.draining = True
             super().handle_exit(sig, frame)
 
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=graceful_timeout, log_config=None)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=graceful_timeout,
+        log_config=None,
+    )
     return DrainingServer(config)
 
 
@@ -72,31 +92,55 @@ def cmd_serve(args) -> int:
     from .app import create_app
 
     api_key = args.api_key if args.api_key is not None else os.environ.get("BERTRT_API_KEY") or None
-    config = ServeConfig(model_name=args.model_name or model_name_for(args.model_dir),
-                         max_batch_tokens=args.max_batch_tokens, max_batch_size=args.max_batch_size,
-                         max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, timeout_s=args.timeout,
-                         max_body_bytes=args.max_body_bytes, max_inputs=args.max_inputs, api_key=api_key)
-    engine = bertrt.load(args.model_dir, task=args.task, device=args.device, backend=args.backend,
-                         dtype=args.dtype, kernels=args.kernels, max_length=args.max_length)
+    config = ServeConfig(
+        model_name=args.model_name or model_name_for(args.model_dir),
+        max_batch_tokens=args.max_batch_tokens,
+        max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        timeout_s=args.timeout,
+        max_body_bytes=args.max_body_bytes,
+        max_inputs=args.max_inputs,
+        api_key=api_key,
+    )
+    engine = bertrt.load(
+        args.model_dir,
+        task=args.task,
+        device=args.device,
+        backend=args.backend,
+        dtype=args.dtype,
+        kernels=args.kernels,
+        max_length=args.max_length,
+    )
     if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         logging.getLogger("bertrt.serving").warning(
-            "listening on %s without an API key", args.host, extra={"fields": {"host": args.host}})
-    server = build_server(create_app(engine, config), args.host, args.port, log_level="warning",
-                          graceful_timeout=args.timeout)
+            "listening on %s without an API key", args.host, extra={"fields": {"host": args.host}}
+        )
+    server = build_server(
+        create_app(engine, config), args.host, args.port, log_level="warning", graceful_timeout=args.timeout
+    )
     logging.getLogger("bertrt.serving").info(
-        "listening", extra={"fields": {"url": f"http://{args.host}:{args.port}", "model": config.model_name}})
+        "listening", extra={"fields": {"url": f"http://{args.host}:{args.port}", "model": config.model_name}}
+    )
     server.run()
     return 0
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("serve", help="HTTP server: KServe v2, OpenAI embeddings, classify/ner/qa",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = subparsers.add_parser(
+        "serve",
+        help="HTTP server: KServe v2, OpenAI embeddings, classify/ner/qa",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("model_dir", nargs="?", default=None, help="checkpoint directory (default: bundled MiniLM)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 exposes it)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--task", default=None, choices=("embed", "classify", "ner", "qa"),
-                   help="task of the v2 model (default: the checkpoint's)")
+    p.add_argument(
+        "--task",
+        default=None,
+        choices=("embed", "classify", "ner", "qa"),
+        help="task of the v2 model (default: the checkpoint's)",
+    )
     p.add_argument("--model-name", default=None, help="name in v2 paths and OpenAI responses")
     p.add_argument("--device", default="auto")
     p.add_argument("--backend", default="auto")
@@ -107,10 +151,12 @@ def register(subparsers) -> None:
     defaults = ServeConfig()
     p.add_argument("--max-batch-tokens", type=int, default=defaults.max_batch_tokens)
     p.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size)
-    p.add_argument("--max-wait-ms", type=float, default=defaults.max_wait_ms,
-                   help="longest a sequence waits for a batch to fill")
-    p.add_argument("--max-queue", type=int, default=defaults.max_queue,
-                   help="sequences waiting before new requests get 503")
+    p.add_argument(
+        "--max-wait-ms", type=float, default=defaults.max_wait_ms, help="longest a sequence waits for a batch to fill"
+    )
+    p.add_argument(
+        "--max-queue", type=int, default=defaults.max_queue, help="sequences waiting before new requests get 503"
+    )
     p.add_argument("--timeout", type=float, default=defaults.timeout_s, help="per-request seconds (504 after)")
     p.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes)
     p.add_argument("--max-inputs", type=int, default=defaults.max_inputs, help="texts per request")

@@ -15,24 +15,42 @@ class ServerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.requests = Counter("bertrt_requests", "HTTP requests answered, by endpoint and status code",
-                                ["endpoint", "code"], registry=r)
-        self.errors = Counter("bertrt_request_errors", "HTTP requests answered with a 4xx or 5xx status",
-                              ["endpoint", "code"], registry=r)
-        self.rejected = Counter("bertrt_rejected", "requests refused before inference (queue_full, draining, "
-                                "timeout)", ["reason"], registry=r)
-        self.latency = Histogram("bertrt_request_duration_seconds", "time from request to response",
-                                 ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+        self.requests = Counter(
+            "bertrt_requests", "HTTP requests answered, by endpoint and status code", ["endpoint", "code"], registry=r
+        )
+        self.errors = Counter(
+            "bertrt_request_errors", "HTTP requests answered with a 4xx or 5xx status", ["endpoint", "code"], registry=r
+        )
+        self.rejected = Counter(
+            "bertrt_rejected",
+            "requests refused before inference (queue_full, draining, timeout)",
+            ["reason"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "bertrt_request_duration_seconds",
+            "time from request to response",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.in_flight = Gauge("bertrt_requests_in_flight", "HTTP requests being handled", registry=r)
         self.queue_depth = Gauge("bertrt_queue_depth", "sequences waiting for a batch", registry=r)
-        self.batch_size = Histogram("bertrt_batch_size", "sequences per batch", ["task"], buckets=SIZE_BUCKETS,
-                                    registry=r)
-        self.batch_tokens = Histogram("bertrt_batch_tokens", "tokens per batch", ["task"], buckets=TOKEN_BUCKETS,
-                                      registry=r)
-        self.batch_duration = Histogram("bertrt_batch_duration_seconds", "runner time per batch", ["task"],
-                                        buckets=LATENCY_BUCKETS, registry=r)
-        self.queue_wait = Histogram("bertrt_queue_wait_seconds", "time a sequence waits before its batch runs",
-                                    buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram(
+            "bertrt_batch_size", "sequences per batch", ["task"], buckets=SIZE_BUCKETS, registry=r
+        )
+        self.batch_tokens = Histogram(
+            "bertrt_batch_tokens", "tokens per batch", ["task"], buckets=TOKEN_BUCKETS, registry=r
+        )
+        self.batch_duration = Histogram(
+            "bertrt_batch_duration_seconds", "runner time per batch", ["task"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.queue_wait = Histogram(
+            "bertrt_queue_wait_seconds",
+            "time a sequence waits before its batch runs",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
 
     def observe_batch(self, stats: BatchStats) -> None:
         self.batch_size.labels(stats.task).observe(stats.size)

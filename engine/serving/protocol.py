@@ -47,8 +47,15 @@ def loads_object(body: bytes) -> dict:
 
 
 def _json_type(value) -> str:
-    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer", float: "number",
-            type(None): "null"}.get(type(value), type(value).__name__)
+    return {
+        dict: "object",
+        list: "array",
+        str: "string",
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
 
 
 def _is_int(value) -> bool:
@@ -82,11 +89,13 @@ def _check_count(count: int, max_inputs: int, name: str) -> None:
     if count == 0:
         raise ApiError(400, f"'{name}' must not be empty", param=name)
     if count > max_inputs:
-        raise ApiError(413, f"'{name}' has {count} items, over this server's limit of {max_inputs} per request",
-                       param=name)
+        raise ApiError(
+            413, f"'{name}' has {count} items, over this server's limit of {max_inputs} per request", param=name
+        )
 
 
 # -- OpenAI embeddings and the task endpoints ----------------------------------------------------------
+
 
 @dataclass
 class EmbeddingsRequest:
@@ -115,19 +124,32 @@ def parse_embeddings(obj: dict, max_inputs: int) -> EmbeddingsRequest:
         else:
             for index, row in enumerate(value):
                 if not isinstance(row, list) or not all(_is_int(t) for t in row):
-                    raise ApiError(400, f"input[{index}] must be a string or a list of integer token ids "
-                                        f"(all items of one kind), got {_json_type(row)}", param="input")
+                    raise ApiError(
+                        400,
+                        f"input[{index}] must be a string or a list of integer token ids "
+                        f"(all items of one kind), got {_json_type(row)}",
+                        param="input",
+                    )
                 if not row:
                     raise ApiError(400, f"input[{index}] is an empty list of token ids", param="input")
             token_ids = value
     else:
-        raise ApiError(400, "'input' must be a string, a list of strings, a list of token ids or a list of lists "
-                            f"of token ids, got {_json_type(value)}", param="input")
+        raise ApiError(
+            400,
+            "'input' must be a string, a list of strings, a list of token ids or a list of lists "
+            f"of token ids, got {_json_type(value)}",
+            param="input",
+        )
     dimensions = obj.get("dimensions")
     if dimensions is not None and (not _is_int(dimensions) or dimensions < 1):
         raise ApiError(400, f"'dimensions' must be a positive integer, got {dimensions!r}", param="dimensions")
-    return EmbeddingsRequest(texts, token_ids, get_choice(obj, "encoding_format", "float", ("float", "base64")),
-                             get_bool(obj, "truncate", True), dimensions)
+    return EmbeddingsRequest(
+        texts,
+        token_ids,
+        get_choice(obj, "encoding_format", "float", ("float", "base64")),
+        get_bool(obj, "truncate", True),
+        dimensions,
+    )
 
 
 def encode_embedding(vector: np.ndarray, encoding_format: str):
@@ -173,15 +195,32 @@ def parse_qa(obj: dict, model_max_length: int) -> QaRequest:
             raise ApiError(400, f"'{name}' must not be empty", param=name)
     max_length = get_int(obj, "max_length", min(384, model_max_length), 16, model_max_length)
     doc_stride = get_int(obj, "doc_stride", min(128, max_length // 2), 1, max_length - 1)
-    return QaRequest(obj["question"], obj["context"], get_int(obj, "top_k", 1, 1, 20),
-                     get_int(obj, "max_answer_length", 15, 1, 512), doc_stride, max_length)
+    return QaRequest(
+        obj["question"],
+        obj["context"],
+        get_int(obj, "top_k", 1, 1, 20),
+        get_int(obj, "max_answer_length", 15, 1, 512),
+        doc_stride,
+        max_length,
+    )
 
 
 # -- KServe v2 -----------------------------------------------------------------------------------------
 
-NUMPY_DTYPES = {"BOOL": np.bool_, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
-                "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
-                "FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
+NUMPY_DTYPES = {
+    "BOOL": np.bool_,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+}
 
 
 @dataclass
@@ -226,7 +265,7 @@ def _decode_binary_bytes(raw: bytes, name: str) -> list[bytes]:
         offset += 4
         if offset + length > len(raw):
             raise ApiError(400, f"input '{name}': BYTES element overruns its binary data")
-        items.append(raw[offset:offset + length])
+        items.append(raw[offset : offset + length])
         offset += length
     return items
 
@@ -252,7 +291,7 @@ def _parse_tensor(spec, binary: memoryview, offset: int, max_elements: int) -> t
     if size is not None:
         if not _is_int(size) or size < 0 or offset + size > len(binary):
             raise ApiError(400, f"input '{name}': binary_data_size {size!r} does not fit the request's binary data")
-        raw = bytes(binary[offset:offset + size])
+        raw = bytes(binary[offset : offset + size])
         offset += size
         if datatype == "BYTES":
             values: object = _decode_binary_bytes(raw, name)
@@ -260,8 +299,9 @@ def _parse_tensor(spec, binary: memoryview, offset: int, max_elements: int) -> t
         else:
             itemsize = np.dtype(NUMPY_DTYPES[datatype]).itemsize
             if size != count * itemsize:
-                raise ApiError(400, f"input '{name}': shape {shape} of {datatype} needs {count * itemsize} bytes, "
-                                    f"got {size}")
+                raise ApiError(
+                    400, f"input '{name}': shape {shape} of {datatype} needs {count * itemsize} bytes, got {size}"
+                )
             values = np.frombuffer(raw, dtype=np.dtype(NUMPY_DTYPES[datatype]).newbyteorder("<")).reshape(shape)
             got = count
     else:
@@ -305,8 +345,9 @@ def parse_v2_infer(body: bytes, header_length: int | None, max_elements: int) ->
     """The infer request body; with header_length, body = JSON header + binary tensor data."""
     if header_length is not None:
         if header_length < 0 or header_length > len(body):
-            raise ApiError(400, f"Inference-Header-Content-Length {header_length} is outside the body "
-                                f"({len(body)} bytes)")
+            raise ApiError(
+                400, f"Inference-Header-Content-Length {header_length} is outside the body ({len(body)} bytes)"
+            )
         obj, binary = loads_object(body[:header_length]), memoryview(body)[header_length:]
     else:
         obj, binary = loads_object(body), memoryview(b"")
@@ -335,8 +376,7 @@ def parse_v2_infer(body: bytes, header_length: int | None, max_elements: int) ->
             params = spec.get("parameters") or {}
             outputs.append((spec["name"], bool(params.get("binary_data", binary_output))))
     request_id = obj.get("id")
-    return V2Request(request_id if isinstance(request_id, str) else None, inputs, outputs, binary_output,
-                     parameters)
+    return V2Request(request_id if isinstance(request_id, str) else None, inputs, outputs, binary_output, parameters)
 
 
 def _v2_datatype(array) -> str:
@@ -345,8 +385,9 @@ def _v2_datatype(array) -> str:
     return {np.dtype(v): k for k, v in NUMPY_DTYPES.items()}[array.dtype]
 
 
-def encode_v2_response(model_name: str, request_id: str | None,
-                       outputs: list[tuple[str, object, bool]]) -> tuple[bytes, int | None]:
+def encode_v2_response(
+    model_name: str, request_id: str | None, outputs: list[tuple[str, object, bool]]
+) -> tuple[bytes, int | None]:
     """outputs: (name, np.ndarray or list of str, binary). Returns (body, header length or None)."""
     tensors, chunks = [], []
     for name, array, binary in outputs:

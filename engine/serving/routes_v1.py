@@ -44,8 +44,20 @@ def _usage(ids) -> dict:
 @router.get("/models")
 async def models(request: Request) -> Response:
     state: ServerState = request.app.state.bertrt
-    return _json({"object": "list", "data": [{"id": state.model_name, "object": "model", "created": _STARTED,
-                                              "owned_by": "bertrt", "tasks": list(state.tasks)}]})
+    return _json(
+        {
+            "object": "list",
+            "data": [
+                {
+                    "id": state.model_name,
+                    "object": "model",
+                    "created": _STARTED,
+                    "owned_by": "bertrt",
+                    "tasks": list(state.tasks),
+                }
+            ],
+        }
+    )
 
 
 @router.post("/embeddings")
@@ -55,8 +67,11 @@ async def embeddings(request: Request) -> Response:
     parsed = parse_embeddings(obj, state.config.max_inputs)
     hidden = state.engine.hidden_size
     if parsed.dimensions is not None and parsed.dimensions != hidden:
-        raise ApiError(400, f"'dimensions' must be {hidden} for this model (it does not shorten embeddings), "
-                            f"got {parsed.dimensions}", param="dimensions")
+        raise ApiError(
+            400,
+            f"'dimensions' must be {hidden} for this model (it does not shorten embeddings), got {parsed.dimensions}",
+            param="dimensions",
+        )
     if parsed.texts is not None:
         encodings = await state.tokenize(parsed.texts, parsed.truncate)
         ids = [e.ids for e in encodings]
@@ -67,8 +82,10 @@ async def embeddings(request: Request) -> Response:
         type_ids = [[0] * len(row) for row in ids]
     rows = await state.infer(ids, type_ids, "embed")
     matrix = torch.stack(rows).numpy()
-    data = [{"object": "embedding", "index": i, "embedding": encode_embedding(matrix[i], parsed.encoding_format)}
-            for i in range(len(rows))]
+    data = [
+        {"object": "embedding", "index": i, "embedding": encode_embedding(matrix[i], parsed.encoding_format)}
+        for i in range(len(rows))
+    ]
     return _json({"object": "list", "data": data, "model": state.model_name, "usage": _usage(ids)})
 
 
@@ -95,8 +112,10 @@ async def ner(request: Request) -> Response:
     encodings = await state.tokenize(texts, get_bool(obj, "truncate", True))
     ids = [e.ids for e in encodings]
     rows = await state.infer(ids, [e.type_ids for e in encodings], "ner")
-    data = [{"index": i, "entities": state.entities(text, enc, row.numpy(), aggregation)}
-            for i, (text, enc, row) in enumerate(zip(texts, encodings, rows))]
+    data = [
+        {"index": i, "entities": state.entities(text, enc, row.numpy(), aggregation)}
+        for i, (text, enc, row) in enumerate(zip(texts, encodings, rows))
+    ]
     return _json({"object": "list", "data": data, "model": state.model_name, "usage": _usage(ids)})
 
 
@@ -109,8 +128,12 @@ async def qa(request: Request) -> Response:
     parsed = parse_qa(obj, state.max_length)
     windows = await state.tokenize_pair(parsed.question, parsed.context, parsed.max_length, parsed.doc_stride)
     if len(windows) > state.config.max_inputs:
-        raise ApiError(413, f"context needs {len(windows)} windows of {parsed.max_length} tokens, over this "
-                            f"server's limit of {state.config.max_inputs}", param="context")
+        raise ApiError(
+            413,
+            f"context needs {len(windows)} windows of {parsed.max_length} tokens, over this "
+            f"server's limit of {state.config.max_inputs}",
+            param="context",
+        )
     ids = [w.ids for w in windows]
     rows = await state.infer(ids, [w.type_ids for w in windows], "qa")
     answers = state.answers(parsed.context, windows, rows, parsed.max_answer_length, parsed.top_k)

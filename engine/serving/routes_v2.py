@@ -41,11 +41,16 @@ def _model(request: Request, name: str) -> ServerState:
 def output_specs(state: ServerState) -> list[dict]:
     task, config = state.engine.task, state.engine.config
     labels = len(config.id2label)
-    specs = {"embed": [("embedding", "FP32", [-1, config.hidden_size])],
-             "classify": [("logits", "FP32", [-1, labels]), ("probabilities", "FP32", [-1, labels]),
-                          ("label", "BYTES", [-1])],
-             "ner": [("logits", "FP32", [-1, -1, labels])],
-             "qa": [("start_logits", "FP32", [-1, -1]), ("end_logits", "FP32", [-1, -1])]}[task]
+    specs = {
+        "embed": [("embedding", "FP32", [-1, config.hidden_size])],
+        "classify": [
+            ("logits", "FP32", [-1, labels]),
+            ("probabilities", "FP32", [-1, labels]),
+            ("label", "BYTES", [-1]),
+        ],
+        "ner": [("logits", "FP32", [-1, -1, labels])],
+        "qa": [("start_logits", "FP32", [-1, -1]), ("end_logits", "FP32", [-1, -1])],
+    }[task]
     return [{"name": n, "datatype": d, "shape": s} for n, d, s in specs]
 
 
@@ -77,8 +82,15 @@ async def server_metadata() -> Response:
 @router.get("/models/{name}/versions/{version}")
 async def model_metadata(request: Request, name: str, version: str = "1") -> Response:
     state = _model(request, name)
-    return _json({"name": state.model_name, "versions": ["1"], "platform": f"bertrt_{state.engine.backend}",
-                  "inputs": input_specs(state), "outputs": output_specs(state)})
+    return _json(
+        {
+            "name": state.model_name,
+            "versions": ["1"],
+            "platform": f"bertrt_{state.engine.backend}",
+            "inputs": input_specs(state),
+            "outputs": output_specs(state),
+        }
+    )
 
 
 @router.get("/models/{name}/config")
@@ -86,13 +98,25 @@ async def model_metadata(request: Request, name: str, version: str = "1") -> Res
 async def model_config(request: Request, name: str, version: str = "1") -> Response:
     state = _model(request, name)
     engine = state.engine
-    return _json({"name": state.model_name, "platform": f"bertrt_{engine.backend}", "backend": "bertrt",
-                  "max_batch_size": state.config.max_inputs, "task": engine.task, "device": engine.device,
-                  "precision": engine.precision, "max_sequence_length": state.max_length,
-                  "dynamic_batching": {"max_batch_tokens": state.config.max_batch_tokens,
-                                       "max_queue_delay_microseconds": int(state.config.max_wait_ms * 1000),
-                                       "max_queue_size": state.config.max_queue},
-                  "input": input_specs(state), "output": output_specs(state)})
+    return _json(
+        {
+            "name": state.model_name,
+            "platform": f"bertrt_{engine.backend}",
+            "backend": "bertrt",
+            "max_batch_size": state.config.max_inputs,
+            "task": engine.task,
+            "device": engine.device,
+            "precision": engine.precision,
+            "max_sequence_length": state.max_length,
+            "dynamic_batching": {
+                "max_batch_tokens": state.config.max_batch_tokens,
+                "max_queue_delay_microseconds": int(state.config.max_wait_ms * 1000),
+                "max_queue_size": state.config.max_queue,
+            },
+            "input": input_specs(state),
+            "output": output_specs(state),
+        }
+    )
 
 
 @router.get("/models/{name}/ready")
@@ -112,8 +136,9 @@ async def infer(request: Request, name: str, version: str = "1") -> Response:
     header = request.headers.get("inference-header-content-length")
     if header is not None and not header.isdigit():
         raise ApiError(400, f"Inference-Header-Content-Length must be an integer, got {header!r}")
-    parsed = parse_v2_infer(body, int(header) if header is not None else None,
-                            max_elements=config.max_inputs * state.max_length)
+    parsed = parse_v2_infer(
+        body, int(header) if header is not None else None, max_elements=config.max_inputs * state.max_length
+    )
     truncate = parsed.parameters.get("truncate", True)
     if not isinstance(truncate, bool):
         raise ApiError(400, "parameter 'truncate' must be a boolean")
@@ -123,8 +148,11 @@ async def infer(request: Request, name: str, version: str = "1") -> Response:
     elif "input_ids" in parsed.inputs:
         ids, type_ids = _token_inputs(state, parsed.inputs)
     else:
-        raise ApiError(400, "expected an input named 'text' (BYTES, shape [n]) or 'input_ids' (INT64, shape "
-                            f"[n, L]); got {sorted(parsed.inputs)}")
+        raise ApiError(
+            400,
+            "expected an input named 'text' (BYTES, shape [n]) or 'input_ids' (INT64, shape "
+            f"[n, L]); got {sorted(parsed.inputs)}",
+        )
     available = {spec["name"] for spec in output_specs(state)}
     wanted = parsed.outputs or [(spec["name"], parsed.binary_output) for spec in output_specs(state)]
     for output_name, _ in wanted:
@@ -132,8 +160,9 @@ async def infer(request: Request, name: str, version: str = "1") -> Response:
             raise ApiError(400, f"unknown output {output_name!r}; this {task} model gives {sorted(available)}")
     rows = await state.infer(ids, type_ids, task)
     arrays = _outputs(state, task, rows)
-    response, header_length = encode_v2_response(state.model_name, parsed.id,
-                                                 [(n, arrays[n], binary) for n, binary in wanted])
+    response, header_length = encode_v2_response(
+        state.model_name, parsed.id, [(n, arrays[n], binary) for n, binary in wanted]
+    )
     headers = {"Inference-Header-Content-Length": str(header_length)} if header_length is not None else None
     media = "application/octet-stream" if header_length is not None else "application/json"
     return Response(response, media_type=media, headers=headers)
@@ -144,8 +173,9 @@ async def _text_inputs(state: ServerState, inputs: dict, truncate: bool, task: s
     if extra:
         raise ApiError(400, f"input 'text' cannot be combined with {sorted(extra)}")
     if task == "qa":
-        raise ApiError(400, "a qa model takes (question, context) pairs: send 'input_ids' and 'token_type_ids', "
-                            "or use POST /v1/qa")
+        raise ApiError(
+            400, "a qa model takes (question, context) pairs: send 'input_ids' and 'token_type_ids', or use POST /v1/qa"
+        )
     tensor = inputs["text"]
     if tensor.datatype != "BYTES":
         raise ApiError(400, f"input 'text' must be BYTES, got {tensor.datatype}")
@@ -215,7 +245,7 @@ def _outputs(state: ServerState, task: str, rows: list[torch.Tensor]) -> dict:
     longest = max(len(r) for r in rows)
     padded = np.zeros((len(rows), longest, rows[0].shape[-1]), dtype=np.float32)
     for i, row in enumerate(rows):
-        padded[i, :len(row)] = row.numpy()
+        padded[i, : len(row)] = row.numpy()
     if task == "ner":
         return {"logits": padded}
     return {"start_logits": np.ascontiguousarray(padded[..., 0]), "end_logits": np.ascontiguousarray(padded[..., 1])}

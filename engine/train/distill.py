@@ -40,7 +40,7 @@ class LossWeights:
     soft: float = 1.0
     hard: float = 0.0
     hidden: float = 1.0
-    attention: float = 1.0
+    attention: float = 0.1  # its KL starts near 2-3 nats for MiniLM 6 -> 3 and would drown the task loss
     embedding_mse: float = 1.0
     embedding_cosine: float = 1.0
 
@@ -153,7 +153,8 @@ def distill(config: DistillConfig) -> dict:
     teacher_layers = teacher.config.num_hidden_layers
     layer_map = config.layer_map or default_layer_map(teacher_layers, config.student_layers)
     if len(layer_map) != config.student_layers or not all(0 <= j < teacher_layers for j in layer_map):
-        raise ValueError(f"layer map {layer_map} needs {config.student_layers} teacher layers in 0..{teacher_layers - 1}")
+        raise ValueError(
+            f"layer map {layer_map} needs {config.student_layers} teacher layers in 0..{teacher_layers - 1}")
 
     label2id = getattr(teacher.config, "label2id", None) if task != "embedding" else None
     examples = load_examples(task, config.train_file, tokenizer, config.max_length, label2id, config.columns,
@@ -189,7 +190,8 @@ def distill(config: DistillConfig) -> dict:
                 parts["emb_mse"] = F.mse_loss(s_emb, t_emb)
             if weights.embedding_cosine:
                 parts["emb_cos"] = (1 - F.cosine_similarity(s_emb, t_emb, dim=-1)).mean()
-            loss = weights.embedding_mse * parts.get("emb_mse", 0.0) + weights.embedding_cosine * parts.get("emb_cos", 0.0)
+            loss = (weights.embedding_mse * parts.get("emb_mse", 0.0)
+                    + weights.embedding_cosine * parts.get("emb_cos", 0.0))
         else:
             token_mask = mask if task == "token" else None
             if weights.soft:

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .checkpoint import load_checkpoint
 from .data import Columns, load_examples, read_label_file, read_labels
 from .loop import TrainConfig, train
 from .models import classification_accuracy, load_model, load_tokenizer, predict, save_model
@@ -29,6 +30,7 @@ class FinetuneConfig:
     max_length: int = 128
     columns: Columns = field(default_factory=Columns)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="out/finetune"))
+    export_checkpoint: bool = False  # save the model from out_dir/checkpoint (a run stopped early), no training
 
 
 def finetune(config: FinetuneConfig) -> dict:
@@ -40,8 +42,8 @@ def finetune(config: FinetuneConfig) -> dict:
     labels = (read_label_file(config.labels_file) if config.labels_file
               else read_labels(config.task, config.train_file, config.columns))
     label2id = {label: i for i, label in enumerate(labels)}
-    train_examples = load_examples(config.task, config.train_file, tokenizer, config.max_length, label2id,
-                                   config.columns)
+    train_examples = [] if config.export_checkpoint else load_examples(
+        config.task, config.train_file, tokenizer, config.max_length, label2id, config.columns)
     eval_examples = (load_examples(config.task, config.eval_file, tokenizer, config.max_length, label2id,
                                    config.columns) if config.eval_file else None)
     log.info("finetune: %d training rows, %d labels, task %s", len(train_examples), len(labels), config.task)
@@ -56,11 +58,19 @@ def finetune(config: FinetuneConfig) -> dict:
     def loss_fn(batch):
         return model(**batch).loss, {}
 
-    result = train(model, loss_fn, train_examples, config.train, pad_id=tokenizer.pad_token_id or 0)
+    if config.export_checkpoint:
+        state = load_checkpoint(out_dir)
+        if state is None:
+            raise ValueError(f"{out_dir}: no checkpoint to export")
+        model.load_state_dict(state["model"])
+        result = {"total_steps": state["step"], "history": state["history"]}
+        log.info("exporting the checkpoint of step %d of %d", state["step"], state["fingerprint"]["total_steps"])
+    else:
+        result = train(model, loss_fn, train_examples, config.train, pad_id=tokenizer.pad_token_id or 0)
     model.config.architectures = [type(model).__name__]
     save_model(model, tokenizer, config.model_dir, out_dir, config.task)
 
-    results = {"task": config.task, "labels": len(labels), "train_rows": len(train_examples),
+    results = {"task": config.task, "labels": len(labels), "train_rows": len(train_examples) or None,
                "steps": result["total_steps"],
                "final_loss": sum(h["loss"] for h in result["history"][-50:]) / max(1, len(result["history"][-50:]))}
     if eval_examples is not None:

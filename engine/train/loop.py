@@ -195,7 +195,8 @@ def train(
             step += 1
             history.append({"step": step, "loss": float(loss.detach()), **parts})
             recent = history[-20:]
-            bar.set_postfix(loss=f"{sum(h['loss'] for h in recent) / len(recent):.4f}", refresh=False)
+            bar.set_postfix({name: f"{sum(h[name] for h in recent) / len(recent):.4g}" for name in history[-1]
+                             if name != "step"}, refresh=False)
             bar.update(1)
             if step % config.checkpoint_every == 0 or step == total_steps:
                 checkpoint()

@@ -131,9 +131,10 @@ def measure_latency(teacher_dir: str, student_dir: str, task: str, texts: list[s
 
 
 def compare(teacher_dir: str, student_dir: str, data_file: str, task: str, max_length: int = 128,
-            columns: Columns = Columns(), latency: bool = True, threads: int | None = None,
+            columns: Columns | None = None, latency: bool = True, threads: int | None = None,
             out_dir: str | None = None, max_rows: int | None = None) -> dict:
     """Write ``report.json`` and ``report.md`` to ``out_dir`` (default: the student dir); return the report."""
+    columns = columns or Columns()
     tokenizer = load_tokenizer(teacher_dir)
     teacher, student = load_model(teacher_dir, task), load_model(student_dir, task)
     report: dict = {"task": task, "teacher": str(teacher_dir), "student": str(student_dir), "data": str(data_file)}
@@ -193,7 +194,10 @@ def _agreement(t_logits, s_logits, examples) -> float:
     for t, s, example in zip(t_logits, s_logits, examples, strict=True):
         t_pred, s_pred = t.argmax(-1), s.argmax(-1)
         if t_pred.ndim:  # token classification: the first sub-token of each word, or every real token
-            keep = (torch.tensor(example.labels) != -100) if example.labels is not None else torch.ones_like(t_pred, dtype=torch.bool)
+            if example.labels is not None:
+                keep = torch.tensor(example.labels) != -100
+            else:
+                keep = torch.ones_like(t_pred, dtype=torch.bool)
             same += int((t_pred[keep] == s_pred[keep]).sum())
             total += int(keep.sum())
         else:
@@ -214,7 +218,8 @@ def to_markdown(report: dict) -> str:
                      f"{report['accuracy_retained']:.3f} |")
     lines.append(f"| parameters | {report['teacher_parameters']:,} | {report['student_parameters']:,} | "
                  f"{report['student_parameters'] / report['teacher_parameters']:.3f} |")
-    lines.append(f"| weights on disk | {report['teacher_bytes'] / mb:.1f} MiB | {report['student_bytes'] / mb:.1f} MiB | "
+    lines.append(f"| weights on disk | {report['teacher_bytes'] / mb:.1f} MiB | "
+                 f"{report['student_bytes'] / mb:.1f} MiB | "
                  f"{report['student_bytes'] / max(report['teacher_bytes'], 1):.3f} |")
     if "latency" in report:
         lat = report["latency"]

@@ -1,0 +1,129 @@
+"""``bertrt bench``: bertrt against transformers, ONNX Runtime and OpenVINO on this CPU."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from ..errors import InputError
+from .peers import PEER_NAMES
+from .shapes import DEFAULT_SHAPES, parse_shapes
+
+PRECISIONS = ("fp32", "bf16", "int8")
+
+
+def default_precisions() -> str:
+    try:
+        from ..quant.api import quantize_  # noqa: F401
+
+        return "fp32,bf16,int8"
+    except Exception:
+        return "fp32,bf16"
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("BERTRT_CACHE", Path.home() / ".cache" / "bertrt")) / "bench"
+
+
+def _list(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
+    if text.strip().lower() in ("", "none"):
+        return []
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [x for x in items if x not in allowed]
+    if bad:
+        raise InputError(f"unknown {what} {bad}; choose from {', '.join(allowed)}")
+    return list(dict.fromkeys(items))
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench", help="benchmark bertrt against transformers / ONNX Runtime / OpenVINO on CPU",
+        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", "-m", default=None, help="checkpoint directory (default: bundled all-MiniLM-L6-v2)")
+    p.add_argument("--config", default=None, choices=("bert-base", "bert-large"),
+                   help="a random-weight BERT of this shape instead of --model (written once to the cache)")
+    p.add_argument("--shapes", default=",".join(DEFAULT_SHAPES),
+                   help="BATCHxLEN or BATCHxMIN-MAX (seeded random lengths), comma separated")
+    p.add_argument("--precisions", default=default_precisions(), help="bertrt precisions: fp32,bf16,int8 or none")
+    p.add_argument("--peers", default=",".join(PEER_NAMES), help="peers to run (none for bertrt only)")
+    p.add_argument("--repeats", type=int, default=20, help="timed runs per row")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs before timing")
+    p.add_argument("--max-seconds", type=float, default=60.0, help="stop a row's repeats after this long (>= 3 runs)")
+    p.add_argument("--threads", type=int, default=0, help="threads for every engine (0: all usable cores)")
+    p.add_argument("--kernels", default="auto", help="bertrt op kernels (auto|torch|cpu|ref)")
+    p.add_argument("--e2e", action="store_true", help="also time engine.embed(texts): tokenize + batch + run")
+    p.add_argument("--seed", type=int, default=0, help="seed for token ids, lengths and random weights")
+    p.add_argument("--out", default="bench-results", help="directory for CSV / JSON / PNG")
+    p.add_argument("--cache-dir", default=None, help="exports and random checkpoints (default ~/.cache/bertrt/bench)")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    p.add_argument("--profile", action="store_true",
+                   help="instead of comparing: per-op time breakdown of bertrt (GEMMs, attention, norms, python)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args) -> int:
+    from .models import resolve_model
+    from .report import print_table, write_files
+    from .runner import BenchConfig, run_bench
+
+    if args.repeats < 1 or args.warmup < 0 or args.threads < 0:
+        raise InputError("--repeats must be >= 1, --warmup and --threads >= 0")
+    cache = Path(args.cache_dir) if args.cache_dir else default_cache()
+    model_dir, name = resolve_model(args.model, args.config, cache, args.seed)
+    config = BenchConfig(
+        model_dir=model_dir, model_name=name, shapes=parse_shapes(args.shapes),
+        precisions=_list(args.precisions, PRECISIONS, "precisions"), peers=_list(args.peers, PEER_NAMES, "peers"),
+        repeats=args.repeats, warmup=args.warmup, threads=args.threads, max_seconds=args.max_seconds,
+        cache_dir=cache, seed=args.seed, e2e=args.e2e, kernels=args.kernels)
+    log = lambda message: print(message, file=sys.stderr)
+    if args.profile:
+        return _profile(config, Path(args.out))
+    result = run_bench(config, log=log, progress=not args.no_progress)
+    print_table(result)
+    paths = write_files(result, Path(args.out), plot=not args.no_plot)
+    print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
+    return 0
+
+
+def _profile(config, out_dir: Path) -> int:
+    import json
+
+    import bertrt
+    import torch
+
+    from ..runtime import probe
+    from .profile import format_profile, profile_run
+    from .shapes import make_inputs
+
+    threads = config.threads or probe.cpu().cores
+    torch.set_num_threads(threads)
+    cpu = probe.cpu()
+    import time
+
+    # One thread: CPU time (process_time) measures the work and not the other processes sharing the CPU.
+    clock, clock_name = (time.process_time, "CPU time") if threads == 1 else (time.perf_counter, "wall time")
+    print(f"bertrt profile: {config.model_name} | {cpu.model} | ISA {cpu.isa} | {threads} threads | {clock_name}")
+    results = {}
+    for precision in config.precisions or ["fp32"]:
+        engine = bertrt.load(config.model_dir, device="cpu", kernels=config.kernels,
+                             dtype={"fp32": "float32", "bf16": "bfloat16", "int8": "float32"}[precision])
+        if precision == "int8":
+            from ..quant.api import quantize_
+            from ..quant.configs import Int8DynamicConfig
+
+            quantize_(engine, Int8DynamicConfig())
+        for spec in config.shapes:
+            inputs = make_inputs(spec, config.model_dir / "vocab.txt", config.seed,
+                                 engine.config.max_position_embeddings)
+            result = profile_run(engine, inputs.packed, repeats=config.repeats, warmup=config.warmup, clock=clock)
+            results[f"{precision} {spec.name}"] = result
+            print(format_profile(f"{precision} {spec.name}", result))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"profile-{config.model_name}.json"
+    path.write_text(json.dumps({"cpu": cpu.model, "isa": cpu.isa, "threads": threads, "clock": clock_name,
+                                "results": results}, indent=2))
+    print(f"wrote {path}", file=sys.stderr)
+    return 0

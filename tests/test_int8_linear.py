@@ -1,0 +1,167 @@
+"""INT8 GEMM with fused dequant + bias (+ GELU): Triton kernel and the torch path against int8_linear_ref.
+
+The integer product is exact in every implementation (int32 in the kernel, float64 in the reference), so
+results agree to the float rounding of the epilogue. Without a CUDA device the Triton kernel runs under
+Triton's CPU interpreter (TRITON_INTERPRET=1, set here before any kernel module is imported; int8
+``tl.dot`` is exact there). The interpreter rounds fp32 -> bf16 by truncation (the GPU rounds to nearest),
+so bf16 outputs may differ by one bf16 ulp; the bf16 tolerance covers that.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from bertrt.ops.int8_linear import int8_linear_ref, int8_linear_torch, quantize_per_token  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+ACTIVATIONS = ("none", "gelu", "gelu_tanh")
+OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+TOL = {torch.float32: (1e-5, 1e-5), torch.float16: (1e-3, 1e-3), torch.bfloat16: (1.6e-2, 1.6e-2)}
+
+
+def _triton_int8_linear():
+    pytest.importorskip("triton", reason="triton is not installed (pip install -e .[test])")
+    if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("no CUDA device and TRITON_INTERPRET is set to something other than 1")
+    from bertrt.kernels.int8_linear import int8_linear
+
+    return int8_linear
+
+
+def make(tokens, out_features, in_features, seed=0, with_bias=True, extreme=False):
+    g = torch.Generator().manual_seed(seed)
+    if extreme:  # every product at +-127 * 127: the accumulator needs all its bits
+        x_q = torch.full((tokens, in_features), 127, dtype=torch.int8)
+        w_q = torch.full((out_features, in_features), -127, dtype=torch.int8)
+    else:
+        x_q = torch.randint(-127, 128, (tokens, in_features), generator=g, dtype=torch.int8)
+        w_q = torch.randint(-127, 128, (out_features, in_features), generator=g, dtype=torch.int8)
+    x_scale = torch.rand(tokens, generator=g) * 0.02 + 1e-3
+    w_scale = torch.rand(out_features, generator=g) * 0.02 + 1e-3
+    bias = torch.randn(out_features, generator=g) if with_bias else None
+    tensors = (x_q, x_scale, w_q, w_scale, bias)
+    return tuple(None if t is None else t.to(DEVICE) for t in tensors)
+
+
+def assert_close(actual, expected, out_dtype):
+    assert actual.dtype == out_dtype and expected.dtype == out_dtype
+    assert actual.shape == expected.shape
+    atol, rtol = TOL[out_dtype]
+    torch.testing.assert_close(actual.float(), expected.float(), atol=atol, rtol=rtol)
+
+
+# ------------------------------------------------------------------------------------------ Triton kernel
+
+
+@pytest.mark.parametrize("out_dtype", OUT_DTYPES, ids=str)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_triton_matches_ref(activation, out_dtype):
+    int8_linear = _triton_int8_linear()
+    args = make(33, 48, 100, seed=1)  # no dimension a multiple of the 64-wide tiles
+    out = int8_linear(*args, activation=activation, out_dtype=out_dtype)
+    assert out.is_contiguous()
+    assert_close(out, int8_linear_ref(*args, activation=activation, out_dtype=out_dtype), out_dtype)
+
+
+@pytest.mark.parametrize(
+    "tokens,out_features,in_features",
+    [(1, 40, 72), (17, 1, 64), (5, 130, 1), (70, 65, 129), (2, 3, 0)],
+    ids=["single_token", "one_output", "k1", "multi_tile", "k0"],
+)
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
+def test_triton_awkward_shapes(tokens, out_features, in_features, with_bias):
+    int8_linear = _triton_int8_linear()
+    args = make(tokens, out_features, in_features, seed=tokens, with_bias=with_bias)
+    assert_close(int8_linear(*args, activation="gelu"), int8_linear_ref(*args, activation="gelu"), torch.float32)
+
+
+def test_triton_accumulation_is_exact_beyond_fp32():
+    """K * 127 * 127 > 2^24: an fp32 accumulator would round, the int32 one must not."""
+    int8_linear = _triton_int8_linear()
+    x_q, _, w_q, _, _ = make(3, 5, 4096, extreme=True)
+    ones_x = torch.ones(3, device=DEVICE)
+    ones_w = torch.ones(5, device=DEVICE)
+    out = int8_linear(x_q, ones_x, w_q, ones_w)
+    expected = -127 * 127 * 4096  # -66,064,384: exactly representable in fp32 (a multiple of 4)
+    assert torch.equal(out, torch.full((3, 5), float(expected), device=DEVICE))
+    x_q, x_scale, w_q, w_scale, bias = make(9, 20, 2000, seed=3)
+    x_q[0] = 127  # a row of maximal products next to random ones
+    assert_close(int8_linear(x_q, x_scale, w_q, w_scale, bias),
+                 int8_linear_ref(x_q, x_scale, w_q, w_scale, bias), torch.float32)
+
+
+def test_triton_strided_operands_and_mixed_param_dtypes():
+    int8_linear = _triton_int8_linear()
+    x_q, x_scale, w_q, w_scale, bias = make(11, 24, 40, seed=4)
+    w_t = w_q.t().contiguous().t()  # (N, K) view with strides (1, N): a transposed weight layout
+    x_big = torch.zeros(11, 50, dtype=torch.int8, device=DEVICE)
+    x_big[:, 5:45] = x_q
+    x_view = x_big[:, 5:45]  # row stride 50
+    args = (x_view, x_scale.half(), w_t, w_scale.bfloat16(), bias.bfloat16())
+    assert_close(int8_linear(*args, activation="gelu_tanh", out_dtype=torch.float16),
+                 int8_linear_ref(*args, activation="gelu_tanh", out_dtype=torch.float16), torch.float16)
+
+
+def test_triton_quantized_linear_approximates_float_linear():
+    """End to end on real-valued data: quantize, multiply, compare with the float product."""
+    int8_linear = _triton_int8_linear()
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(19, 96, generator=g)
+    w = torch.randn(32, 96, generator=g) * 0.1
+    bias = torch.randn(32, generator=g)
+    x_q, x_scale = quantize_per_token(x)
+    w_q, w_scale = quantize_per_token(w)  # per output channel = per row of w
+    to = lambda *ts: tuple(t.to(DEVICE) for t in ts)
+    out = int8_linear(*to(x_q, x_scale, w_q, w_scale, bias))
+    torch.testing.assert_close(out.cpu(), torch.nn.functional.linear(x, w, bias), atol=0.05, rtol=0.05)
+
+
+def test_triton_rejects_bad_inputs():
+    int8_linear = _triton_int8_linear()
+    x_q, x_scale, w_q, w_scale, bias = make(4, 8, 16)
+    with pytest.raises(ValueError, match="activation"):
+        int8_linear(x_q, x_scale, w_q, w_scale, bias, activation="relu")
+    with pytest.raises(ValueError, match="float32"):
+        int8_linear(x_q.float(), x_scale, w_q, w_scale, bias)
+    with pytest.raises(ValueError, match=r"\(4, 16\) vs \(8, 15\)"):
+        int8_linear(x_q, x_scale, w_q[:, :15], w_scale, bias)
+    with pytest.raises(ValueError, match=r"\(3,\)"):
+        int8_linear(x_q, x_scale[:3], w_q, w_scale, bias)
+    with pytest.raises(ValueError, match=r"\(7,\)"):
+        int8_linear(x_q, x_scale, w_q, w_scale, bias[:7])
+    with pytest.raises(ValueError, match="out_dtype"):
+        int8_linear(x_q, x_scale, w_q, w_scale, bias, out_dtype=torch.int32)
+    with pytest.raises(ValueError, match="int64"):
+        int8_linear(x_q, x_scale.long(), w_q, w_scale, bias)
+
+
+def test_registry_resolves_the_triton_kernel():
+    int8_linear = _triton_int8_linear()
+    from bertrt.ops import registry
+
+    registry._load.cache_clear()  # availability may have been cached before TRITON_INTERPRET was set
+    assert registry.resolve("int8_linear", "triton") is int8_linear
+
+
+# -------------------------------------------------------------------------------------------- torch path
+
+
+@pytest.mark.parametrize("out_dtype", OUT_DTYPES, ids=str)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_torch_matches_ref(activation, out_dtype):
+    args = make(33, 48, 100, seed=6)
+    assert_close(int8_linear_torch(*args, activation=activation, out_dtype=out_dtype),
+                 int8_linear_ref(*args, activation=activation, out_dtype=out_dtype), out_dtype)
+
+
+@pytest.mark.parametrize("tokens,out_features,in_features", [(1, 8, 16), (24, 32, 64), (17, 5, 3)])
+def test_torch_awkward_shapes(tokens, out_features, in_features):
+    """(24, 32, 64) takes torch._int_mm on CUDA; the others the fp32 fallback (exact below 2^24)."""
+    args = make(tokens, out_features, in_features, seed=7, with_bias=tokens != 1)
+    assert_close(int8_linear_torch(*args), int8_linear_ref(*args), torch.float32)
