@@ -112,21 +112,23 @@ class Engine:
             return []
         encodings = self.tokenizer.encode_batch(texts, truncation)
         rows = self.run_encodings([e.ids for e in encodings], [e.type_ids for e in encodings], "ner")
+        return [self.ner_entities(text, enc, logits.numpy(), aggregation)
+                for text, enc, logits in zip(texts, encodings, rows)]
+
+    def ner_entities(self, text: str, encoding, logits: np.ndarray, aggregation: str) -> list[dict]:
+        """Entities of one text from its encoding and token logits (len, num_labels). [UNK] tokens take
+        their source text; a token is a subword when it is longer than its span (WordPiece '##')."""
         unk = self.tokenizer.token_to_id("[UNK]")
-        join = self.tokenizer.join_tokens
-        results = []
-        for text, enc, logits in zip(texts, encodings, rows):
-            tokens = list(enc.tokens)
-            subword = []
-            for i, (token, (start, end)) in enumerate(zip(tokens, enc.offsets)):
-                if enc.ids[i] == unk:
-                    tokens[i] = text[start:end]
-                    subword.append(False)
-                else:
-                    subword.append(len(token) != len(text[start:end]))
-            results.append(tasks.ner_entities(logits.numpy(), tokens, enc.offsets, enc.special_tokens_mask,
-                                              subword, self.config.id2label, aggregation, join))
-        return results
+        tokens = list(encoding.tokens)
+        subword = []
+        for i, (token, (start, end)) in enumerate(zip(tokens, encoding.offsets)):
+            if encoding.ids[i] == unk:
+                tokens[i] = text[start:end]
+                subword.append(False)
+            else:
+                subword.append(len(token) != len(text[start:end]))
+        return tasks.ner_entities(logits, tokens, encoding.offsets, encoding.special_tokens_mask, subword,
+                                  self.config.id2label, aggregation, self.tokenizer.join_tokens)
 
     def qa(self, question: str, context: str, max_answer_length: int = 15, doc_stride: int | None = None,
            max_length: int = 384, top_k: int = 1):
@@ -147,18 +149,22 @@ class Engine:
             raise InputError(f"doc_stride {doc_stride} must be smaller than max_length {max_length}")
         windows = self.tokenizer.encode_pairs_with_stride(question, context, max_length, doc_stride)
         rows = self.run_encodings([w.ids for w in windows], [w.type_ids for w in windows], "qa")
-        answers = []
+        answers = self.qa_answers(context, windows, rows, max_answer_length, top_k)
+        return answers[0] if top_k == 1 else answers
+
+    @staticmethod
+    def qa_answers(context: str, windows, rows, max_answer_length: int, top_k: int) -> list[dict]:
+        """The best spans over all windows, best first, in character offsets of ``context``.
+        rows[i]: (len_i, 2) start/end logits of windows[i]. An empty answer when nothing fits."""
+        found = []
         for window, logits in zip(windows, rows):
             context_mask = np.array([s == 1 for s in window.sequence_ids])
-            spans = tasks.best_spans(logits[:, 0].numpy(), logits[:, 1].numpy(), context_mask,
-                                     max_answer_length, top_k)
-            for s, e, score in spans:
+            logits = np.asarray(logits)
+            for s, e, score in tasks.best_spans(logits[:, 0], logits[:, 1], context_mask, max_answer_length, top_k):
                 start, end = window.offsets[s][0], window.offsets[e][1]
-                answers.append({"answer": context[start:end], "score": score, "start": start, "end": end})
-        answers.sort(key=lambda a: -a["score"])
-        if not answers:
-            answers = [{"answer": "", "score": 0.0, "start": 0, "end": 0}]
-        return answers[0] if top_k == 1 else answers[:top_k]
+                found.append({"answer": context[start:end], "score": score, "start": start, "end": end})
+        found.sort(key=lambda a: -a["score"])
+        return found[:top_k] or [{"answer": "", "score": 0.0, "start": 0, "end": 0}]
 
 
 def _architecture_for(task: str) -> str:

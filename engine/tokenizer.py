@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,6 +31,9 @@ class BertTokenizer:
 
     truncation="truncate" cuts over-long input to ``max_length`` tokens (special tokens kept);
     truncation="error" raises InputError naming the item and its length.
+
+    Thread-safe: the tokenizer is never reconfigured after construction; each truncation setting
+    gets its own configured copy, made once.
     """
 
     def __init__(self, tokenizer: Tokenizer, max_length: int):
@@ -37,6 +41,20 @@ class BertTokenizer:
         self._tok.no_padding()
         self._tok.no_truncation()
         self.max_length = max_length
+        self._truncating: dict[tuple, Tokenizer] = {}
+        self._lock = threading.Lock()
+
+    def _truncating_copy(self, max_length: int, stride: int = 0, strategy: str = "longest_first") -> Tokenizer:
+        key = (max_length, stride, strategy)
+        tok = self._truncating.get(key)
+        if tok is None:
+            with self._lock:
+                tok = self._truncating.get(key)
+                if tok is None:
+                    tok = Tokenizer.from_str(self._tok.to_str())
+                    tok.enable_truncation(max_length, stride=stride, strategy=strategy)
+                    self._truncating[key] = tok
+        return tok
 
     @classmethod
     def from_dir(cls, model_dir: Path, max_length: int) -> BertTokenizer:
@@ -82,23 +100,16 @@ class BertTokenizer:
             )
         if long_ones:
             # Re-encode only the long texts with truncation so special tokens stay in place.
-            self._tok.enable_truncation(limit)
-            try:
-                redone = self._tok.encode_batch([texts[i] for i in long_ones])
-            finally:
-                self._tok.no_truncation()
+            redone = self._truncating_copy(limit).encode_batch([texts[i] for i in long_ones])
             for i, enc in zip(long_ones, redone):
                 encodings[i] = enc
         return encodings
 
     def encode_pairs_with_stride(self, question: str, context: str, max_length: int, stride: int) -> list[Encoding]:
         """(question, context) windows over a long context: the first window plus its overflow windows."""
-        self._tok.enable_truncation(max_length, stride=stride, strategy="only_second")
         try:
-            first = self._tok.encode(question, context)
+            first = self._truncating_copy(max_length, stride, "only_second").encode(question, context)
         except Exception as exc:
             raise InputError(f"cannot fit question and context into {max_length} tokens: {exc}") from exc
-        finally:
-            self._tok.no_truncation()
         return [first, *first.overflowing]
 

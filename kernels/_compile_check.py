@@ -66,10 +66,11 @@ def _cases():
         for hidden in (768, 1024, 4096):
             sig = {"x_ptr": f"*{dt}:16", "bias_ptr": f"*{dt}:16", "res_ptr": f"*{dt}:16", "w_ptr": f"*{dt}:16",
                    "beta_ptr": f"*{dt}:16", "out_ptr": f"*{dt}:16", "M": "i32", "hidden": "i32:16",
-                   "stride_xm": "i32:16", "stride_rm": "i32:16", "stride_om": "i32:16", "eps": "fp32", "M_BUCKET": "i32:16"}
+                   "stride_xm": "i32:16", "stride_rm": "i32:16", "stride_om": "i32:16", "eps": "fp32",
+                   "M_BUCKET": "i32:16"}
             const = {"HAS_BIAS": True, "BLOCK_H": next_pow2(hidden)}
-            yield (f"bias_residual_layer_norm {dt} h={hidden}", bias_residual_layer_norm._bias_residual_layer_norm_kernel,
-                   sig, const, {"BLOCK_H": next_pow2(hidden)})
+            kernel = bias_residual_layer_norm._bias_residual_layer_norm_kernel
+            yield (f"bias_residual_layer_norm {dt} h={hidden}", kernel, sig, const, {"BLOCK_H": next_pow2(hidden)})
             sig = {"ids_ptr": "*i64:16", "type_ids_ptr": "*i64:16", "pos_ids_ptr": "*i64:16", "word_ptr": f"*{dt}:16",
                    "pos_ptr": f"*{dt}:16", "type_ptr": f"*{dt}:16", "w_ptr": f"*{dt}:16", "b_ptr": f"*{dt}:16",
                    "out_ptr": f"*{dt}:16", "M": "i32", "hidden": "i32:16", "stride_word": "i32:16",

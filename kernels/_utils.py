@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 import triton
+import triton.language as tl
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -94,3 +95,21 @@ def check_vector(name: str, t: torch.Tensor | None, length: int) -> None:
         raise ValueError(f"{name} must be ({length},), got {tuple(t.shape)}")
     if length > 1 and t.stride(0) != 1:
         raise ValueError(f"{name} must be contiguous, got stride {t.stride()}")
+
+
+# Triton's interpreter rounds fp32 -> bf16 by truncation (the GPU rounds to nearest even), which doubles
+# the bf16 rounding error of every interpreted kernel. Kernels store through ``round_to`` so that under
+# the interpreter bf16 results are rounded to nearest even by integer arithmetic; compiled for a GPU the
+# branch is dead (a compile-time constant) and the native conversion is used.
+_EMULATE_BF16_RTNE = tl.constexpr(interpreting())
+
+
+@triton.jit
+def round_to(y, dtype: tl.constexpr):
+    """fp32 tensor ``y`` rounded to nearest even in ``dtype`` (see _EMULATE_BF16_RTNE)."""
+    if _EMULATE_BF16_RTNE and dtype == tl.bfloat16:
+        bits = y.to(tl.uint32, bitcast=True)
+        bits = bits + (((bits >> 16) & 1) + 0x7FFF)
+        return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return y.to(dtype)

@@ -40,7 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import FLOAT_DTYPES, autotune_configs, bucket, check_device, dot_upcast, next_pow2
+from ._utils import FLOAT_DTYPES, autotune_configs, bucket, check_device, dot_upcast, next_pow2, round_to
 
 LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 256
@@ -152,7 +152,7 @@ def _attention_fwd_kernel(
 
         acc = acc / l_i[:, None]
         tl.store(o_base + offs_m[:, None] * stride_out_t + offs_d[None, :],
-                 acc.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
+                 round_to(acc, out_ptr.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
 
 
 def attention(

@@ -6,7 +6,8 @@
     returns (tokens, features), x's dtype, contiguous
 
 Same contract as ``bertrt.ops.bias_gelu.bias_gelu_ref``: the sum and the GELU are computed in fp32 and
-rounded once to x's dtype. tanh is evaluated as ``1 - 2 / (exp(2z) + 1)`` with z clamped to [-10, 10] (tanh saturates to +-1 in fp32).
+rounded once to x's dtype. tanh is evaluated as ``1 - 2 / (exp(2z) + 1)`` with z clamped to [-10, 10]
+(tanh saturates to +-1 in fp32 there; the clamp keeps exp finite).
 
 Tiles of (BLOCK_M tokens, BLOCK_N features); autotuned on a GPU keyed on (tokens rounded up to a power of
 two, features rounded up to a power of two, dtype); a single config under ``TRITON_INTERPRET=1``.
@@ -20,7 +21,16 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import FLOAT_DTYPES, autotune_configs, bucket, check_device, check_dtype, check_rows, check_vector
+from ._utils import (
+    FLOAT_DTYPES,
+    autotune_configs,
+    bucket,
+    check_device,
+    check_dtype,
+    check_rows,
+    check_vector,
+    round_to,
+)
 
 APPROXIMATIONS = ("none", "tanh")
 
@@ -66,7 +76,7 @@ def _bias_gelu_kernel(
         b = tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
         y = y + b[None, :]
     y = gelu_fp32(y, TANH)
-    tl.store(out_ptr + rows[:, None] * stride_om + offs_n[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + rows[:, None] * stride_om + offs_n[None, :], round_to(y, out_ptr.dtype.element_ty), mask=mask)
 
 
 def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, approximate: str = "none") -> torch.Tensor:

@@ -32,6 +32,7 @@ from ._utils import (
     check_rows,
     check_vector,
     next_pow2,
+    round_to,
 )
 
 MAX_HIDDEN = 16384
@@ -85,7 +86,7 @@ def _bias_residual_layer_norm_kernel(
     if HAS_BIAS:
         y += tl.load(bias_ptr + offs_h, mask=mask_h, other=0.0).to(tl.float32)[None, :]
     out = layer_norm_rows(y, mask_h, hidden, w_ptr, beta_ptr, offs_h, eps)
-    tl.store(out_ptr + rows[:, None] * stride_om + offs_h[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + rows[:, None] * stride_om + offs_h[None, :], round_to(out, out_ptr.dtype.element_ty), mask=mask)
 
 
 def bias_residual_layer_norm(x, bias, residual, weight, beta, eps: float = 1e-12) -> torch.Tensor:

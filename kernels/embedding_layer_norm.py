@@ -25,10 +25,19 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
 from bertrt.ops.embedding_layer_norm import check_ids
 
-from ._utils import FLOAT_DTYPES, autotune_configs, bucket, check_device, check_dtype, check_rows, check_vector, next_pow2
+from ._utils import (
+    FLOAT_DTYPES,
+    autotune_configs,
+    bucket,
+    check_device,
+    check_dtype,
+    check_rows,
+    check_vector,
+    next_pow2,
+    round_to,
+)
 from .bias_residual_layer_norm import MAX_HIDDEN, layer_norm_rows
 
 
@@ -70,7 +79,7 @@ def _embedding_layer_norm_kernel(
     y += tl.load(type_ptr + type_row[:, None] * stride_type + offs_h[None, :], mask=mask, other=0.0).to(tl.float32)
     out = layer_norm_rows(y, mask_h, hidden, w_ptr, b_ptr, offs_h, eps)
     rows = offs_m.to(tl.int64)
-    tl.store(out_ptr + rows[:, None] * stride_om + offs_h[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + rows[:, None] * stride_om + offs_h[None, :], round_to(out, out_ptr.dtype.element_ty), mask=mask)
 
 
 def embedding_layer_norm(

@@ -3,8 +3,8 @@
 The integer product is exact in every implementation (int32 in the kernel, float64 in the reference), so
 results agree to the float rounding of the epilogue. Without a CUDA device the Triton kernel runs under
 Triton's CPU interpreter (TRITON_INTERPRET=1, set here before any kernel module is imported; int8
-``tl.dot`` is exact there). The interpreter rounds fp32 -> bf16 by truncation (the GPU rounds to nearest),
-so bf16 outputs may differ by one bf16 ulp; the bf16 tolerance covers that.
+``tl.dot`` is exact there; the interpreter's truncating fp32 -> bf16 conversion is replaced by
+round-to-nearest-even in ``bertrt.kernels._utils.round_to``).
 """
 
 from __future__ import annotations

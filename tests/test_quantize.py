@@ -135,7 +135,9 @@ def test_int8_linear_keeps_int8_under_dtype_casts():
     q = Int8Linear.from_float(nn.Linear(16, 8), mode="dynamic")
     q.to(torch.bfloat16)
     assert q.weight.dtype == torch.int8 and q.weight_scale.dtype == torch.float32
-    assert q(torch.randn(3, 16, dtype=torch.bfloat16)).dtype == torch.bfloat16
+    x = torch.randn(3, 16, dtype=torch.bfloat16)
+    assert q(x).dtype == torch.bfloat16
+    torch.testing.assert_close(copy.deepcopy(q)(x), q(x))  # after a forward (prepacked weight cached)
 
 
 # -- quantize_ on tiny models -----------------------------------------------------------------------------

@@ -8,8 +8,8 @@ Interpreter caveats (Triton 3.x), handled here and in the kernels:
 * bf16 ``tl.dot`` is wrong under the interpreter (it multiplies the raw uint16 bit patterns), so the
   attention kernel upcasts bf16 dot operands to fp32 when interpreting (``kernels._utils.dot_upcast``);
   the native bf16 dot is therefore only exercised on a GPU.
-* the interpreter rounds fp32 -> bf16 by truncation (the GPU rounds to nearest even), so bf16 results may
-  differ from the reference by one bf16 ulp; the bf16 tolerances cover that.
+* the interpreter rounds fp32 -> bf16 by truncation (the GPU rounds to nearest even); the kernels store
+  through ``_utils.round_to``, which rounds to nearest even with integer arithmetic when interpreting.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 // Fused variable-length attention over packed QKV, online softmax, fp32 accumulation.
 //
 // Work item: (sequence, head, block of query rows); items run in parallel (OpenMP, dynamic).
-// Per item, K is packed transposed (Kt[d][key], keys padded to a multiple of kNR) and V row-major
-// with its row padded to a multiple of W, both in fp32, so the two products are register-blocked
-// FMA micro-kernels without tails:
+// Per item, Q (its rows, scaled) and V are packed row-major, V's rows padded to a multiple of W,
+// and K transposed (Kt[d][key], keys padded to a multiple of kNR), all in fp32, so the two products
+// are register-blocked FMA micro-kernels without tails:
 //   scores  S[MR x kNR] += Q[r][d] (broadcast) * Kt[d][keys]   over d
 //   output  O[MR x W*c] += P[r][j] (broadcast) * V[j][dims]     over keys j
 // Keys go in blocks of kKeyBlock with the online-softmax rescale between blocks; a sequence no

@@ -215,6 +215,11 @@ class Int8Linear(nn.Module):
             self._cache[key] = corr + (self.bias if self.bias is not None else 0.0)
         return self._cache[key]
 
+    def __getstate__(self):  # deepcopy / pickle: the prepacked oneDNN weight is rebuilt on first use
+        state = self.__dict__.copy()
+        state["_cache"] = {}
+        return state
+
     def _load_from_state_dict(self, *args, **kwargs):
         self._cache.clear()
         return super()._load_from_state_dict(*args, **kwargs)

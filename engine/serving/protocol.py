@@ -16,7 +16,26 @@ import struct
 from dataclasses import dataclass, field
 
 import numpy as np
-import orjson
+
+try:  # orjson writes numpy arrays directly and is several times faster than json
+    import orjson
+
+    def dumps(obj) -> bytes:
+        return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    _loads, _JSONError = orjson.loads, orjson.JSONDecodeError
+except ImportError:  # the same output, slower
+    import json
+
+    def _plain(value):
+        if isinstance(value, (np.ndarray, np.generic)):
+            return value.tolist()
+        raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+    def dumps(obj) -> bytes:
+        return json.dumps(obj, default=_plain, separators=(",", ":"), ensure_ascii=False).encode()
+
+    _loads, _JSONError = json.loads, json.JSONDecodeError
 
 
 class ApiError(Exception):
@@ -30,16 +49,12 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-def dumps(obj) -> bytes:
-    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
 def loads_object(body: bytes) -> dict:
     if not body:
         raise ApiError(400, "request body is empty; expected a JSON object")
     try:
-        obj = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
+        obj = _loads(body)
+    except (_JSONError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise ApiError(400, f"request body must be a JSON object, got {_json_type(obj)}")

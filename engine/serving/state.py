@@ -34,9 +34,9 @@ class ServerState:
             on_batch=self.metrics.observe_batch,
             on_queue_depth=self.metrics.queue_depth.set,
         )
-        # The tokenizer toggles truncation on its shared state and cannot be used from two threads at
-        # once, so tokenization is serialized by this lock: small requests inline on the event loop
-        # (tens of microseconds; a thread hop would cost more), big ones on the tokenizer thread.
+        # Small requests are tokenized inline on the event loop (tens of microseconds; a thread hop
+        # would cost more), big ones on the tokenizer thread. The tokenizer is thread-safe; the lock
+        # only keeps one big tokenization at a time from starving the loop of the GIL.
         self._tokenizer_thread: ThreadPoolExecutor | None = None
         self._tokenizer_lock = asyncio.Lock()
         self.ready = False
@@ -140,41 +140,10 @@ class ServerState:
         return tasks.classification_result(logits, config.id2label, config.problem_type == "multi_label_classification")
 
     def entities(self, text: str, encoding, logits: np.ndarray, aggregation: str) -> list[dict]:
-        """As Engine.ner does for one text: [UNK] tokens take their source text, subwords are the tokens
-        shorter than their span's text."""
-        tokenizer = self.engine.tokenizer
-        unk = tokenizer.token_to_id("[UNK]")
-        tokens = list(encoding.tokens)
-        subword = []
-        for i, (token, (start, end)) in enumerate(zip(tokens, encoding.offsets)):
-            if encoding.ids[i] == unk:
-                tokens[i] = text[start:end]
-                subword.append(False)
-            else:
-                subword.append(len(token) != len(text[start:end]))
-        return tasks.ner_entities(
-            logits,
-            tokens,
-            encoding.offsets,
-            encoding.special_tokens_mask,
-            subword,
-            self.engine.config.id2label,
-            aggregation,
-            tokenizer.join_tokens,
-        )
+        return self.engine.ner_entities(text, encoding, logits, aggregation)
 
-    @staticmethod
-    def answers(context: str, windows, rows, max_answer_length: int, top_k: int) -> list[dict]:
-        """As Engine.qa does: best spans of every window, best first, as character offsets."""
-        found = []
-        for window, logits in zip(windows, rows):
-            context_mask = np.array([s == 1 for s in window.sequence_ids])
-            logits = logits.numpy()
-            for s, e, score in tasks.best_spans(logits[:, 0], logits[:, 1], context_mask, max_answer_length, top_k):
-                start, end = window.offsets[s][0], window.offsets[e][1]
-                found.append({"answer": context[start:end], "score": score, "start": start, "end": end})
-        found.sort(key=lambda a: -a["score"])
-        return found[:top_k] or [{"answer": "", "score": 0.0, "start": 0, "end": 0}]
+    def answers(self, context: str, windows, rows, max_answer_length: int, top_k: int) -> list[dict]:
+        return self.engine.qa_answers(context, windows, [r.numpy() for r in rows], max_answer_length, top_k)
 
 
 async def read_body(request, limit: int) -> bytes:
