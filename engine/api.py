@@ -14,7 +14,7 @@ from .errors import InputError
 from .model import Checkpoint, load_checkpoint
 from .model.config import ARCHITECTURE_TASKS
 from .runtime import policy
-from .runtime.backends import select_backend
+from .runtime.backends import create_runner
 from .tokenizer import check_texts
 
 log = logging.getLogger("bertrt")
@@ -182,8 +182,11 @@ def load(path: str | Path | None = None, task: str | None = None, device: str = 
     for the torch backend ("auto", "torch", "cpu", "cuda", "triton", "ref").
     """
     device = policy.choose_device(device)
-    precision = policy.choose_precision(device, dtype)
-    checkpoint = load_checkpoint(path, dtype=policy.DTYPES[precision], device=device)
+    # The tuned winner for this device/model when `bertrt tune` stored one, else the policy table;
+    # an explicit backend that cannot run raises BackendUnavailable.
+    choice = policy.resolve(path, device, dtype, backend, task=task)
+    load_dtype, load_device = policy.checkpoint_placement(choice, device)
+    checkpoint = load_checkpoint(path, dtype=load_dtype, device=load_device)
     config = checkpoint.config
     if task is None:
         task = config.task
@@ -196,10 +199,8 @@ def load(path: str | Path | None = None, task: str | None = None, device: str = 
         if not 2 <= max_length <= config.max_position_embeddings:
             raise InputError(f"max_length must be in [2, {config.max_position_embeddings}], got {max_length}")
         checkpoint.tokenizer.max_length = max_length
-    chosen = select_backend(torch.device(device).type, precision, backend)
-    if chosen.name == "torch":
-        backend_options.setdefault("kernels", kernels)
-    runner = chosen.create(checkpoint, device, precision, **backend_options)
-    engine = Engine(checkpoint, runner, task, device, precision, chosen.name)
-    log.info("loaded %r", engine)
+    runner, backend_name, precision = create_runner(checkpoint, device, choice.candidates, explicit=choice.explicit,
+                                                    kernels=kernels, **backend_options)
+    engine = Engine(checkpoint, runner, task, device, precision, backend_name)
+    log.info("loaded %r: %s", engine, choice.reason)
     return engine

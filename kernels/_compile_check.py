@@ -1,6 +1,6 @@
 """Compile every Triton kernel for NVIDIA targets without a GPU, and report registers and spills.
 
-    python -m bertrt.kernels._compile_check [--arch 80,90] [--all-configs] [--kernel attention]
+    python -m bertrt.kernels._compile_check [--arch 80,90] [--all-configs] [--kernel attention,int8_linear]
 
 Signature entries carry Triton's launch-time specializations, as the JIT would see them for typical BERT
 shapes: ``:16`` marks a pointer/int divisible by 16, ``:1`` an int equal to 1 (a unit stride, compiled in
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="80,90", help="compute capabilities, comma-separated (default 80,90)")
     parser.add_argument("--all-configs", action="store_true", help="every kept config (default: first only)")
-    parser.add_argument("--kernel", default="", help="only cases whose name starts with this")
+    parser.add_argument("--kernel", default="", help="only cases whose name starts with one of these (comma-separated)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("unset TRITON_INTERPRET: the interpreter replaces the compiler this check exercises")
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     failures = 0
     for arch in (int(a) for a in args.arch.split(",")):
         for name, tuner, sig, const, prune_args in _cases():
-            if not name.startswith(args.kernel):
+            if not name.startswith(tuple(args.kernel.split(","))):
                 continue
             configs = tuner.configs
             if tuner.early_config_prune is not None:

@@ -311,3 +311,28 @@ def test_embedding_layer_norm_rejects_bad_inputs():
         embedding_layer_norm(ids, types, pos, word, position[:, :99], token_type, w, b)
     with pytest.raises(ValueError, match="float32"):
         embedding_layer_norm(ids.float(), types, pos, word, position, token_type, w, b)
+
+
+# ------------------------------------------------------------------------------ GPU compilation, no GPU
+
+
+@pytest.mark.slow
+def test_kernels_compile_for_sm80_without_a_gpu():
+    """The interpreter never runs Triton's GPU compiler; compile two representative kernels to sm_80 cubins
+    with the ptxas bundled in the triton wheel (``python -m bertrt.kernels._compile_check`` does them all)."""
+    import pathlib
+    import subprocess
+    import sys
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the tests above compiled and ran the kernels on it")
+    ptxas = pathlib.Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    if not ptxas.exists():
+        pytest.skip(f"this triton wheel has no NVIDIA backend ptxas at {ptxas}")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    cases = "attention bf16 d=80,int8_linear out=bf16 act=1"
+    done = subprocess.run([sys.executable, "-m", "bertrt.kernels._compile_check", "--arch", "80", "--kernel", cases],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("ok   sm_80") == 2, done.stdout
