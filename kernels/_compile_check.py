@@ -2,13 +2,14 @@
 
     python -m bertrt.kernels._compile_check [--arch 80,90] [--all-configs] [--kernel attention,int8_linear]
 
+Runs Triton's full compiler pipeline (TTIR -> TTGIR -> LLVM -> PTX -> cubin, with the ptxas bundled in the
+triton wheel) for representative dtypes/shapes and each autotune config the kernel's pruning keeps, so a
+kernel that only the GPU backend rejects (dot shape limits, layouts, unsupported ops) fails here on a
+CPU-only machine; registers and stack (spill) bytes are read from the cubin with the bundled cuobjdump.
 Signature entries carry Triton's launch-time specializations, as the JIT would see them for typical BERT
 shapes: ``:16`` marks a pointer/int divisible by 16, ``:1`` an int equal to 1 (a unit stride, compiled in
-as a constant). Runs Triton's full compiler pipeline (TTIR -> TTGIR -> LLVM -> PTX -> cubin, with the ptxas bundled in
-the triton wheel) for representative dtypes/shapes and each autotune config the kernel's pruning keeps, so
-a kernel that only the GPU backend rejects (dot shape limits, layouts, unsupported ops) fails here on a
-CPU-only machine. It proves compilation, not speed or numerics: GPU speed is unmeasured until run on a
-GPU. Must run without TRITON_INTERPRET=1 (it exits with a message otherwise). Exit status 1 on a failure.
+as a constant). It proves compilation, not speed or numerics: GPU speed is unmeasured until run on a GPU.
+Must run without TRITON_INTERPRET=1 (it exits with a message otherwise). Exit status 1 on a failure.
 """
 
 from __future__ import annotations
@@ -23,23 +24,21 @@ import time
 import warnings
 
 
-def _ptxas_info(ptx: str, arch: int) -> dict:
+def _resource_usage(cubin: bytes) -> dict:
+    """Registers and stack (spill) bytes of the cubin Triton built, read with the bundled cuobjdump."""
     import triton
 
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-    if not os.path.exists(ptxas):
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.exists(cuobjdump):
         return {}
-    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-        f.write(ptx)
+    with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
+        f.write(cubin)
     try:
-        gpu = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
-        info = subprocess.run([ptxas, "-v", f"--gpu-name={gpu}", f.name, "-o", os.devnull],
-                              capture_output=True, text=True).stderr
+        info = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
     finally:
         os.unlink(f.name)
-    regs = re.findall(r"Used (\d+) registers", info)
-    spills = re.findall(r"(\d+) bytes spill stores", info)
-    return {"regs": int(regs[0]) if regs else None, "spill_bytes": int(spills[0]) if spills else None}
+    found = re.search(r"REG:(\d+) STACK:(\d+)", info)
+    return {"regs": int(found.group(1)), "stack_bytes": int(found.group(2))} if found else {}
 
 
 def _cases():
@@ -129,7 +128,7 @@ def main(argv=None) -> int:
                         ASTSource(tuner.fn, signature, constexprs, attrs), target=GPUTarget("cuda", arch, 32),
                         options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages},
                     )
-                    info = _ptxas_info(compiled.asm["ptx"], arch)
+                    info = _resource_usage(compiled.asm["cubin"])
                     print(f"ok   {label} {time.time() - start:.1f}s shared={compiled.metadata.shared} {info}",
                           flush=True)
                 except Exception as exc:  # report every failure, then exit non-zero

@@ -23,13 +23,17 @@ batch * heads never hits CUDA's 65535 limit on grid axes 1 and 2); query blocks 
 query-block count, so a ``max_seqlen`` smaller than the true longest sequence costs speed, never
 correctness (no device sync is needed to validate it).
 
+cu_seqlens' contents are trusted (as in flash-attn): checking them would cost a device sync per call.
+
 Autotuning: over (BLOCK_M, BLOCK_N, num_warps, num_stages), keyed on ``max_seqlen`` rounded up to a power
 of two (at least 16), head_dim and the dtype; varied sequence lengths therefore do not retune every call.
-Under ``TRITON_INTERPRET=1`` a single config is used.
+fp16/bf16 and fp32 have separate config families (IEEE fp32 dots run on FMA units and need smaller tiles);
+configs that spill registers are pruned (rules from ``python -m bertrt.kernels._compile_check``, which
+compiles every kernel for sm_80/sm_90 without a GPU). Under ``TRITON_INTERPRET=1`` a single config is used.
 
 GPU speed unmeasured until run on a GPU; correctness verified under TRITON_INTERPRET=1 on CPU (fp16, fp32;
 bf16 with the dot operands upcast to fp32 because the interpreter's bf16 ``tl.dot`` is broken, see
-``_utils.dot_upcast``).
+``_utils.dot_upcast``, so the native bf16 dot has only been compiled, not run).
 """
 
 from __future__ import annotations
@@ -71,8 +75,7 @@ def _prune(configs, named_args, **kwargs):
     """Keep the dtype's config family; drop query tiles much taller than the longest sequence (all-masked
     rows are wasted work) and tiles that spill registers. The register rules were set from ptxas reports
     of the AOT-compiled kernels for sm_80 (``python -m bertrt.kernels._compile_check``): fp16/bf16 tiles
-    spill once the fp32 accumulator + score tile exceed ~96 values a thread; IEEE fp32 tiles once the
-    accumulator exceeds ~32."""
+    spill once the fp32 accumulator + score tile exceed ~96 values a thread, IEEE fp32 tiles ~40."""
     seq_bucket = named_args["SEQ_BUCKET"]
     block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
     fp32 = kwargs.get("DOT_PRECISION", named_args.get("DOT_PRECISION")) == "ieee"
@@ -82,7 +85,7 @@ def _prune(configs, named_args, **kwargs):
         m, n, threads = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], 32 * c.num_warps
         if id(c) not in family or m > max(64, seq_bucket):
             return False
-        return m * block_d / threads <= 32 if fp32 else (m * block_d + m * n) / threads <= 96
+        return (m * block_d + m * n) / threads <= (40 if fp32 else 96)
 
     return [c for c in configs if fits(c)] or configs[:1]
 

@@ -24,8 +24,7 @@ from bertrt.train.distill import (  # noqa: E402
 from bertrt.train.finetune import FinetuneConfig, finetune  # noqa: E402
 from bertrt.train.loop import TrainConfig, TrainingInterrupted  # noqa: E402
 from bertrt.train.report import spearman  # noqa: E402
-
-from .train_fixtures import make_tiny_model, write_sequence_csv  # noqa: E402
+from bertrt.train.testing import make_tiny_model, write_sequence_csv  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,7 @@ from bertrt.train import cli  # noqa: E402
 from bertrt.train.data import Columns, DataError, load_sequence_data, load_token_data, read_records  # noqa: E402
 from bertrt.train.finetune import FinetuneConfig, finetune  # noqa: E402
 from bertrt.train.loop import TrainConfig, TrainingInterrupted  # noqa: E402
-
-from .train_fixtures import make_tiny_model, write_sequence_csv, write_token_jsonl  # noqa: E402
+from bertrt.train.testing import make_tiny_model, write_sequence_csv, write_token_jsonl  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -40,11 +40,13 @@ def table_rows(result: BenchResult) -> list[list[str]]:
     for r in result.rows:
         out.append([r.shape, r.engine, r.precision, _fmt(r.median_ms), _fmt(r.p90_ms), _fmt(r.cpu_ms), str(r.repeats),
                     _fmt(r.tokens_per_s, 0), _fmt(r.vs_best_peer) + ("x" if r.vs_best_peer is not None else ""),
+                    _fmt(r.cpu_vs_best_peer) + ("x" if r.cpu_vs_best_peer is not None else ""),
                     _fmt(r.fidelity_mean, 5), _fmt(r.fidelity_min, 5)])
     return out
 
 
 TABLE_HEADINGS = ["shape", "engine", "precision", "median ms", "p90 ms", "cpu ms", "n", "tokens/s", "vs best peer",
+                  "cpu vs best",
                   "cos mean", "cos min"]
 
 
@@ -56,7 +58,7 @@ def print_table(result: BenchResult, file=None) -> None:
     except ImportError:
         Console = None
     if Console is not None:
-        console = Console(file=file, width=140)
+        console = Console(file=file, width=170)
         table = Table(title=header(result), title_justify="left")
         for heading in TABLE_HEADINGS:
             table.add_column(heading, justify="left" if heading in ("shape", "engine", "precision") else "right")
@@ -101,6 +103,17 @@ def write_files(result: BenchResult, out_dir: Path, stem: str | None = None, plo
     return paths
 
 
+def load_json(path: Path) -> BenchResult:
+    """A BenchResult back from its JSON (to re-print or re-plot a run)."""
+    from .runner import _ratios
+
+    data = json.loads(Path(path).read_text())
+    fields = set(Row.__dataclass_fields__)
+    rows = [Row(**{k: v for k, v in row.items() if k in fields}) for row in data["rows"]]
+    _ratios(rows)
+    return BenchResult(rows, data["meta"])
+
+
 def _csv(value):
     if isinstance(value, float):
         return f"{value:.6g}"
@@ -120,8 +133,8 @@ def plot_png(result: BenchResult, path: Path) -> Path:
 
     shapes = list(dict.fromkeys(r.shape for r in result.rows))
     labels = list(dict.fromkeys(_label(r) for r in result.rows))
-    fig, axes = plt.subplots(1, max(len(shapes), 1), figsize=(5.2 * max(len(shapes), 1), 1.0 + 0.45 * len(labels)),
-                             squeeze=False)
+    height = 1.6 + 0.4 * len(labels)
+    fig, axes = plt.subplots(1, max(len(shapes), 1), figsize=(5.6 * max(len(shapes), 1), height), squeeze=False)
     for ax, shape in zip(axes[0], shapes):
         rows = {_label(r): r for r in result.rows if r.shape == shape}
         names = [n for n in labels if n in rows]
@@ -129,10 +142,12 @@ def plot_png(result: BenchResult, path: Path) -> Path:
         whiskers = [max(rows[n].p90_ms - rows[n].median_ms, 0.0) for n in names]
         colors = ["#d62728" if not rows[n].peer else "#7f7f7f" for n in names]
         ax.barh(range(len(names)), medians, xerr=[[0] * len(names), whiskers], color=colors, capsize=2)
+        ax.scatter([rows[n].cpu_ms for n in names], range(len(names)), marker="|", color="black", s=60, zorder=3,
+                   label="CPU time per call")
         ax.set_yticks(range(len(names)), names, fontsize=8)
         ax.invert_yaxis()
         ax.set_title(f"{shape}", fontsize=10)
-        ax.set_xlabel("median latency, ms (whisker: p90)", fontsize=8)
+        ax.set_xlabel("median latency, ms (whisker: p90; |: CPU time)", fontsize=8)
         for i, n in enumerate(names):
             r = rows[n]
             text = f" {r.median_ms:.1f}"
@@ -141,11 +156,10 @@ def plot_png(result: BenchResult, path: Path) -> Path:
             ax.text(r.median_ms, i, text, va="center", fontsize=7)
         if medians and max(medians) / max(min(medians), 1e-9) > 30:
             ax.set_xscale("log")
-            ax.set_xlabel("median latency, ms, log scale (whisker: p90)", fontsize=8)
+            ax.set_xlabel("median latency, ms, log scale (whisker: p90; |: CPU time)", fontsize=8)
         ax.margins(x=0.5)
     fig.suptitle(header(result), fontsize=8, x=0.01, ha="left")
-    top = 1.0 - 0.75 / (1.0 + 0.45 * len(labels))
-    fig.tight_layout(rect=(0, 0, 1, top))
+    fig.tight_layout(rect=(0, 0, 1, 1.0 - 0.62 / height))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

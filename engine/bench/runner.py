@@ -29,7 +29,7 @@ from . import peers as peers_mod
 from .shapes import BenchInputs, ShapeSpec, make_inputs
 
 COLUMNS = ("model", "shape", "engine", "precision", "median_ms", "p90_ms", "min_ms", "cpu_ms", "repeats",
-           "tokens_per_s", "vs_best_peer", "best_peer", "fidelity_mean", "fidelity_min", "peer")
+           "tokens_per_s", "vs_best_peer", "cpu_vs_best_peer", "best_peer", "fidelity_mean", "fidelity_min", "peer")
 
 
 @dataclass
@@ -62,6 +62,7 @@ class Row:
     repeats: int
     tokens_per_s: float
     vs_best_peer: float | None = None
+    cpu_vs_best_peer: float | None = None  # the same ratio on CPU time (per-call process CPU time)
     best_peer: str | None = None
     fidelity_mean: float | None = None
     fidelity_min: float | None = None
@@ -222,15 +223,18 @@ def _measure(subject: peers_mod.Subject, inp: BenchInputs, reference: torch.Tens
 
 
 def _ratios(rows: list[Row]) -> None:
-    """vs_best_peer = median / the fastest peer's median on the same shape (< 1: faster than all peers)."""
+    """vs_best_peer = median / the fastest peer's median on the same shape (< 1: faster than all peers);
+    cpu_vs_best_peer: the same with CPU times, against the peer with the least CPU time."""
     for shape in {r.shape for r in rows}:
         peer_rows = [r for r in rows if r.shape == shape and r.peer]
         if not peer_rows:
             continue
         best = min(peer_rows, key=lambda r: r.median_ms)
+        best_cpu = min(peer_rows, key=lambda r: r.cpu_ms)
         for r in rows:
             if r.shape == shape:
                 r.vs_best_peer = r.median_ms / best.median_ms
+                r.cpu_vs_best_peer = r.cpu_ms / best_cpu.cpu_ms if best_cpu.cpu_ms > 0 else None
                 r.best_peer = f"{best.engine} {best.precision}"
 
 

@@ -70,17 +70,6 @@ def latency_texts(tokenizer, texts: list[str], tokens: int = LATENCY_TOKENS, bat
     raise ValueError("not enough held-out text to build the latency batch")
 
 
-def _median_ms(fn, repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
 def _engine_runner(model_dir: str, task: str, texts: list[str]):
     """A no-argument callable running the bertrt engine (CPU) on ``texts``, or raise with the reason."""
     import bertrt
@@ -94,8 +83,9 @@ def _engine_runner(model_dir: str, task: str, texts: list[str]):
 
 
 def measure_latency(teacher_dir: str, student_dir: str, task: str, texts: list[str], threads: int | None,
-                    repeats: int = 15, warmup: int = 3) -> dict:
-    """Median ms for one batch of 8 x 128 tokens, teacher and student timed alternately."""
+                    repeats: int = 20, warmup: int = 2) -> dict:
+    """Median ms for one batch of 8 x 128 tokens, and the median teacher/student ratio of back-to-back
+    pairs."""
     if threads:
         torch.set_num_threads(threads)
     tokenizer = load_tokenizer(teacher_dir)
@@ -118,16 +108,28 @@ def measure_latency(teacher_dir: str, student_dir: str, task: str, texts: list[s
                     model(**encoded)
 
             runners[name] = run
-    for run in runners.values():
-        run()
-    per_round = {"teacher": [], "student": []}
-    for _ in range(3):  # alternate so that load from other processes hits both alike
-        for name, run in runners.items():
-            per_round[name].append(_median_ms(run, repeats // 3 or 1, warmup))
-    teacher_ms, student_ms = statistics.median(per_round["teacher"]), statistics.median(per_round["student"])
+    for _ in range(warmup):
+        for run in runners.values():
+            run()
+    # Teacher and student back to back, in alternating order: the load of other processes changes
+    # slowly, so the ratio within a pair is steadier than the ratio of two separate medians.
+    teacher_times, student_times = [], []
+    for i in range(repeats):
+        order = ("teacher", "student") if i % 2 == 0 else ("student", "teacher")
+        for name in order:
+            start = time.perf_counter()
+            runners[name]()
+            (teacher_times if name == "teacher" else student_times).append((time.perf_counter() - start) * 1e3)
+    ratios = [t / s for t, s in zip(teacher_times, student_times, strict=True)]
+    teacher_ms, student_ms = statistics.median(teacher_times), statistics.median(student_times)
     return {"path": path, "fallback_reason": reason, "batch": LATENCY_BATCH, "tokens": LATENCY_TOKENS,
             "threads": torch.get_num_threads(), "teacher_ms": teacher_ms, "student_ms": student_ms,
-            "speedup": teacher_ms / student_ms}
+            "speedup": statistics.median(ratios), "speedup_p25_p75": _quartiles(ratios), "repeats": repeats}
+
+
+def _quartiles(values: list[float]) -> list[float]:
+    quartiles = statistics.quantiles(values, n=4) if len(values) > 1 else values * 3
+    return [quartiles[0], quartiles[-1]]
 
 
 def compare(teacher_dir: str, student_dir: str, data_file: str, task: str, max_length: int = 128,
@@ -223,8 +225,9 @@ def to_markdown(report: dict) -> str:
                  f"{report['student_bytes'] / max(report['teacher_bytes'], 1):.3f} |")
     if "latency" in report:
         lat = report["latency"]
+        low, high = lat["speedup_p25_p75"]
         lines.append(f"| latency {lat['batch']}x{lat['tokens']} (ms, median) | {lat['teacher_ms']:.1f} | "
-                     f"{lat['student_ms']:.1f} | speed-up {lat['speedup']:.2f}x |")
+                     f"{lat['student_ms']:.1f} | speed-up {lat['speedup']:.2f}x (quartiles {low:.2f}-{high:.2f}) |")
     lines.append("")
     if "agreement" in report:
         lines.append(f"- agreement (same predicted label): {report['agreement']:.4f}")

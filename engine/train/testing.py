@@ -1,4 +1,6 @@
-"""Tiny models and data for the fine-tuning and distillation tests (a few seconds on one core)."""
+"""Tiny models and data for the fine-tuning and distillation tests and for trying the commands (a few
+seconds on one core): a word-level vocabulary, a random BertModel with sentence-transformers pooling
+files, and labelled CSV/JSONL rows whose labels follow from their words."""
 
 from __future__ import annotations
 
