@@ -9,5 +9,7 @@ __version__ = "0.1.0"
 
 from .api import Engine, load  # noqa: E402
 from .errors import BertrtError, InputError, ModelLoadError  # noqa: E402
+from .quant import Bf16Config, Fp16Config, Int8DynamicConfig, Int8StaticConfig, quantize_  # noqa: E402
 
-__all__ = ["BertrtError", "Engine", "InputError", "ModelLoadError", "__version__", "load"]
+__all__ = ["BertrtError", "Bf16Config", "Engine", "Fp16Config", "InputError", "Int8DynamicConfig",
+           "Int8StaticConfig", "ModelLoadError", "__version__", "load", "quantize_"]

@@ -14,7 +14,8 @@ from .errors import InputError
 from .model import Checkpoint, load_checkpoint
 from .model.config import ARCHITECTURE_TASKS
 from .runtime import policy
-from .runtime.backends import create_runner
+from .quant.checkpoint import is_quantized_dir, load_quantized
+from .runtime.backends import BackendUnavailable, TorchRunner, create_runner
 from .tokenizer import check_texts
 
 log = logging.getLogger("bertrt")
@@ -167,6 +168,37 @@ class Engine:
         return found[:top_k] or [{"answer": "", "score": 0.0, "start": 0, "end": 0}]
 
 
+def _check_task(checkpoint: Checkpoint, task: str | None, max_length: int | None) -> str:
+    """The task to run (the checkpoint's own when None); applies max_length to the tokenizer."""
+    config = checkpoint.config
+    task = config.task if task is None else task
+    if task not in TASKS:
+        raise InputError(f"task must be one of {TASKS}, got {task!r}")
+    if task != "embed" and task != config.task:
+        raise InputError(f"task {task!r} needs a {_architecture_for(task)} checkpoint; "
+                         f"{checkpoint.model_dir} is {config.architecture}")
+    if max_length is not None:
+        if not 2 <= max_length <= config.max_position_embeddings:
+            raise InputError(f"max_length must be in [2, {config.max_position_embeddings}], got {max_length}")
+        checkpoint.tokenizer.max_length = max_length
+    return task
+
+
+def _load_quantized(path, task, device, backend, kernels, max_length) -> Engine:
+    """A `bertrt quantize` output (quantization.json present): INT8 linears run on the torch backend;
+    the precision is the one the checkpoint was quantized for."""
+    if backend not in ("auto", "torch"):
+        raise BackendUnavailable(f"{path} is a bertrt-quantized checkpoint; it runs on the torch backend, "
+                                 f"not {backend!r} (export it with `bertrt export --int8` for ONNX/TensorRT)")
+    checkpoint = load_quantized(path, device=device)
+    task = _check_task(checkpoint, task, max_length)
+    precision = checkpoint.model.quantization["compute_dtype"]
+    runner = TorchRunner(checkpoint, device, precision, kernels=kernels)
+    engine = Engine(checkpoint, runner, task, device, precision, "torch")
+    log.info("loaded quantized %r", engine)
+    return engine
+
+
 def _architecture_for(task: str) -> str:
     return next(arch for arch, t in ARCHITECTURE_TASKS.items() if t == task)
 
@@ -182,23 +214,14 @@ def load(path: str | Path | None = None, task: str | None = None, device: str = 
     for the torch backend ("auto", "torch", "cpu", "cuda", "triton", "ref").
     """
     device = policy.choose_device(device)
+    if path is not None and is_quantized_dir(path):
+        return _load_quantized(path, task, device, backend, kernels, max_length)
     # The tuned winner for this device/model when `bertrt tune` stored one, else the policy table;
     # an explicit backend that cannot run raises BackendUnavailable.
     choice = policy.resolve(path, device, dtype, backend, task=task)
     load_dtype, load_device = policy.checkpoint_placement(choice, device)
     checkpoint = load_checkpoint(path, dtype=load_dtype, device=load_device)
-    config = checkpoint.config
-    if task is None:
-        task = config.task
-    if task not in TASKS:
-        raise InputError(f"task must be one of {TASKS}, got {task!r}")
-    if task != "embed" and task != config.task:
-        raise InputError(f"task {task!r} needs a {_architecture_for(task)} checkpoint; "
-                         f"{checkpoint.model_dir} is {config.architecture}")
-    if max_length is not None:
-        if not 2 <= max_length <= config.max_position_embeddings:
-            raise InputError(f"max_length must be in [2, {config.max_position_embeddings}], got {max_length}")
-        checkpoint.tokenizer.max_length = max_length
+    task = _check_task(checkpoint, task, max_length)
     runner, backend_name, precision = create_runner(checkpoint, device, choice.candidates, explicit=choice.explicit,
                                                     kernels=kernels, **backend_options)
     engine = Engine(checkpoint, runner, task, device, precision, backend_name)

@@ -7,6 +7,7 @@ import copy
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from bertrt.errors import InputError, ModelLoadError
@@ -376,3 +377,19 @@ def test_qdq_export(embed_ckpt, tmp_path):
     ref = torch.stack(_outputs(embed_ckpt.model, embed_ckpt, HELD_OUT, "embed")).numpy()
     cos = (got * ref).sum(-1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(ref, axis=-1)
     assert cos.min() > 0.98
+
+
+def test_bertrt_load_runs_a_quantized_directory(classify_ckpt, tiny_model_dirs, tmp_path):
+    """bertrt.load recognises a `bertrt quantize` output and classifies like the FP32 model."""
+    import bertrt
+    from bertrt.runtime.backends import BackendUnavailable
+
+    out = save_quantized(_quantized(classify_ckpt, Int8DynamicConfig()), tmp_path / "q", tiny_model_dirs["classify"])
+    engine = bertrt.load(out)
+    assert engine.backend == "torch" and engine.task == "classify"
+    texts = [f"review number {i}: {'good ' * (i % 5)}{'bad ' * (i % 3)}" for i in range(24)]
+    reference = bertrt.load(tiny_model_dirs["classify"], dtype="float32").classify(texts)
+    agreement = np.mean([a["label"] == b["label"] for a, b in zip(engine.classify(texts), reference, strict=True)])
+    assert agreement >= 0.9
+    with pytest.raises(BackendUnavailable, match="bertrt-quantized checkpoint"):
+        bertrt.load(out, backend="onnxruntime")

@@ -8,13 +8,11 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError
-from .peers import PEER_NAMES
-from .shapes import DEFAULT_SHAPES, parse_shapes
-
-PRECISIONS = ("fp32", "bf16", "int8")
+from .names import DEFAULT_SHAPES, PEER_NAMES, PRECISIONS
 
 
 def default_precisions() -> str:
+    """fp32,bf16 plus int8 when bertrt.quant imports."""
     try:
         from ..quant.api import quantize_  # noqa: F401
 
@@ -46,7 +44,9 @@ def register(subparsers) -> None:
                    help="a random-weight BERT of this shape instead of --model (written once to the cache)")
     p.add_argument("--shapes", default=",".join(DEFAULT_SHAPES),
                    help="BATCHxLEN or BATCHxMIN-MAX (seeded random lengths), comma separated")
-    p.add_argument("--precisions", default=default_precisions(), help="bertrt precisions: fp32,bf16,int8 or none")
+    p.add_argument("--precisions", default="auto",
+                   help="bertrt precisions, comma separated from fp32,bf16,int8, or none; auto: fp32,bf16 and int8 "
+                        "when bertrt.quant is there")
     p.add_argument("--peers", default=",".join(PEER_NAMES), help="peers to run (none for bertrt only)")
     p.add_argument("--repeats", type=int, default=20, help="timed runs per row")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs before timing")
@@ -68,6 +68,7 @@ def cmd_bench(args) -> int:
     from .models import resolve_model
     from .report import print_table, write_files
     from .runner import BenchConfig, run_bench
+    from .shapes import parse_shapes
 
     if args.repeats < 1 or args.warmup < 0 or args.threads < 0:
         raise InputError("--repeats must be >= 1, --warmup and --threads >= 0")
@@ -75,7 +76,9 @@ def cmd_bench(args) -> int:
     model_dir, name = resolve_model(args.model, args.config, cache, args.seed)
     config = BenchConfig(
         model_dir=model_dir, model_name=name, shapes=parse_shapes(args.shapes),
-        precisions=_list(args.precisions, PRECISIONS, "precisions"), peers=_list(args.peers, PEER_NAMES, "peers"),
+        precisions=_list(default_precisions() if args.precisions == "auto" else args.precisions, PRECISIONS,
+                         "precisions"),
+        peers=_list(args.peers, PEER_NAMES, "peers"),
         repeats=args.repeats, warmup=args.warmup, threads=args.threads, max_seconds=args.max_seconds,
         cache_dir=cache, seed=args.seed, e2e=args.e2e, kernels=args.kernels)
     log = lambda message: print(message, file=sys.stderr)

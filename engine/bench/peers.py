@@ -30,9 +30,10 @@ import torch
 
 from ..errors import BertrtError
 from ..model.heads import PoolingConfig, pool
+from .names import PEER_NAMES
 from .shapes import BenchInputs
 
-PEER_NAMES = ("transformers-fp32", "transformers-bf16", "ort-fp32", "ort-int8", "openvino")
+__all__ = ["PEER_NAMES", "BenchError", "Context", "Subject", "make_peer"]
 EXPORT_VERSION = "1"  # bump when the export recipe changes, to invalidate cached models
 # Max |difference| on real tokens between an exported FP32 model and transformers
 EXPORT_ATOL = 1e-3

@@ -19,8 +19,9 @@ import torch
 
 from ..batching import PackedBatch, pack
 from ..errors import InputError
+from .names import DEFAULT_SHAPES
 
-DEFAULT_SHAPES = ("1x128", "8x128", "32x16-128")
+__all__ = ["DEFAULT_SHAPES", "BenchInputs", "ShapeSpec", "make_inputs", "parse_shape", "parse_shapes"]
 _SHAPE = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*(?:-\s*(\d+))?\s*$")
 
 

@@ -1,0 +1,5 @@
+"""Names the command line offers, importable without torch (``bertrt --help`` stays fast)."""
+
+PEER_NAMES = ("transformers-fp32", "transformers-bf16", "ort-fp32", "ort-int8", "openvino")
+PRECISIONS = ("fp32", "bf16", "int8")
+DEFAULT_SHAPES = ("1x128", "8x128", "32x16-128")
