@@ -13,8 +13,8 @@ from .batching import pack, plan_batches
 from .errors import InputError
 from .model import Checkpoint, load_checkpoint
 from .model.config import ARCHITECTURE_TASKS
-from .runtime import policy
 from .quant.checkpoint import is_quantized_dir, load_quantized
+from .runtime import policy
 from .runtime.backends import BackendUnavailable, TorchRunner, create_runner
 from .tokenizer import check_texts
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from bertrt.model import load_checkpoint
 from bertrt.ops import registry
 

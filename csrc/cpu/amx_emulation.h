@@ -17,7 +17,8 @@ inline float bf16_to_float(uint16_t b) {
 }
 
 inline void load(int t, const void* p, int64_t stride) {
-  for (int r = 0; r < 16; ++r) std::memcpy(tiles[t][r], static_cast<const unsigned char*>(p) + r * stride, 64);
+  for (int r = 0; r < 16; ++r)
+    std::memcpy(tiles[t][r], static_cast<const unsigned char*>(p) + r * stride, 64);
 }
 
 inline void store(int t, void* p, int64_t stride) {

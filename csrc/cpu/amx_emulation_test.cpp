@@ -45,7 +45,9 @@ static bool check(std::vector<int> lengths, int heads, int dim, int threads) {
   a.threads = threads;
   amx::attention(a);
   double worst = 0.0;
-  auto at = [&](int tok, int which, int h, int d) { return double(from_bf16(qkv[((size_t(tok) * 3 + which) * heads + h) * dim + d])); };
+  auto at = [&](int tok, int which, int h, int d) {
+    return double(from_bf16(qkv[((size_t(tok) * 3 + which) * heads + h) * dim + d]));
+  };
   for (size_t b = 0; b + 1 < cu.size(); ++b)
     for (int h = 0; h < heads; ++h)
       for (int i = cu[b]; i < cu[b + 1]; ++i) {
@@ -66,8 +68,8 @@ static bool check(std::vector<int> lengths, int heads, int dim, int threads) {
         }
       }
   const bool ok = worst < 2e-2;
-  std::printf("%s lengths=%zu heads=%d dim=%d threads=%d max error %.3g\n", ok ? "ok  " : "FAIL", lengths.size(), heads,
-              dim, threads, worst);
+  std::printf("%s lengths=%zu heads=%d dim=%d threads=%d max error %.3g\n", ok ? "ok  " : "FAIL",
+              lengths.size(), heads, dim, threads, worst);
   return ok;
 }
 

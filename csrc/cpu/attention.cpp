@@ -17,14 +17,14 @@ namespace bertrt::cpu::BERTRT_NS {
 namespace {
 
 #if defined(BERTRT_ISA_AVX512)
-constexpr int kMR = 8, kNV = 2;   // 16 accumulators of 32 zmm
+constexpr int kMR = 8, kNV = 2;  // 16 accumulators of 32 zmm
 #elif defined(BERTRT_ISA_AVX2)
-constexpr int kMR = 6, kNV = 2;   // 12 accumulators of 16 ymm
+constexpr int kMR = 6, kNV = 2;  // 12 accumulators of 16 ymm
 #else
 constexpr int kMR = 4, kNV = 4;
 #endif
-constexpr int kNR = kNV * W;          // keys per score tile
-constexpr int64_t kKeyBlock = 256;    // multiple of kNR for every variant
+constexpr int kNR = kNV * W;        // keys per score tile
+constexpr int64_t kKeyBlock = 256;  // multiple of kNR for every variant
 static_assert(kKeyBlock % kNR == 0, "key block must hold whole score tiles");
 
 BERTRT_INLINE int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
@@ -70,8 +70,8 @@ BERTRT_INLINE void score_tile(const float* q, int64_t d_count, const float* kt, 
 
 // O[r][0 .. kC*W) += sum_j P[r][j] * V[j][...], j < keys
 template <int kC>
-BERTRT_INLINE void value_tile(const float* p, int64_t p_stride, int64_t keys, const float* v, int64_t v_stride,
-                              float* o, int64_t o_stride) {
+BERTRT_INLINE void value_tile(const float* p, int64_t p_stride, int64_t keys, const float* v,
+                              int64_t v_stride, float* o, int64_t o_stride) {
   Vec acc[kMR][kC];
 #pragma GCC unroll 16
   for (int r = 0; r < kMR; ++r)
@@ -104,7 +104,8 @@ void convert_row(const T* src, float* dst, int64_t n, float factor) {
 }
 
 template <class T>
-void attend(const AttentionArgs& a, int64_t start, int64_t len, int64_t head, int64_t q_begin, int64_t q_end) {
+void attend(const AttentionArgs& a, int64_t start, int64_t len, int64_t head, int64_t q_begin,
+            int64_t q_end) {
   const int64_t dim = a.head_dim, heads = a.heads;
   const int64_t token_stride = 3 * heads * dim;
   const int64_t dim_padded = round_up(dim, W);
@@ -196,7 +197,8 @@ void attend(const AttentionArgs& a, int64_t start, int64_t len, int64_t head, in
           row_sum[r] = row_sum[r] * alpha + block_sum;
           if (alpha != 1.0f) {
             const Vec va = vset1(alpha);
-            for (int64_t d = 0; d < dim_padded; d += W) vstore(ob + r * dim_padded + d, vmul(vload(ob + r * dim_padded + d), va));
+            for (int64_t d = 0; d < dim_padded; d += W)
+              vstore(ob + r * dim_padded + d, vmul(vload(ob + r * dim_padded + d), va));
           }
         }
         row_max[r] = m_new;
@@ -206,7 +208,8 @@ void attend(const AttentionArgs& a, int64_t start, int64_t len, int64_t head, in
       int64_t d0 = 0;
       for (; d0 + kNV * W <= dim_padded; d0 += kNV * W)
         value_tile<kNV>(sb, kKeyBlock, keys, vblock + d0, dim_padded, ob + d0, dim_padded);
-      for (; d0 < dim_padded; d0 += W) value_tile<1>(sb, kKeyBlock, keys, vblock + d0, dim_padded, ob + d0, dim_padded);
+      for (; d0 < dim_padded; d0 += W)
+        value_tile<1>(sb, kKeyBlock, keys, vblock + d0, dim_padded, ob + d0, dim_padded);
     }
 
     for (int64_t r = 0; r < rows; ++r) {
@@ -220,7 +223,9 @@ void attend(const AttentionArgs& a, int64_t start, int64_t len, int64_t head, in
   }
 }
 
-struct Item { int32_t seq, head, q_begin, q_end; };
+struct Item {
+  int32_t seq, head, q_begin, q_end;
+};
 
 template <class T>
 void run(const AttentionArgs& a) {
@@ -267,9 +272,12 @@ void run(const AttentionArgs& a) {
 
 void attention(const AttentionArgs& a) {
   switch (a.dtype) {
-    case DType::F32: return run<float>(a);
-    case DType::BF16: return run<bf16>(a);
-    case DType::F16: return run<f16>(a);
+    case DType::F32:
+      return run<float>(a);
+    case DType::BF16:
+      return run<bf16>(a);
+    case DType::F16:
+      return run<f16>(a);
   }
 }
 

@@ -34,8 +34,8 @@ bool request_tile_permission() {
 
 namespace {
 
-constexpr int kRows = 16;             // query rows per block = tile rows
-constexpr int64_t kKeyBlock = 256;    // keys per online-softmax step, a multiple of 32
+constexpr int kRows = 16;           // query rows per block = tile rows
+constexpr int64_t kKeyBlock = 256;  // keys per online-softmax step, a multiple of 32
 
 BERTRT_INLINE int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
@@ -73,7 +73,8 @@ struct Scratch {
 };
 thread_local Scratch tls_scratch;
 
-void attend(const AttentionArgs& a, int64_t start, int64_t len, int64_t head, int64_t q_begin, int64_t q_end) {
+void attend(const AttentionArgs& a, int64_t start, int64_t len, int64_t head, int64_t q_begin,
+            int64_t q_end) {
   const int64_t dim = a.head_dim, heads = a.heads, token_stride = 3 * heads * dim;
   const int64_t dim32 = round_up(dim, 32), dim16 = round_up(dim, 16);
   const int64_t d_chunks = dim32 / 32, d_tiles = dim16 / 16;
@@ -114,7 +115,8 @@ void attend(const AttentionArgs& a, int64_t start, int64_t len, int64_t head, in
   for (int64_t q0 = q_begin; q0 < q_end; q0 += kRows) {
     const int64_t rows = q_end - q0 < kRows ? q_end - q0 : kRows;
     std::memset(qb, 0, size_t(q_bytes));
-    for (int64_t r = 0; r < rows; ++r) std::memcpy(qb + r * dim32, base + (q0 + r) * token_stride, size_t(dim) * 2);
+    for (int64_t r = 0; r < rows; ++r)
+      std::memcpy(qb + r * dim32, base + (q0 + r) * token_stride, size_t(dim) * 2);
     for (int r = 0; r < kRows; ++r) {
       row_max[r] = -__builtin_inff();
       row_sum[r] = 0.0f;
@@ -170,7 +172,8 @@ void attend(const AttentionArgs& a, int64_t start, int64_t len, int64_t head, in
           const float alpha = vreduce_max(vexp2(vset1(m_old - m_new)));
           row_sum[r] = row_sum[r] * alpha + block_sum;
           const Vec va = vset1(alpha);
-          for (int64_t d = 0; d < dim16; d += W) vstore(ob + r * dim16 + d, vmul(vload(ob + r * dim16 + d), va));
+          for (int64_t d = 0; d < dim16; d += W)
+            vstore(ob + r * dim16 + d, vmul(vload(ob + r * dim16 + d), va));
         }
         row_max[r] = m_new;
       }
@@ -197,7 +200,9 @@ void attend(const AttentionArgs& a, int64_t start, int64_t len, int64_t head, in
   }
 }
 
-struct Item { int32_t seq, head, q_begin, q_end; };
+struct Item {
+  int32_t seq, head, q_begin, q_end;
+};
 
 void run_bf16(const AttentionArgs& a) {
   const int32_t* cu = a.cu_seqlens;
@@ -243,7 +248,8 @@ void run_bf16(const AttentionArgs& a) {
 void attention(const AttentionArgs& args) {
   if (args.dtype == DType::BF16) run_bf16(args);
 #if !defined(BERTRT_AMX_EMULATE)
-  else avx512::attention(args);
+  else
+    avx512::attention(args);
 #endif
 }
 

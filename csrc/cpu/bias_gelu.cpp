@@ -7,7 +7,10 @@ namespace {
 
 template <bool kTanh>
 BERTRT_INLINE Vec gelu(Vec v) {
-  if constexpr (kTanh) return vgelu_tanh(v); else return vgelu_erf(v);
+  if constexpr (kTanh)
+    return vgelu_tanh(v);
+  else
+    return vgelu_erf(v);
 }
 
 template <class T, class B, bool kTanh>
@@ -37,21 +40,30 @@ void run(const BiasGeluArgs& a) {
 
 template <class T, class B>
 void run_bias(const BiasGeluArgs& a) {
-  if (a.tanh_approximation) run<T, B, true>(a); else run<T, B, false>(a);
+  if (a.tanh_approximation)
+    run<T, B, true>(a);
+  else
+    run<T, B, false>(a);
 }
 
 template <class T>
 void run_typed(const BiasGeluArgs& a) {
-  if (a.bias_dtype == DType::F32) run_bias<T, float>(a); else run_bias<T, T>(a);
+  if (a.bias_dtype == DType::F32)
+    run_bias<T, float>(a);
+  else
+    run_bias<T, T>(a);
 }
 
 }  // namespace
 
 void bias_gelu(const BiasGeluArgs& a) {
   switch (a.dtype) {
-    case DType::F32: return run_typed<float>(a);
-    case DType::BF16: return run_typed<bf16>(a);
-    case DType::F16: return run_typed<f16>(a);
+    case DType::F32:
+      return run_typed<float>(a);
+    case DType::BF16:
+      return run_typed<bf16>(a);
+    case DType::F16:
+      return run_typed<f16>(a);
   }
 }
 

@@ -46,16 +46,22 @@ void run(const LayerNormArgs& a) {
 
 template <class T>
 void run_typed(const LayerNormArgs& a) {
-  if (a.param_dtype == DType::F32) run<T, float>(a); else run<T, T>(a);
+  if (a.param_dtype == DType::F32)
+    run<T, float>(a);
+  else
+    run<T, T>(a);
 }
 
 }  // namespace
 
 void bias_residual_layer_norm(const LayerNormArgs& a) {
   switch (a.dtype) {
-    case DType::F32: return run_typed<float>(a);
-    case DType::BF16: return run_typed<bf16>(a);
-    case DType::F16: return run_typed<f16>(a);
+    case DType::F32:
+      return run_typed<float>(a);
+    case DType::BF16:
+      return run_typed<bf16>(a);
+    case DType::F16:
+      return run_typed<f16>(a);
   }
 }
 

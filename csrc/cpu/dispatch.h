@@ -17,7 +17,7 @@ struct Variant {
 };
 
 const Variant& variant(Isa isa);
-bool isa_supported(Isa isa);       // compiled and runnable on this CPU
+bool isa_supported(Isa isa);                  // compiled and runnable on this CPU
 const char* isa_unsupported_reason(Isa isa);  // empty when supported
 Isa best_isa();
 

@@ -38,7 +38,8 @@ void run(const EmbeddingArgs& a) {
       float row_sum = vreduce_add(sum);
       if (c < hidden) {
         const int64_t rest = hidden - c;
-        Vec v = vadd(vadd(vload_partial(wr + c, rest), vload_partial(pr + c, rest)), vload_partial(tr + c, rest));
+        Vec v =
+            vadd(vadd(vload_partial(wr + c, rest), vload_partial(pr + c, rest)), vload_partial(tr + c, rest));
         vstore_partial(y + c, v, rest);
         row_sum += vreduce_add(v);
       }
@@ -50,21 +51,30 @@ void run(const EmbeddingArgs& a) {
 
 template <class T, class P>
 void run_ids(const EmbeddingArgs& a) {
-  if (a.ids_int64) run<T, P, int64_t>(a); else run<T, P, int32_t>(a);
+  if (a.ids_int64)
+    run<T, P, int64_t>(a);
+  else
+    run<T, P, int32_t>(a);
 }
 
 template <class T>
 void run_typed(const EmbeddingArgs& a) {
-  if (a.param_dtype == DType::F32) run_ids<T, float>(a); else run_ids<T, T>(a);
+  if (a.param_dtype == DType::F32)
+    run_ids<T, float>(a);
+  else
+    run_ids<T, T>(a);
 }
 
 }  // namespace
 
 void embedding_layer_norm(const EmbeddingArgs& a) {
   switch (a.dtype) {
-    case DType::F32: return run_typed<float>(a);
-    case DType::BF16: return run_typed<bf16>(a);
-    case DType::F16: return run_typed<f16>(a);
+    case DType::F32:
+      return run_typed<float>(a);
+    case DType::BF16:
+      return run_typed<bf16>(a);
+    case DType::F16:
+      return run_typed<f16>(a);
   }
 }
 

@@ -21,9 +21,14 @@ void epilogue_row(const int32_t* acc, float x_scale, const float* w_scale, const
     Vec ws = cnt == W ? vload(w_scale + j) : vload_partial(w_scale + j, cnt);
     y = vmul(vmul(y, xs), ws);
     if (bias) y = vadd(y, cnt == W ? vload(bias + j) : vload_partial(bias + j, cnt));
-    if (activation == 1) y = vgelu_erf(y);
-    else if (activation == 2) y = vgelu_tanh(y);
-    if (cnt == W) vstore(out + j, y); else vstore_partial(out + j, y, cnt);
+    if (activation == 1)
+      y = vgelu_erf(y);
+    else if (activation == 2)
+      y = vgelu_tanh(y);
+    if (cnt == W)
+      vstore(out + j, y);
+    else
+      vstore_partial(out + j, y, cnt);
   }
 }
 
@@ -57,19 +62,22 @@ void pack_weights(const int8_t* w, int64_t n, int64_t k, int64_t k_groups, int8_
 BERTRT_INLINE void int8_tile(const int8_t* x, int64_t k_padded, const int8_t* panel0, const int8_t* panel1,
                              int64_t k_groups, int32_t* acc) {
   const __m256i ones = _mm256_set1_epi16(1);
-  __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+  __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00,
+          c31 = c00;
   for (int64_t g = 0; g < k_groups; ++g) {
     const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel0 + g * 32));
     const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel1 + g * 32));
     const __m256i a0 = _mm256_abs_epi8(w0), a1 = _mm256_abs_epi8(w1);
-#define BERTRT_INT8_ROW(r, acc0, acc1)                                                                  \
-    {                                                                                                   \
-      int32_t x4;                                                                                       \
-      std::memcpy(&x4, x + (r) * k_padded + g * 4, 4);                                                  \
-      const __m256i xb = _mm256_set1_epi32(x4);                                                         \
-      acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(_mm256_maddubs_epi16(a0, _mm256_sign_epi8(xb, w0)), ones)); \
-      acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(_mm256_maddubs_epi16(a1, _mm256_sign_epi8(xb, w1)), ones)); \
-    }
+#define BERTRT_INT8_ROW(r, acc0, acc1)                                                                       \
+  {                                                                                                          \
+    int32_t x4;                                                                                              \
+    std::memcpy(&x4, x + (r) * k_padded + g * 4, 4);                                                         \
+    const __m256i xb = _mm256_set1_epi32(x4);                                                                \
+    acc0 =                                                                                                   \
+        _mm256_add_epi32(acc0, _mm256_madd_epi16(_mm256_maddubs_epi16(a0, _mm256_sign_epi8(xb, w0)), ones)); \
+    acc1 =                                                                                                   \
+        _mm256_add_epi32(acc1, _mm256_madd_epi16(_mm256_maddubs_epi16(a1, _mm256_sign_epi8(xb, w1)), ones)); \
+  }
     BERTRT_INT8_ROW(0, c00, c01)
     BERTRT_INT8_ROW(1, c10, c11)
     BERTRT_INT8_ROW(2, c20, c21)
@@ -77,10 +85,14 @@ BERTRT_INLINE void int8_tile(const int8_t* x, int64_t k_padded, const int8_t* pa
 #undef BERTRT_INT8_ROW
   }
   __m256i* out = reinterpret_cast<__m256i*>(acc);
-  _mm256_storeu_si256(out + 0, c00); _mm256_storeu_si256(out + 1, c01);
-  _mm256_storeu_si256(out + 2, c10); _mm256_storeu_si256(out + 3, c11);
-  _mm256_storeu_si256(out + 4, c20); _mm256_storeu_si256(out + 5, c21);
-  _mm256_storeu_si256(out + 6, c30); _mm256_storeu_si256(out + 7, c31);
+  _mm256_storeu_si256(out + 0, c00);
+  _mm256_storeu_si256(out + 1, c01);
+  _mm256_storeu_si256(out + 2, c10);
+  _mm256_storeu_si256(out + 3, c11);
+  _mm256_storeu_si256(out + 4, c20);
+  _mm256_storeu_si256(out + 5, c21);
+  _mm256_storeu_si256(out + 6, c30);
+  _mm256_storeu_si256(out + 7, c31);
 }
 
 template <class O, class B>
@@ -180,9 +192,12 @@ void run(const Int8LinearArgs& a) {
 template <class O>
 void run_out(const Int8LinearArgs& a) {
   switch (a.bias_dtype) {
-    case DType::F32: return run<O, float>(a);
-    case DType::BF16: return run<O, bf16>(a);
-    case DType::F16: return run<O, f16>(a);
+    case DType::F32:
+      return run<O, float>(a);
+    case DType::BF16:
+      return run<O, bf16>(a);
+    case DType::F16:
+      return run<O, f16>(a);
   }
 }
 
@@ -190,9 +205,12 @@ void run_out(const Int8LinearArgs& a) {
 
 void int8_linear(const Int8LinearArgs& a) {
   switch (a.out_dtype) {
-    case DType::F32: return run_out<float>(a);
-    case DType::BF16: return run_out<bf16>(a);
-    case DType::F16: return run_out<f16>(a);
+    case DType::F32:
+      return run_out<float>(a);
+    case DType::BF16:
+      return run_out<bf16>(a);
+    case DType::F16:
+      return run_out<f16>(a);
   }
 }
 

@@ -18,9 +18,9 @@ constexpr int kIsaCount = 4;
 constexpr int64_t kMaxHeadDim = 128;
 
 struct AttentionArgs {
-  const void* qkv;             // (total_tokens, 3, heads, head_dim)
-  void* out;                   // (total_tokens, heads, head_dim)
-  const int32_t* cu_seqlens;   // (batch + 1,)
+  const void* qkv;            // (total_tokens, 3, heads, head_dim)
+  void* out;                  // (total_tokens, heads, head_dim)
+  const int32_t* cu_seqlens;  // (batch + 1,)
   int64_t batch, heads, head_dim, max_seqlen;
   float scale;
   DType dtype;
@@ -51,43 +51,43 @@ struct LayerNormArgs {
 };
 
 struct EmbeddingArgs {
-  const void* input_ids;        // (tokens,) int32 or int64, all three alike
+  const void* input_ids;  // (tokens,) int32 or int64, all three alike
   const void* token_type_ids;
   const void* position_ids;
   bool ids_int64;
-  const void* word;             // (vocab, hidden)
-  const void* position;         // (max_positions, hidden)
-  const void* token_type;       // (type_vocab, hidden)
-  const void* weight;           // (hidden,)
-  const void* bias;             // (hidden,)
-  void* out;                    // (tokens, hidden)
+  const void* word;        // (vocab, hidden)
+  const void* position;    // (max_positions, hidden)
+  const void* token_type;  // (type_vocab, hidden)
+  const void* weight;      // (hidden,)
+  const void* bias;        // (hidden,)
+  void* out;               // (tokens, hidden)
   int64_t tokens, hidden;
   float eps;
-  DType dtype, param_dtype;     // param_dtype (weight, bias) is dtype or F32
+  DType dtype, param_dtype;  // param_dtype (weight, bias) is dtype or F32
   int threads;
 };
 
 struct Int8LinearArgs {
-  const int8_t* x;        // (tokens, in_features)
-  const float* x_scale;   // (tokens,)
-  const int8_t* w;        // (out_features, in_features)
-  const float* w_scale;   // (out_features,)
-  const void* bias;       // (out_features,) or null, in bias_dtype
-  void* out;              // (tokens, out_features) in out_dtype
+  const int8_t* x;       // (tokens, in_features)
+  const float* x_scale;  // (tokens,)
+  const int8_t* w;       // (out_features, in_features)
+  const float* w_scale;  // (out_features,)
+  const void* bias;      // (out_features,) or null, in bias_dtype
+  void* out;             // (tokens, out_features) in out_dtype
   int64_t m, n, k;
-  int activation;         // 0 none, 1 gelu (erf), 2 gelu_tanh
+  int activation;  // 0 none, 1 gelu (erf), 2 gelu_tanh
   DType bias_dtype, out_dtype;
   int threads;
 };
 
-#define BERTRT_DECLARE_VARIANT(ns)                                           \
-  namespace ns {                                                             \
-  void attention(const AttentionArgs& args);                                 \
-  void bias_gelu(const BiasGeluArgs& args);                                  \
-  void bias_residual_layer_norm(const LayerNormArgs& args);                  \
-  void embedding_layer_norm(const EmbeddingArgs& args);                      \
-  void int8_linear(const Int8LinearArgs& args);                              \
-  void vector_exp(const float* x, float* out, int64_t n);                    \
+#define BERTRT_DECLARE_VARIANT(ns)                          \
+  namespace ns {                                            \
+  void attention(const AttentionArgs& args);                \
+  void bias_gelu(const BiasGeluArgs& args);                 \
+  void bias_residual_layer_norm(const LayerNormArgs& args); \
+  void embedding_layer_norm(const EmbeddingArgs& args);     \
+  void int8_linear(const Int8LinearArgs& args);             \
+  void vector_exp(const float* x, float* out, int64_t n);   \
   }
 
 BERTRT_DECLARE_VARIANT(scalar)

@@ -8,8 +8,8 @@
 namespace bertrt::cpu::BERTRT_NS {
 
 template <class T, class P>
-BERTRT_INLINE void normalize_row(const float* y, float row_sum, int64_t hidden, const P* weight, const P* beta,
-                                 float eps, T* out) {
+BERTRT_INLINE void normalize_row(const float* y, float row_sum, int64_t hidden, const P* weight,
+                                 const P* beta, float eps, T* out) {
   // Corrected two-pass (Chan, Golub, LeVeque): sum the deviations from the first-pass mean too, so a
   // mean that is large next to the spread loses nothing to the rounding of the first sum.
   const float mean0 = row_sum / float(hidden);

@@ -19,18 +19,22 @@ using namespace bertrt::cpu;
 namespace {
 
 template <class T>
-const T* ptr(uintptr_t p) { return reinterpret_cast<const T*>(p); }
+const T* ptr(uintptr_t p) {
+  return reinterpret_cast<const T*>(p);
+}
 
 Isa checked_isa(int isa) {
   if (isa < 0 || isa >= kIsaCount) throw py::value_error("unknown ISA code " + std::to_string(isa));
   const char* reason = isa_unsupported_reason(Isa(isa));
   if (reason[0] != '\0')
-    throw py::value_error(std::string("ISA variant '") + variant(Isa(isa)).name + "' cannot run here: " + reason);
+    throw py::value_error(std::string("ISA variant '") + variant(Isa(isa)).name +
+                          "' cannot run here: " + reason);
   return Isa(isa);
 }
 
 DType checked_dtype(const char* what, int code) {
-  if (code < 0 || code > 2) throw py::value_error(std::string(what) + ": unknown dtype code " + std::to_string(code));
+  if (code < 0 || code > 2)
+    throw py::value_error(std::string(what) + ": unknown dtype code " + std::to_string(code));
   return DType(code);
 }
 
@@ -44,8 +48,8 @@ void require_positive(const char* what, int64_t v) {
 
 int checked_threads(int threads) { return threads > 0 ? threads : 1; }
 
-void attention(int isa, uintptr_t qkv, uintptr_t out, uintptr_t cu_seqlens, int64_t total_tokens, int64_t batch,
-               int64_t heads, int64_t head_dim, double scale, int dtype, int threads) {
+void attention(int isa, uintptr_t qkv, uintptr_t out, uintptr_t cu_seqlens, int64_t total_tokens,
+               int64_t batch, int64_t heads, int64_t head_dim, double scale, int dtype, int threads) {
   AttentionArgs a{};
   const Isa chosen = checked_isa(isa);
   a.dtype = checked_dtype("qkv", dtype);
@@ -65,8 +69,8 @@ void attention(int isa, uintptr_t qkv, uintptr_t out, uintptr_t cu_seqlens, int6
     if (cu[b + 1] - cu[b] > max_len) max_len = cu[b + 1] - cu[b];
   }
   if (cu[batch] != total_tokens)
-    throw py::value_error("cu_seqlens[-1] must equal total_tokens " + std::to_string(total_tokens) + ", got " +
-                          std::to_string(cu[batch]));
+    throw py::value_error("cu_seqlens[-1] must equal total_tokens " + std::to_string(total_tokens) +
+                          ", got " + std::to_string(cu[batch]));
   if (total_tokens > 0) {
     require_pointer("qkv", qkv);
     require_pointer("out", out);
@@ -84,8 +88,8 @@ void attention(int isa, uintptr_t qkv, uintptr_t out, uintptr_t cu_seqlens, int6
   variant(chosen).attention(a);
 }
 
-void bias_gelu(int isa, uintptr_t x, uintptr_t bias, uintptr_t out, int64_t rows, int64_t cols, bool tanh_approx,
-               int dtype, int bias_dtype, int threads) {
+void bias_gelu(int isa, uintptr_t x, uintptr_t bias, uintptr_t out, int64_t rows, int64_t cols,
+               bool tanh_approx, int dtype, int bias_dtype, int threads) {
   BiasGeluArgs a{};
   const Isa chosen = checked_isa(isa);
   a.dtype = checked_dtype("x", dtype);
@@ -93,7 +97,8 @@ void bias_gelu(int isa, uintptr_t x, uintptr_t bias, uintptr_t out, int64_t rows
   if (a.bias_dtype != a.dtype && a.bias_dtype != DType::F32)
     throw py::value_error("bias dtype must be x's dtype or float32");
   if (rows < 0 || cols < 0)
-    throw py::value_error("x shape must be non-negative, got (" + std::to_string(rows) + ", " + std::to_string(cols) + ")");
+    throw py::value_error("x shape must be non-negative, got (" + std::to_string(rows) + ", " +
+                          std::to_string(cols) + ")");
   if (rows * cols > 0) {
     require_pointer("x", x);
     require_pointer("out", out);
@@ -111,8 +116,8 @@ void bias_gelu(int isa, uintptr_t x, uintptr_t bias, uintptr_t out, int64_t rows
 }
 
 void bias_residual_layer_norm(int isa, uintptr_t x, uintptr_t residual, uintptr_t bias, uintptr_t weight,
-                              uintptr_t beta, uintptr_t out, int64_t rows, int64_t hidden, double eps, int dtype,
-                              int param_dtype, int threads) {
+                              uintptr_t beta, uintptr_t out, int64_t rows, int64_t hidden, double eps,
+                              int dtype, int param_dtype, int threads) {
   LayerNormArgs a{};
   const Isa chosen = checked_isa(isa);
   a.dtype = checked_dtype("x", dtype);
@@ -156,9 +161,10 @@ void check_id_range(const char* name, const Id* ids, int64_t n, int64_t rows) {
 }
 
 void embedding_layer_norm(int isa, uintptr_t input_ids, uintptr_t token_type_ids, uintptr_t position_ids,
-                          bool ids_int64, uintptr_t word, int64_t vocab, uintptr_t position, int64_t max_positions,
-                          uintptr_t token_type, int64_t type_vocab, uintptr_t weight, uintptr_t bias, uintptr_t out,
-                          int64_t tokens, int64_t hidden, double eps, int dtype, int param_dtype, int threads) {
+                          bool ids_int64, uintptr_t word, int64_t vocab, uintptr_t position,
+                          int64_t max_positions, uintptr_t token_type, int64_t type_vocab, uintptr_t weight,
+                          uintptr_t bias, uintptr_t out, int64_t tokens, int64_t hidden, double eps,
+                          int dtype, int param_dtype, int threads) {
   EmbeddingArgs a{};
   const Isa chosen = checked_isa(isa);
   a.dtype = checked_dtype("word_embeddings", dtype);
@@ -168,10 +174,15 @@ void embedding_layer_norm(int isa, uintptr_t input_ids, uintptr_t token_type_ids
   require_positive("hidden", hidden);
   if (tokens < 0) throw py::value_error("tokens must be non-negative, got " + std::to_string(tokens));
   if (tokens == 0) return;
-  for (auto [name, p] : {std::pair<const char*, uintptr_t>{"input_ids", input_ids}, {"token_type_ids", token_type_ids},
-                         {"position_ids", position_ids}, {"word_embeddings", word},
-                         {"position_embeddings", position}, {"token_type_embeddings", token_type},
-                         {"weight", weight}, {"bias", bias}, {"out", out}})
+  for (auto [name, p] : {std::pair<const char*, uintptr_t>{"input_ids", input_ids},
+                         {"token_type_ids", token_type_ids},
+                         {"position_ids", position_ids},
+                         {"word_embeddings", word},
+                         {"position_embeddings", position},
+                         {"token_type_embeddings", token_type},
+                         {"weight", weight},
+                         {"bias", bias},
+                         {"out", out}})
     require_pointer(name, p);
   if (ids_int64) {
     check_id_range("input_ids", ptr<int64_t>(input_ids), tokens, vocab);
@@ -201,8 +212,8 @@ void embedding_layer_norm(int isa, uintptr_t input_ids, uintptr_t token_type_ids
 }
 
 void int8_linear(int isa, uintptr_t x, uintptr_t x_scale, uintptr_t w, uintptr_t w_scale, uintptr_t bias,
-                 uintptr_t out, int64_t m, int64_t n, int64_t k, int activation, int bias_dtype, int out_dtype,
-                 int threads) {
+                 uintptr_t out, int64_t m, int64_t n, int64_t k, int activation, int bias_dtype,
+                 int out_dtype, int threads) {
   Int8LinearArgs a{};
   const Isa chosen = checked_isa(isa);
   a.bias_dtype = checked_dtype("bias", bias_dtype);
@@ -212,10 +223,14 @@ void int8_linear(int isa, uintptr_t x, uintptr_t x_scale, uintptr_t w, uintptr_t
     throw py::value_error("int8_linear shapes must be m >= 0, n > 0, k > 0, got m=" + std::to_string(m) +
                           " n=" + std::to_string(n) + " k=" + std::to_string(k));
   // int32 accumulation stays exact while k * 128 * 128 < 2^31.
-  if (k > (int64_t(1) << 17)) throw py::value_error("in_features must be <= 131072, got " + std::to_string(k));
+  if (k > (int64_t(1) << 17))
+    throw py::value_error("in_features must be <= 131072, got " + std::to_string(k));
   if (m == 0) return;
-  for (auto [name, p] : {std::pair<const char*, uintptr_t>{"x_q", x}, {"x_scale", x_scale}, {"w_q", w},
-                         {"w_scale", w_scale}, {"out", out}})
+  for (auto [name, p] : {std::pair<const char*, uintptr_t>{"x_q", x},
+                         {"x_scale", x_scale},
+                         {"w_q", w},
+                         {"w_scale", w_scale},
+                         {"out", out}})
     require_pointer(name, p);
   a.x = ptr<int8_t>(x);
   a.x_scale = ptr<float>(x_scale);
@@ -247,35 +262,43 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "bertrt CPU kernels: raw-pointer bindings; use bertrt.ops.cpu_kernels for tensors";
   m.attr("MAX_HEAD_DIM") = kMaxHeadDim;
 
-  m.def("isa_names", [] {
-    std::vector<std::string> names;
-    for (int i = kIsaCount - 1; i >= 0; --i) names.emplace_back(variant(Isa(i)).name);
-    return names;
-  }, "Compiled ISA variants, best first.");
+  m.def(
+      "isa_names",
+      [] {
+        std::vector<std::string> names;
+        for (int i = kIsaCount - 1; i >= 0; --i) names.emplace_back(variant(Isa(i)).name);
+        return names;
+      },
+      "Compiled ISA variants, best first.");
   m.def("isa_code", [](const std::string& name) {
     for (int i = 0; i < kIsaCount; ++i)
       if (name == variant(Isa(i)).name) return i;
     throw py::value_error("unknown ISA variant '" + name + "'");
   });
-  m.def("isa_unsupported_reason", [](int isa) {
-    if (isa < 0 || isa >= kIsaCount) throw py::value_error("unknown ISA code " + std::to_string(isa));
-    return std::string(isa_unsupported_reason(Isa(isa)));
-  }, "Empty when the variant runs on this CPU, else why not.");
+  m.def(
+      "isa_unsupported_reason",
+      [](int isa) {
+        if (isa < 0 || isa >= kIsaCount) throw py::value_error("unknown ISA code " + std::to_string(isa));
+        return std::string(isa_unsupported_reason(Isa(isa)));
+      },
+      "Empty when the variant runs on this CPU, else why not.");
   m.def("best_isa", [] { return int(best_isa()); });
 
   m.def("attention", &attention, py::arg("isa"), py::arg("qkv"), py::arg("out"), py::arg("cu_seqlens"),
         py::arg("total_tokens"), py::arg("batch"), py::arg("heads"), py::arg("head_dim"), py::arg("scale"),
         py::arg("dtype"), py::arg("threads"));
-  m.def("bias_gelu", &bias_gelu, py::arg("isa"), py::arg("x"), py::arg("bias"), py::arg("out"), py::arg("rows"),
-        py::arg("cols"), py::arg("tanh"), py::arg("dtype"), py::arg("bias_dtype"), py::arg("threads"));
-  m.def("bias_residual_layer_norm", &bias_residual_layer_norm, py::arg("isa"), py::arg("x"), py::arg("residual"),
-        py::arg("bias"), py::arg("weight"), py::arg("beta"), py::arg("out"), py::arg("rows"), py::arg("hidden"),
-        py::arg("eps"), py::arg("dtype"), py::arg("param_dtype"), py::arg("threads"));
+  m.def("bias_gelu", &bias_gelu, py::arg("isa"), py::arg("x"), py::arg("bias"), py::arg("out"),
+        py::arg("rows"), py::arg("cols"), py::arg("tanh"), py::arg("dtype"), py::arg("bias_dtype"),
+        py::arg("threads"));
+  m.def("bias_residual_layer_norm", &bias_residual_layer_norm, py::arg("isa"), py::arg("x"),
+        py::arg("residual"), py::arg("bias"), py::arg("weight"), py::arg("beta"), py::arg("out"),
+        py::arg("rows"), py::arg("hidden"), py::arg("eps"), py::arg("dtype"), py::arg("param_dtype"),
+        py::arg("threads"));
   m.def("embedding_layer_norm", &embedding_layer_norm, py::arg("isa"), py::arg("input_ids"),
-        py::arg("token_type_ids"), py::arg("position_ids"), py::arg("ids_int64"), py::arg("word"), py::arg("vocab"),
-        py::arg("position"), py::arg("max_positions"), py::arg("token_type"), py::arg("type_vocab"),
-        py::arg("weight"), py::arg("bias"), py::arg("out"), py::arg("tokens"), py::arg("hidden"), py::arg("eps"),
-        py::arg("dtype"), py::arg("param_dtype"), py::arg("threads"));
+        py::arg("token_type_ids"), py::arg("position_ids"), py::arg("ids_int64"), py::arg("word"),
+        py::arg("vocab"), py::arg("position"), py::arg("max_positions"), py::arg("token_type"),
+        py::arg("type_vocab"), py::arg("weight"), py::arg("bias"), py::arg("out"), py::arg("tokens"),
+        py::arg("hidden"), py::arg("eps"), py::arg("dtype"), py::arg("param_dtype"), py::arg("threads"));
   m.def("int8_linear", &int8_linear, py::arg("isa"), py::arg("x"), py::arg("x_scale"), py::arg("w"),
         py::arg("w_scale"), py::arg("bias"), py::arg("out"), py::arg("m"), py::arg("n"), py::arg("k"),
         py::arg("activation"), py::arg("bias_dtype"), py::arg("out_dtype"), py::arg("threads"));

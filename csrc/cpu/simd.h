@@ -39,11 +39,23 @@
 namespace bertrt::cpu::BERTRT_NS {
 
 // ---- storage element types -------------------------------------------------------------------
-struct bf16 { uint16_t bits; };
-struct f16 { uint16_t bits; };
+struct bf16 {
+  uint16_t bits;
+};
+struct f16 {
+  uint16_t bits;
+};
 
-BERTRT_INLINE float bits_to_float(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
-BERTRT_INLINE uint32_t float_to_bits(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
+BERTRT_INLINE float bits_to_float(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+BERTRT_INLINE uint32_t float_to_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
 
 BERTRT_INLINE float to_float(float x) { return x; }
 BERTRT_INLINE float to_float(bf16 x) { return bits_to_float(uint32_t(x.bits) << 16); }
@@ -62,7 +74,7 @@ BERTRT_INLINE float to_float(f16 h) {
 BERTRT_INLINE uint16_t float_to_bf16_bits(float f) {
   uint32_t u = float_to_bits(f);
   if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);  // quiet NaN
-  return uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);               // round to nearest even
+  return uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);                 // round to nearest even
 }
 
 BERTRT_INLINE uint16_t float_to_f16_bits(float f) {
@@ -103,16 +115,19 @@ BERTRT_INLINE Vec vfmadd(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c);
 BERTRT_INLINE Vec vmax(Vec a, Vec b) { return _mm512_max_ps(a, b); }
 BERTRT_INLINE Vec vmin(Vec a, Vec b) { return _mm512_min_ps(a, b); }
 BERTRT_INLINE Vec vabs(Vec a) { return _mm512_abs_ps(a); }
-BERTRT_INLINE Vec vround(Vec a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+BERTRT_INLINE Vec vround(Vec a) {
+  return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
 BERTRT_INLINE Vec vselect_lt(Vec a, Vec b, Vec if_true, Vec if_false) {  // a < b ? if_true : if_false
   return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_LT_OQ), if_false, if_true);
 }
 BERTRT_INLINE Vec vcopysign(Vec magnitude, Vec sign) {
-  return _mm512_castsi512_ps(_mm512_ternarylogic_epi32(_mm512_castps_si512(magnitude), _mm512_castps_si512(sign),
-                                                       _mm512_set1_epi32(0x80000000), 0xd8));
+  return _mm512_castsi512_ps(_mm512_ternarylogic_epi32(
+      _mm512_castps_si512(magnitude), _mm512_castps_si512(sign), _mm512_set1_epi32(0x80000000), 0xd8));
 }
 BERTRT_INLINE Vec vpow2i(Vec n) {  // 2^n for integral n in [-126, 127]
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23));
+  return _mm512_castsi512_ps(
+      _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23));
 }
 BERTRT_INLINE float vreduce_add(Vec v) { return _mm512_reduce_add_ps(v); }
 BERTRT_INLINE float vreduce_max(Vec v) { return _mm512_reduce_max_ps(v); }
@@ -122,9 +137,10 @@ BERTRT_INLINE Vec vload(const bf16* p) {
 }
 BERTRT_INLINE void vstore(bf16* p, Vec v) {
   __m512i u = _mm512_castps_si512(v);
-  __m512i rounded = _mm512_srli_epi32(
-      _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)),
-                       _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))), 16);
+  __m512i rounded =
+      _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)),
+                                         _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))),
+                        16);
   __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
   rounded = _mm512_mask_or_epi32(rounded, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(rounded));
@@ -133,7 +149,8 @@ BERTRT_INLINE Vec vload(const f16* p) {
   return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
 BERTRT_INLINE void vstore(f16* p, Vec v) {
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
+                      _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
 #else  // AVX2
 constexpr int W = 8;
@@ -160,7 +177,8 @@ BERTRT_INLINE Vec vcopysign(Vec magnitude, Vec sign) {
   return _mm256_or_ps(_mm256_andnot_ps(mask, magnitude), _mm256_and_ps(mask, sign));
 }
 BERTRT_INLINE Vec vpow2i(Vec n) {
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+  return _mm256_castsi256_ps(
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
 }
 BERTRT_INLINE float vreduce_add(Vec v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -180,9 +198,10 @@ BERTRT_INLINE Vec vload(const bf16* p) {
 }
 BERTRT_INLINE void vstore(bf16* p, Vec v) {
   __m256i u = _mm256_castps_si256(v);
-  __m256i rounded = _mm256_srli_epi32(
-      _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)),
-                       _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1))), 16);
+  __m256i rounded =
+      _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)),
+                                         _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1))),
+                        16);
   __m256i quiet = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
   __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
   rounded = _mm256_blendv_epi8(rounded, quiet, nan);
@@ -190,9 +209,12 @@ BERTRT_INLINE void vstore(bf16* p, Vec v) {
   __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(rounded, rounded), 0xd8);
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
 }
-BERTRT_INLINE Vec vload(const f16* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+BERTRT_INLINE Vec vload(const f16* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
 BERTRT_INLINE void vstore(f16* p, Vec v) {
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                   _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
 #endif
 
@@ -219,9 +241,13 @@ BERTRT_INLINE Vec vpow2i(Vec n) { return bits_to_float(uint32_t(int32_t(n) + 127
 BERTRT_INLINE float vreduce_add(Vec v) { return v; }
 BERTRT_INLINE float vreduce_max(Vec v) { return v; }
 template <class T>
-BERTRT_INLINE Vec vload(const T* p) { return to_float(*p); }
+BERTRT_INLINE Vec vload(const T* p) {
+  return to_float(*p);
+}
 template <class T>
-BERTRT_INLINE void vstore(T* p, Vec v) { from_float(v, p); }
+BERTRT_INLINE void vstore(T* p, Vec v) {
+  from_float(v, p);
+}
 
 #endif
 
@@ -249,7 +275,7 @@ BERTRT_INLINE Vec vexp2(Vec x) {
   Vec xc = vmin(vmax(x, lo), vset1(127.99f));
   Vec n = vround(xc);
   Vec f = vsub(xc, n);
-  Vec p = vset1(1.5252733804059840e-05f);           // ln2^7/7!
+  Vec p = vset1(1.5252733804059840e-05f);            // ln2^7/7!
   p = vfmadd(p, f, vset1(1.5403530393381609e-04f));  // ln2^6/6!
   p = vfmadd(p, f, vset1(1.3333558146428443e-03f));  // ln2^5/5!
   p = vfmadd(p, f, vset1(9.6181291076284772e-03f));  // ln2^4/4!
@@ -295,8 +321,8 @@ BERTRT_INLINE Vec vexp(Vec x) {
 BERTRT_INLINE Vec vexp(Vec x) {
   // Split x*log2(e) into a high part and a correction so large |x| keep their accuracy.
   Vec t = vmul(x, vset1(kLog2e));
-  Vec err = vfmadd(x, vset1(kLog2e), vsub(vzero(), t));        // exact rounding error of the product
-  err = vfmadd(x, vset1(1.925963033500011e-08f), err);          // log2(e) - float(log2(e))
+  Vec err = vfmadd(x, vset1(kLog2e), vsub(vzero(), t));  // exact rounding error of the product
+  err = vfmadd(x, vset1(1.925963033500011e-08f), err);   // log2(e) - float(log2(e))
   Vec n = vround(t);
   Vec f = vadd(vsub(t, n), err);
   Vec r = vmul(vexp2(f), vpow2i(vmax(vmin(n, vset1(127.0f)), vset1(-126.0f))));

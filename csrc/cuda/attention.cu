@@ -135,8 +135,8 @@ __host__ __device__ constexpr bool kMmaSupported() {
 
 template <typename T, int DP, int BN>
 __global__ void __launch_bounds__(128, 1)  // min blocks 1: lets ptxas use up to 255 registers (no spills)
-    attention_mma_kernel(const T* __restrict__ qkv, const int32_t* __restrict__ cu_seqlens, T* __restrict__ out,
-                         int heads, int D, float scale_log2, bool vec_in, bool vec_out) {
+    attention_mma_kernel(const T* __restrict__ qkv, const int32_t* __restrict__ cu_seqlens,
+                         T* __restrict__ out, int heads, int D, float scale_log2, bool vec_in, bool vec_out) {
   if constexpr (!kMmaSupported<T>()) {
     __trap();
   } else {
@@ -304,9 +304,10 @@ __global__ void __launch_bounds__(128, 1)  // min blocks 1: lets ptxas use up to
 // P V each lane owns the dims lane, lane + 32, ... (DC = ceil(D / 32) of them).
 // ---------------------------------------------------------------------------------------------
 template <typename T, int DC>
-__global__ void __launch_bounds__(128, 1)  // min blocks 1: without it ptxas caps DC = 1 at 64 registers and spills
-    attention_simt_kernel(const T* __restrict__ qkv, const int32_t* __restrict__ cu_seqlens, T* __restrict__ out,
-                          int heads, int D, float scale_log2) {
+__global__ void __launch_bounds__(128,
+                                  1)  // min blocks 1: without it ptxas caps DC = 1 at 64 registers and spills
+    attention_simt_kernel(const T* __restrict__ qkv, const int32_t* __restrict__ cu_seqlens,
+                          T* __restrict__ out, int heads, int D, float scale_log2) {
   constexpr int kWarps = 4;
   constexpr int kThreads = 32 * kWarps;
   constexpr int RPW = 4;  // query rows per warp
@@ -414,16 +415,16 @@ __global__ void __launch_bounds__(128, 1)  // min blocks 1: without it ptxas cap
 constexpr int kMaxGridY = 65535;
 
 template <typename T, int DP, int BN>
-cudaError_t launch_mma(const void* qkv, const int32_t* cu, void* out, int batch, int heads, int D, int max_seqlen,
-                       float scale_log2, cudaStream_t stream) {
+cudaError_t launch_mma(const void* qkv, const int32_t* cu, void* out, int batch, int heads, int D,
+                       int max_seqlen, float scale_log2, cudaStream_t stream) {
   constexpr int BM = 64;
   const int tiles = max_seqlen > 0 ? ceil_div(max_seqlen, BM) : 1;
   const dim3 grid(static_cast<unsigned>(batch) * static_cast<unsigned>(heads),
                   static_cast<unsigned>(tiles < kMaxGridY ? tiles : kMaxGridY));
   const bool vec_in = D % 8 == 0 && aligned16(qkv);
   const bool vec_out = D % 8 == 0 && aligned16(out);
-  attention_mma_kernel<T, DP, BN><<<grid, 128, 0, stream>>>(static_cast<const T*>(qkv), cu, static_cast<T*>(out),
-                                                            heads, D, scale_log2, vec_in, vec_out);
+  attention_mma_kernel<T, DP, BN><<<grid, 128, 0, stream>>>(
+      static_cast<const T*>(qkv), cu, static_cast<T*>(out), heads, D, scale_log2, vec_in, vec_out);
   return cudaGetLastError();
 }
 
@@ -443,8 +444,8 @@ cudaError_t launch_simt(const void* qkv, const int32_t* cu, void* out, int batch
   const int tiles = max_seqlen > 0 ? ceil_div(max_seqlen, BM) : 1;
   const dim3 grid(static_cast<unsigned>(batch) * static_cast<unsigned>(heads),
                   static_cast<unsigned>(tiles < kMaxGridY ? tiles : kMaxGridY));
-  attention_simt_kernel<T, DC><<<grid, 128, 0, stream>>>(static_cast<const T*>(qkv), cu, static_cast<T*>(out),
-                                                          heads, D, scale_log2);
+  attention_simt_kernel<T, DC>
+      <<<grid, 128, 0, stream>>>(static_cast<const T*>(qkv), cu, static_cast<T*>(out), heads, D, scale_log2);
   return cudaGetLastError();
 }
 
@@ -476,18 +477,21 @@ cudaError_t launch_attention(const void* qkv, const int32_t* cu_seqlens, void* o
   const float scale_log2 = scale * kLog2e;
   if (path == AttentionPath::kTensorCore) {
     if (dtype == DType::kFloat16)
-      return dispatch_mma<__half>(qkv, cu_seqlens, out, batch, heads, head_dim, max_seqlen, scale_log2, stream);
+      return dispatch_mma<__half>(qkv, cu_seqlens, out, batch, heads, head_dim, max_seqlen, scale_log2,
+                                  stream);
     return dispatch_mma<__nv_bfloat16>(qkv, cu_seqlens, out, batch, heads, head_dim, max_seqlen, scale_log2,
                                        stream);
   }
   switch (dtype) {
     case DType::kFloat32:
-      return dispatch_simt<float>(qkv, cu_seqlens, out, batch, heads, head_dim, max_seqlen, scale_log2, stream);
+      return dispatch_simt<float>(qkv, cu_seqlens, out, batch, heads, head_dim, max_seqlen, scale_log2,
+                                  stream);
     case DType::kFloat16:
-      return dispatch_simt<__half>(qkv, cu_seqlens, out, batch, heads, head_dim, max_seqlen, scale_log2, stream);
+      return dispatch_simt<__half>(qkv, cu_seqlens, out, batch, heads, head_dim, max_seqlen, scale_log2,
+                                   stream);
     case DType::kBFloat16:
-      return dispatch_simt<__nv_bfloat16>(qkv, cu_seqlens, out, batch, heads, head_dim, max_seqlen, scale_log2,
-                                          stream);
+      return dispatch_simt<__nv_bfloat16>(qkv, cu_seqlens, out, batch, heads, head_dim, max_seqlen,
+                                          scale_log2, stream);
   }
   return cudaErrorInvalidValue;
 }

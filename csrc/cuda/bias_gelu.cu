@@ -44,7 +44,8 @@ cudaError_t launch_typed(const void* x, const void* bias, void* out, int64_t tok
                          cudaStream_t stream) {
   constexpr int V = 16 / sizeof(T);
   const int64_t n = tokens * features;
-  const bool vec = aligned16(x) && aligned16(out) && (bias == nullptr || aligned16(bias)) && features % V == 0;
+  const bool vec =
+      aligned16(x) && aligned16(out) && (bias == nullptr || aligned16(bias)) && features % V == 0;
   const int64_t packs = vec ? n / V : n;
   constexpr int kThreads = 256;
   const int64_t blocks = (packs + kThreads - 1) / kThreads;

@@ -1,8 +1,8 @@
-// embedding_layer_norm: out = LayerNorm(word[input_ids] + position[position_ids] + token_type[token_type_ids]).
-// One CTA per token; 128-bit loads when the tables, weight, bias and out are 16-byte aligned and
-// hidden % (16 / sizeof(T)) == 0. Ids are int32 or int64 (a flag per tensor). The Python glue rejects
-// out-of-range ids before the launch (ValueError, as the reference does); the kernel also clamps every
-// id into its table so that a bad id can never read outside it.
+// embedding_layer_norm: out = LayerNorm(word[input_ids] + position[position_ids] +
+// token_type[token_type_ids]). One CTA per token; 128-bit loads when the tables, weight, bias and out are
+// 16-byte aligned and hidden % (16 / sizeof(T)) == 0. Ids are int32 or int64 (a flag per tensor). The Python
+// glue rejects out-of-range ids before the launch (ValueError, as the reference does); the kernel also clamps
+// every id into its table so that a bad id can never read outside it.
 #include <type_traits>
 
 #include "layer_norm.cuh"
@@ -16,7 +16,8 @@ struct IdArray {
   int64_t rows;
   bool is64;
   __device__ __forceinline__ int64_t row(int64_t i) const {
-    int64_t id = is64 ? static_cast<const int64_t*>(ptr)[i] : static_cast<int64_t>(static_cast<const int32_t*>(ptr)[i]);
+    int64_t id = is64 ? static_cast<const int64_t*>(ptr)[i]
+                      : static_cast<int64_t>(static_cast<const int32_t*>(ptr)[i]);
     id = id < 0 ? 0 : id;
     return id >= rows ? rows - 1 : id;
   }
@@ -67,9 +68,9 @@ cudaError_t launch_typed(const IdArray& input_ids, const IdArray& token_type_ids
   dispatch_layer_norm_config<16 / sizeof(T)>(cfg, [&](auto vec, auto vpt) {
     embedding_layer_norm_kernel<T, decltype(vec)::value, decltype(vpt)::value>
         <<<static_cast<unsigned>(tokens), cfg.threads, 0, stream>>>(
-            input_ids, token_type_ids, position_ids, static_cast<const T*>(word), static_cast<const T*>(position),
-            static_cast<const T*>(token_type), static_cast<const T*>(weight), static_cast<const T*>(bias),
-            static_cast<T*>(out), static_cast<int>(hidden), eps);
+            input_ids, token_type_ids, position_ids, static_cast<const T*>(word),
+            static_cast<const T*>(position), static_cast<const T*>(token_type), static_cast<const T*>(weight),
+            static_cast<const T*>(bias), static_cast<T*>(out), static_cast<int>(hidden), eps);
   });
   return cudaGetLastError();
 }
@@ -77,11 +78,12 @@ cudaError_t launch_typed(const IdArray& input_ids, const IdArray& token_type_ids
 }  // namespace
 
 cudaError_t launch_embedding_layer_norm(const void* input_ids, bool input_ids_64, const void* token_type_ids,
-                                        bool token_type_ids_64, const void* position_ids, bool position_ids_64,
-                                        const void* word, int64_t vocab, const void* position,
-                                        int64_t max_positions, const void* token_type, int64_t type_vocab,
-                                        const void* weight, const void* bias, void* out, int64_t tokens,
-                                        int64_t hidden, float eps, DType dtype, cudaStream_t stream) {
+                                        bool token_type_ids_64, const void* position_ids,
+                                        bool position_ids_64, const void* word, int64_t vocab,
+                                        const void* position, int64_t max_positions, const void* token_type,
+                                        int64_t type_vocab, const void* weight, const void* bias, void* out,
+                                        int64_t tokens, int64_t hidden, float eps, DType dtype,
+                                        cudaStream_t stream) {
   if (tokens == 0) return cudaSuccess;
   const IdArray ids{input_ids, vocab, input_ids_64};
   const IdArray types{token_type_ids, type_vocab, token_type_ids_64};
@@ -91,8 +93,8 @@ cudaError_t launch_embedding_layer_norm(const void* input_ids, bool input_ids_64
       return launch_typed<float>(ids, types, positions, word, position, token_type, weight, bias, out, tokens,
                                  hidden, eps, stream);
     case DType::kFloat16:
-      return launch_typed<__half>(ids, types, positions, word, position, token_type, weight, bias, out, tokens,
-                                  hidden, eps, stream);
+      return launch_typed<__half>(ids, types, positions, word, position, token_type, weight, bias, out,
+                                  tokens, hidden, eps, stream);
     case DType::kBFloat16:
       return launch_typed<__nv_bfloat16>(ids, types, positions, word, position, token_type, weight, bias, out,
                                          tokens, hidden, eps, stream);

@@ -36,11 +36,12 @@ cudaError_t launch_bias_residual_layer_norm(const void* x, const void* bias, con
 
 // embedding_layer_norm: ids are int32 (ids_are_64 false) or int64, one flag per id tensor.
 cudaError_t launch_embedding_layer_norm(const void* input_ids, bool input_ids_64, const void* token_type_ids,
-                                        bool token_type_ids_64, const void* position_ids, bool position_ids_64,
-                                        const void* word, int64_t vocab, const void* position,
-                                        int64_t max_positions, const void* token_type, int64_t type_vocab,
-                                        const void* weight, const void* bias, void* out, int64_t tokens,
-                                        int64_t hidden, float eps, DType dtype, cudaStream_t stream);
+                                        bool token_type_ids_64, const void* position_ids,
+                                        bool position_ids_64, const void* word, int64_t vocab,
+                                        const void* position, int64_t max_positions, const void* token_type,
+                                        int64_t type_vocab, const void* weight, const void* bias, void* out,
+                                        int64_t tokens, int64_t hidden, float eps, DType dtype,
+                                        cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace bertrt

@@ -18,9 +18,9 @@ namespace cuda {
 constexpr int kLayerNormMaxThreads = 512;
 
 template <typename T, int VEC, int VPT, typename Loader>
-__device__ __forceinline__ void layer_norm_row_regs(const Loader& load, int hidden, const T* __restrict__ gamma,
-                                                    const T* __restrict__ beta, T* __restrict__ out_row,
-                                                    float eps, float* scratch) {
+__device__ __forceinline__ void layer_norm_row_regs(const Loader& load, int hidden,
+                                                    const T* __restrict__ gamma, const T* __restrict__ beta,
+                                                    T* __restrict__ out_row, float eps, float* scratch) {
   const int nvec = hidden / VEC;
   float vals[VPT][VEC];
   float sum = 0.0f;
@@ -66,9 +66,9 @@ __device__ __forceinline__ void layer_norm_row_regs(const Loader& load, int hidd
 }
 
 template <typename T, typename Loader>
-__device__ __forceinline__ void layer_norm_row_loop(const Loader& load, int hidden, const T* __restrict__ gamma,
-                                                    const T* __restrict__ beta, T* __restrict__ out_row,
-                                                    float eps, float* scratch) {
+__device__ __forceinline__ void layer_norm_row_loop(const Loader& load, int hidden,
+                                                    const T* __restrict__ gamma, const T* __restrict__ beta,
+                                                    T* __restrict__ out_row, float eps, float* scratch) {
   float sum = 0.0f;
   for (int c = threadIdx.x; c < hidden; c += blockDim.x) {
     float v[1];

@@ -61,7 +61,8 @@ cudaStream_t as_stream(std::uintptr_t s) { return reinterpret_cast<cudaStream_t>
 void check_cuda(const std::string& op, cudaError_t err) {
   if (err == cudaSuccess) return;
   cudaGetLastError();  // clear a non-sticky error so that later calls are not blamed for it
-  throw std::runtime_error("bertrt._cuda." + op + ": " + cudaGetErrorName(err) + ": " + cudaGetErrorString(err));
+  throw std::runtime_error("bertrt._cuda." + op + ": " + cudaGetErrorName(err) + ": " +
+                           cudaGetErrorString(err));
 }
 
 int device_count() {
@@ -73,9 +74,7 @@ int device_count() {
   return n;
 }
 
-std::string version_string(int v) {
-  return std::to_string(v / 1000) + "." + std::to_string((v % 1000) / 10);
-}
+std::string version_string(int v) { return std::to_string(v / 1000) + "." + std::to_string((v % 1000) / 10); }
 
 std::string device_status() {
   int driver = 0;
@@ -133,17 +132,18 @@ std::string path_name(AttentionPath p) {
   return p == AttentionPath::kTensorCore ? "mma" : p == AttentionPath::kSimt ? "simt" : "auto";
 }
 
-void attention(std::uintptr_t qkv, std::uintptr_t cu_seqlens, std::uintptr_t out, long long batch, long long heads,
-               long long head_dim, long long max_seqlen, double scale, const std::string& dtype,
-               std::uintptr_t stream, const std::string& path) {
+void attention(std::uintptr_t qkv, std::uintptr_t cu_seqlens, std::uintptr_t out, long long batch,
+               long long heads, long long head_dim, long long max_seqlen, double scale,
+               const std::string& dtype, std::uintptr_t stream, const std::string& path) {
   const std::string op = "attention";
   const DType dt = parse_dtype(op, dtype);
   const AttentionPath p = parse_path(op, path);
   require(batch >= 0, op, "batch must be >= 0, got " + std::to_string(batch));
   require(heads >= 1, op, "heads must be >= 1, got " + std::to_string(heads));
-  require(head_dim >= 1 && head_dim <= 128, op, "head_dim must be in [1, 128], got " + std::to_string(head_dim));
-  require(max_seqlen >= 0 && max_seqlen <= INT_MAX, op, "max_seqlen must be in [0, 2^31), got " +
-                                                            std::to_string(max_seqlen));
+  require(head_dim >= 1 && head_dim <= 128, op,
+          "head_dim must be in [1, 128], got " + std::to_string(head_dim));
+  require(max_seqlen >= 0 && max_seqlen <= INT_MAX, op,
+          "max_seqlen must be in [0, 2^31), got " + std::to_string(max_seqlen));
   require(batch * heads <= INT_MAX, op, "batch * heads must be < 2^31");
   require(std::isfinite(scale), op, "scale must be finite");
   if (batch == 0) return;
@@ -159,8 +159,9 @@ void attention(std::uintptr_t qkv, std::uintptr_t cu_seqlens, std::uintptr_t out
   check_cuda(op, err);
 }
 
-void bias_gelu(std::uintptr_t x, std::uintptr_t bias, std::uintptr_t out, long long tokens, long long features,
-               const std::string& approximate, const std::string& dtype, std::uintptr_t stream) {
+void bias_gelu(std::uintptr_t x, std::uintptr_t bias, std::uintptr_t out, long long tokens,
+               long long features, const std::string& approximate, const std::string& dtype,
+               std::uintptr_t stream) {
   const std::string op = "bias_gelu";
   const DType dt = parse_dtype(op, dtype);
   require(approximate == "none" || approximate == "tanh", op,
@@ -172,9 +173,10 @@ void bias_gelu(std::uintptr_t x, std::uintptr_t bias, std::uintptr_t out, long l
                                                 approximate == "tanh", dt, as_stream(stream)));
 }
 
-void bias_residual_layer_norm(std::uintptr_t x, std::uintptr_t bias, std::uintptr_t residual, std::uintptr_t weight,
-                              std::uintptr_t beta, std::uintptr_t out, long long tokens, long long hidden,
-                              double eps, const std::string& dtype, std::uintptr_t stream) {
+void bias_residual_layer_norm(std::uintptr_t x, std::uintptr_t bias, std::uintptr_t residual,
+                              std::uintptr_t weight, std::uintptr_t beta, std::uintptr_t out,
+                              long long tokens, long long hidden, double eps, const std::string& dtype,
+                              std::uintptr_t stream) {
   const std::string op = "bias_residual_layer_norm";
   const DType dt = parse_dtype(op, dtype);
   require(tokens >= 0 && tokens <= INT_MAX, op, "tokens must be in [0, 2^31), got " + std::to_string(tokens));
@@ -191,10 +193,10 @@ void bias_residual_layer_norm(std::uintptr_t x, std::uintptr_t bias, std::uintpt
 void embedding_layer_norm(std::uintptr_t input_ids, const std::string& input_ids_dtype,
                           std::uintptr_t token_type_ids, const std::string& token_type_ids_dtype,
                           std::uintptr_t position_ids, const std::string& position_ids_dtype,
-                          std::uintptr_t word, long long vocab, std::uintptr_t position, long long max_positions,
-                          std::uintptr_t token_type, long long type_vocab, std::uintptr_t weight,
-                          std::uintptr_t bias, std::uintptr_t out, long long tokens, long long hidden, double eps,
-                          const std::string& dtype, std::uintptr_t stream) {
+                          std::uintptr_t word, long long vocab, std::uintptr_t position,
+                          long long max_positions, std::uintptr_t token_type, long long type_vocab,
+                          std::uintptr_t weight, std::uintptr_t bias, std::uintptr_t out, long long tokens,
+                          long long hidden, double eps, const std::string& dtype, std::uintptr_t stream) {
   const std::string op = "embedding_layer_norm";
   const DType dt = parse_dtype(op, dtype);
   const bool ids64 = parse_id_dtype(op, "input_ids", input_ids_dtype);
@@ -205,13 +207,14 @@ void embedding_layer_norm(std::uintptr_t input_ids, const std::string& input_ids
   require(vocab >= 1 && max_positions >= 1 && type_vocab >= 1, op, "every embedding table needs >= 1 row");
   require(eps >= 0.0 && std::isfinite(eps), op, "eps must be finite and >= 0");
   if (tokens == 0) return;
-  check_cuda(op, bertrt::cuda::launch_embedding_layer_norm(
-                     pointer(op, "input_ids", input_ids), ids64, pointer(op, "token_type_ids", token_type_ids),
-                     types64, pointer(op, "position_ids", position_ids), pos64, pointer(op, "word", word), vocab,
-                     pointer(op, "position", position), max_positions, pointer(op, "token_type", token_type),
-                     type_vocab, pointer(op, "weight", weight), pointer(op, "bias", bias),
-                     const_cast<void*>(pointer(op, "out", out)), tokens, hidden, static_cast<float>(eps), dt,
-                     as_stream(stream)));
+  check_cuda(op,
+             bertrt::cuda::launch_embedding_layer_norm(
+                 pointer(op, "input_ids", input_ids), ids64, pointer(op, "token_type_ids", token_type_ids),
+                 types64, pointer(op, "position_ids", position_ids), pos64, pointer(op, "word", word), vocab,
+                 pointer(op, "position", position), max_positions, pointer(op, "token_type", token_type),
+                 type_vocab, pointer(op, "weight", weight), pointer(op, "bias", bias),
+                 const_cast<void*>(pointer(op, "out", out)), tokens, hidden, static_cast<float>(eps), dt,
+                 as_stream(stream)));
 }
 
 }  // namespace
@@ -225,7 +228,8 @@ PYBIND11_MODULE(_cuda, m) {
   cudaRuntimeGetVersion(&runtime);
   m.attr("cuda_runtime_version") = runtime;
 
-  m.def("device_count", &device_count, "Number of visible CUDA devices; 0 (never an exception) without a driver.");
+  m.def("device_count", &device_count,
+        "Number of visible CUDA devices; 0 (never an exception) without a driver.");
   m.def("device_status", &device_status, "A human-readable line: the devices, or why there are none.");
   m.def("current_device_sm", &bertrt::cuda::current_device_sm,
         "Compute capability of the current device as major * 10 + minor, 0 when there is none.");
@@ -244,16 +248,17 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("bias_gelu", &bias_gelu, py::arg("x"), py::arg("bias"), py::arg("out"), py::arg("tokens"),
         py::arg("features"), py::arg("approximate"), py::arg("dtype"), py::arg("stream") = 0,
         "out = gelu(x + bias) for x, out (tokens, features); bias (features,) or 0 for none.");
-  m.def("bias_residual_layer_norm", &bias_residual_layer_norm, py::arg("x"), py::arg("bias"), py::arg("residual"),
-        py::arg("weight"), py::arg("beta"), py::arg("out"), py::arg("tokens"), py::arg("hidden"), py::arg("eps"),
-        py::arg("dtype"), py::arg("stream") = 0,
+  m.def("bias_residual_layer_norm", &bias_residual_layer_norm, py::arg("x"), py::arg("bias"),
+        py::arg("residual"), py::arg("weight"), py::arg("beta"), py::arg("out"), py::arg("tokens"),
+        py::arg("hidden"), py::arg("eps"), py::arg("dtype"), py::arg("stream") = 0,
         "out = LayerNorm(x + bias + residual) * weight + beta; bias may be 0 (none).");
   m.def("embedding_layer_norm", &embedding_layer_norm, py::arg("input_ids"), py::arg("input_ids_dtype"),
         py::arg("token_type_ids"), py::arg("token_type_ids_dtype"), py::arg("position_ids"),
         py::arg("position_ids_dtype"), py::arg("word"), py::arg("vocab"), py::arg("position"),
-        py::arg("max_positions"), py::arg("token_type"), py::arg("type_vocab"), py::arg("weight"), py::arg("bias"),
-        py::arg("out"), py::arg("tokens"), py::arg("hidden"), py::arg("eps"), py::arg("dtype"),
-        py::arg("stream") = 0,
-        "out = LayerNorm(word[input_ids] + position[position_ids] + token_type[token_type_ids]). Ids must be in "
+        py::arg("max_positions"), py::arg("token_type"), py::arg("type_vocab"), py::arg("weight"),
+        py::arg("bias"), py::arg("out"), py::arg("tokens"), py::arg("hidden"), py::arg("eps"),
+        py::arg("dtype"), py::arg("stream") = 0,
+        "out = LayerNorm(word[input_ids] + position[position_ids] + token_type[token_type_ids]). Ids must be "
+        "in "
         "range (the glue checks); the kernel clamps them so that it never reads outside a table.");
 }
