@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,6 +13,9 @@ from tokenizers import Encoding, Tokenizer
 from .errors import InputError, ModelLoadError
 
 TRUNCATION_MODES = ("truncate", "error")
+# Truncation settings come from callers (a server's QA requests choose max_length and stride), so the
+# configured copies are kept in a small LRU rather than one per setting ever seen.
+MAX_TRUNCATING_COPIES = 8
 
 
 def check_texts(texts, what: str = "texts") -> list[str]:
@@ -41,19 +45,21 @@ class BertTokenizer:
         self._tok.no_padding()
         self._tok.no_truncation()
         self.max_length = max_length
-        self._truncating: dict[tuple, Tokenizer] = {}
+        self._truncating: OrderedDict[tuple, Tokenizer] = OrderedDict()
         self._lock = threading.Lock()
 
     def _truncating_copy(self, max_length: int, stride: int = 0, strategy: str = "longest_first") -> Tokenizer:
         key = (max_length, stride, strategy)
-        tok = self._truncating.get(key)
-        if tok is None:
-            with self._lock:
-                tok = self._truncating.get(key)
-                if tok is None:
-                    tok = Tokenizer.from_str(self._tok.to_str())
-                    tok.enable_truncation(max_length, stride=stride, strategy=strategy)
-                    self._truncating[key] = tok
+        with self._lock:
+            tok = self._truncating.get(key)
+            if tok is None:
+                tok = Tokenizer.from_str(self._tok.to_str())
+                tok.enable_truncation(max_length, stride=stride, strategy=strategy)
+                self._truncating[key] = tok
+                while len(self._truncating) > MAX_TRUNCATING_COPIES:
+                    self._truncating.popitem(last=False)
+            else:
+                self._truncating.move_to_end(key)
         return tok
 
     @classmethod

@@ -185,3 +185,12 @@ def test_qa_bad_input(engines):
         engines["qa"].qa("why?", "   ")
     with pytest.raises(InputError, match="doc_stride 64 must be smaller than max_length 64"):
         engines["qa"].qa("why?", "because", max_length=64, doc_stride=64)
+
+
+def test_tokenizer_keeps_a_bounded_number_of_truncation_settings(minilm):
+    from bertrt.tokenizer import MAX_TRUNCATING_COPIES
+
+    for stride in range(1, 3 * MAX_TRUNCATING_COPIES):
+        windows = minilm.tokenizer.encode_pairs_with_stride("why?", "word " * 300, 64, stride)
+        assert all(len(w.ids) <= 64 for w in windows)
+    assert len(minilm.tokenizer._truncating) == MAX_TRUNCATING_COPIES
