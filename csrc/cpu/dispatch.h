@@ -13,6 +13,7 @@ struct Variant {
   void (*bias_residual_layer_norm)(const LayerNormArgs&);
   void (*embedding_layer_norm)(const EmbeddingArgs&);
   void (*int8_linear)(const Int8LinearArgs&);
+  void (*linear)(const LinearArgs&);
   void (*vector_exp)(const float*, float*, int64_t);
 };
 

@@ -80,6 +80,16 @@ struct Int8LinearArgs {
   int threads;
 };
 
+struct LinearArgs {
+  const void* x;               // (m, k) fp32, rows ldx apart
+  const float* packed_weight;  // (ceil(n / 16), k, 16): see linear.cpp
+  const float* padded_bias;    // (ceil(n / 16) * 16,) or null
+  void* out;                   // (m, n) fp32, rows ldy apart
+  int64_t m, n, k, ldx, ldy;
+  int activation;  // 0 none, 1 gelu (erf), 2 gelu_tanh
+  int threads;
+};
+
 #define BERTRT_DECLARE_VARIANT(ns)                          \
   namespace ns {                                            \
   void attention(const AttentionArgs& args);                \
@@ -87,6 +97,7 @@ struct Int8LinearArgs {
   void bias_residual_layer_norm(const LayerNormArgs& args); \
   void embedding_layer_norm(const EmbeddingArgs& args);     \
   void int8_linear(const Int8LinearArgs& args);             \
+  void linear(const LinearArgs& args);                      \
   void vector_exp(const float* x, float* out, int64_t n);   \
   }
 

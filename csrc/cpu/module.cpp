@@ -247,6 +247,36 @@ void int8_linear(int isa, uintptr_t x, uintptr_t x_scale, uintptr_t w, uintptr_t
   variant(chosen).int8_linear(a);
 }
 
+void linear(int isa, uintptr_t x, uintptr_t packed_weight, uintptr_t padded_bias, uintptr_t out, int64_t m,
+            int64_t n, int64_t k, int64_t ldx, int64_t ldy, int activation, int threads) {
+  LinearArgs a{};
+  const Isa chosen = checked_isa(isa);
+  if (activation < 0 || activation > 2) throw py::value_error("activation code must be 0, 1 or 2");
+  if (m < 0 || n <= 0 || k <= 0)
+    throw py::value_error("linear shapes must be m >= 0, n > 0, k > 0, got m=" + std::to_string(m) +
+                          " n=" + std::to_string(n) + " k=" + std::to_string(k));
+  if (ldx < k || ldy < n)
+    throw py::value_error("linear row strides must cover a row: ldx=" + std::to_string(ldx) + " < k=" +
+                          std::to_string(k) + " or ldy=" + std::to_string(ldy) + " < n=" + std::to_string(n));
+  if (m == 0) return;
+  for (auto [name, p] :
+       {std::pair<const char*, uintptr_t>{"x", x}, {"packed_weight", packed_weight}, {"out", out}})
+    require_pointer(name, p);
+  a.x = ptr<void>(x);
+  a.packed_weight = ptr<float>(packed_weight);
+  a.padded_bias = padded_bias ? ptr<float>(padded_bias) : nullptr;
+  a.out = reinterpret_cast<void*>(out);
+  a.m = m;
+  a.n = n;
+  a.k = k;
+  a.ldx = ldx;
+  a.ldy = ldy;
+  a.activation = activation;
+  a.threads = checked_threads(threads);
+  py::gil_scoped_release release;
+  variant(chosen).linear(a);
+}
+
 void vector_exp(int isa, uintptr_t x, uintptr_t out, int64_t n) {
   const Isa chosen = checked_isa(isa);
   if (n < 0) throw py::value_error("n must be non-negative");
@@ -302,6 +332,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("int8_linear", &int8_linear, py::arg("isa"), py::arg("x"), py::arg("x_scale"), py::arg("w"),
         py::arg("w_scale"), py::arg("bias"), py::arg("out"), py::arg("m"), py::arg("n"), py::arg("k"),
         py::arg("activation"), py::arg("bias_dtype"), py::arg("out_dtype"), py::arg("threads"));
+  m.def("linear", &linear, py::arg("isa"), py::arg("x"), py::arg("packed_weight"), py::arg("padded_bias"),
+        py::arg("out"), py::arg("m"), py::arg("n"), py::arg("k"), py::arg("ldx"), py::arg("ldy"),
+        py::arg("activation"), py::arg("threads"),
+        "y = act(x @ W^T + bias), fp32, W packed by bertrt.ops.linear.pack_weight.");
   m.def("vector_exp", &vector_exp, py::arg("isa"), py::arg("x"), py::arg("out"), py::arg("n"),
         "The kernels' fast exp over n float32 values (for accuracy tests).");
 }

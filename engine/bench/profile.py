@@ -1,7 +1,7 @@
 """Where bertrt's time goes: per-op wall time of one ``runner.run(packed_batch, "embed")``.
 
 Every op dispatcher in ``bertrt.ops`` (attention, bias_gelu, bias_residual_layer_norm,
-embedding_layer_norm), every linear layer (forward hooks) and the pooling are timed with
+embedding_layer_norm, linear: the packed CPU GEMM), every linear module (forward hooks) and the pooling are timed with
 ``time.perf_counter`` (CPU ops are synchronous); "python/other" is the rest of the call: the encoder's
 Python, views and reshapes, position ids, dispatch. The instrumentation itself costs a few
 microseconds per op, so the un-instrumented median is reported beside it.
@@ -49,7 +49,7 @@ class OpTimer:
     @contextlib.contextmanager
     def instrument(self, model: torch.nn.Module):
         saved = {name: getattr(ops, name) for name in ("attention", "bias_gelu", "bias_residual_layer_norm",
-                                                       "embedding_layer_norm")}
+                                                       "embedding_layer_norm", "linear")}
         saved_pool = bert_module.pool
         handles = []
         starts: dict[int, float] = {}

@@ -32,10 +32,35 @@ class KernelPlan:
     impl: implementation for every op (see ``bertrt.ops.registry``); "auto" picks per device.
     defer_bias: leave the bias out of the GEMM and add it in the fused bias+GELU / bias+residual+LN
         kernels (pays on GPU). On CPU oneDNN already fuses the bias into the GEMM, so it stays there.
+    gemm: "torch" runs the linear layers as ``nn.Linear``; "cpu" runs fp32 ones through bertrt's own
+        GEMM (``ops.linear``) with weights packed once and bias + GELU fused into its epilogue.
     """
 
     impl: str = "auto"
     defer_bias: bool = False
+    gemm: str = "torch"
+
+
+def packed_weight(linear: nn.Linear) -> ops.PackedWeight:
+    """The layer's weight in the CPU GEMM layout, packed on first use and again whenever the weight
+    or bias changes (their version counters move on any in-place update)."""
+    bias = linear.bias
+    key = (linear.weight.data_ptr(), linear.weight._version, None if bias is None else bias._version)
+    cached = linear.__dict__.get("_bertrt_packed")
+    if cached is None or cached[0] != key:
+        # stored outside the module's parameters and buffers: not saved, not moved by .to()
+        cached = (key, ops.pack_weight(linear.weight, bias))
+        linear.__dict__["_bertrt_packed"] = cached
+    return cached[1]
+
+
+def _dense(linear: nn.Module, x: torch.Tensor, plan: KernelPlan, activation: str = "none", defer: bool = True):
+    """(y, bias, activated): y = x @ W^T, with the bias (and the activation) either applied or left
+    for a fused epilogue kernel (only when ``defer`` and the plan defers biases)."""
+    if plan.gemm == "cpu" and type(linear) is nn.Linear and x.dtype == torch.float32 and not x.is_cuda:
+        return ops.linear(x, packed_weight(linear), None, activation, impl="cpu"), None, True
+    y, bias = _project(linear, x, plan.defer_bias and defer)
+    return y, bias, False
 
 
 def _project(linear: nn.Module, x: torch.Tensor, defer_bias: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -62,15 +87,16 @@ class EncoderLayer(nn.Module):
     def forward(self, x: torch.Tensor, attend, plan: KernelPlan) -> torch.Tensor:
         """x: (tokens, hidden); attend maps qkv (tokens, 3, heads, head_dim) -> (tokens, heads, head_dim)."""
         tokens, hidden = x.shape
-        qkv = self.qkv(x).view(tokens, 3, self.heads, hidden // self.heads)
-        context = attend(qkv).reshape(tokens, hidden)
-        y, bias = _project(self.attn_out, context, plan.defer_bias)
+        qkv, _, _ = _dense(self.qkv, x, plan, defer=False)
+        context = attend(qkv.view(tokens, 3, self.heads, hidden // self.heads)).reshape(tokens, hidden)
+        y, bias, _ = _dense(self.attn_out, context, plan)
         x = ops.bias_residual_layer_norm(
             y, bias, x, self.attn_norm.weight, self.attn_norm.bias, self.eps, impl=plan.impl
         )
-        y, bias = _project(self.ffn_in, x, plan.defer_bias)
-        h = ops.bias_gelu(y, bias, self.gelu, impl=plan.impl)
-        y, bias = _project(self.ffn_out, h, plan.defer_bias)
+        h, bias, activated = _dense(self.ffn_in, x, plan, "gelu" if self.gelu == "none" else "gelu_tanh")
+        if not activated:
+            h = ops.bias_gelu(h, bias, self.gelu, impl=plan.impl)
+        y, bias, _ = _dense(self.ffn_out, h, plan)
         return ops.bias_residual_layer_norm(
             y, bias, x, self.ffn_norm.weight, self.ffn_norm.bias, self.eps, impl=plan.impl
         )

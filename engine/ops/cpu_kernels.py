@@ -357,6 +357,46 @@ def int8_linear(x_q, x_scale, w_q, w_scale, bias=None, activation="none", out_dt
     return out
 
 
+def linear(x, weight, bias=None, activation="none") -> torch.Tensor:
+    """act(x (tokens, K) @ weight^T + bias) in float32; weight (N, K) or a PackedWeight (see ops/linear.py)."""
+    from .linear import PackedWeight, pack_weight
+
+    if activation not in _ACTIVATION_CODES:
+        raise ValueError(f"activation must be one of {tuple(_ACTIVATION_CODES)}, got {activation!r}")
+    if not isinstance(x, torch.Tensor) or not x.is_cpu:
+        _require_tensor("x", x)  # raises, naming the problem
+    if x.dim() == 2 and not (x.stride(1) == 1 and x.stride(0) >= x.shape[1]):
+        x = x.contiguous()  # the kernel takes rows any distance apart, elements contiguous
+    if not isinstance(weight, PackedWeight):
+        _require_tensor("weight", weight)
+        if bias is not None:
+            _require_tensor("bias", bias)
+        weight = pack_weight(weight, bias)
+    elif bias is not None:
+        raise ValueError("pass the bias to pack_weight, not with a PackedWeight")
+    if x.dtype != torch.float32:
+        raise ValueError(f"x must be float32 for the cpu linear, got {x.dtype}")
+    if x.dim() != 2 or x.shape[1] != weight.in_features:
+        raise ValueError(f"x must be (tokens, {weight.in_features}), got {tuple(x.shape)}")
+    m, n = x.shape[0], weight.out_features
+    out = torch.empty((m, n), dtype=torch.float32)
+    _C.linear(
+        _isa_code(),
+        x.data_ptr(),
+        weight.data.data_ptr(),
+        _ptr(weight.bias),
+        out.data_ptr(),
+        m,
+        n,
+        weight.in_features,
+        x.stride(0),
+        n,
+        _ACTIVATION_CODES[activation],
+        _threads(),
+    )
+    return out
+
+
 def fast_exp(x: torch.Tensor) -> torch.Tensor:
     """The kernels' vectorised exp on a float32 CPU tensor (exposed for accuracy tests)."""
     _require_tensor("x", x)

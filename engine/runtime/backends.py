@@ -20,6 +20,7 @@ from typing import Protocol
 import torch
 
 from ..batching import PackedBatch
+from ..ops.registry import KernelUnavailable
 
 log = logging.getLogger("bertrt.runtime")
 
@@ -74,12 +75,35 @@ class TorchRunner:
         self.model.plan.impl = kernels
         # GPU GEMMs gain from moving the bias into our fused epilogue kernels; oneDNN fuses it already.
         self.model.plan.defer_bias = self.device.type == "cuda"
+        self.model.plan.gemm = _cpu_gemm(self.device, precision, kernels)
 
     @torch.inference_mode()
     def run(self, batch: PackedBatch, task: str) -> torch.Tensor:
         batch = batch.to(self.device)
         return self.model.forward_packed(batch.input_ids, batch.cu_seqlens, batch.max_seqlen,
                                          batch.token_type_ids, task=task)
+
+
+def _cpu_gemm(device: torch.device, precision: str, kernels: str) -> str:
+    """"cpu" (bertrt's packed fp32 GEMM with fused epilogues) where it applies and is built, else "torch"
+    (oneDNN/MKL through nn.Linear, which also runs the bf16 and fp16 GEMMs)."""
+    if device.type != "cpu" or precision != "float32" or kernels not in ("auto", "cpu"):
+        return "torch"
+    from ..ops.registry import availability
+
+    reason = availability("linear")["cpu"]
+    if reason:
+        if kernels == "cpu":
+            raise KernelUnavailable(f"kernels='cpu' needs the CPU GEMM: {reason}")
+        log.info("CPU GEMM unavailable, using torch's: %s", reason)
+        return "torch"
+    from ..ops import cpu_kernels
+
+    if cpu_kernels.active_isa() == "scalar":
+        # the portable build of the GEMM is ~20x slower than MKL/oneDNN: only vector ISAs pay
+        log.info("CPU GEMM: no AVX2 on this CPU, using torch's")
+        return "torch"
+    return "cpu"
 
 
 def _torch_available() -> str | None:

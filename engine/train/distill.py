@@ -14,7 +14,9 @@ Losses (each weight configurable, 0 turns a term off):
   embedding output, student layer i to teacher layer layer_map[i]), over real (non-padding) tokens.
 - attention: KL between the mapped layers' attention distributions (MiniLM/TinyBERT style), per head
   when head counts match, else of the head-averaged distributions.
-- embedding models: MSE and 1 - cosine between the pooled sentence embeddings.
+- embedding models: MSE and 1 - cosine between the pooled sentence embeddings, and MSE between the
+  in-batch cosine-similarity matrices (relational distillation: it trains the pairwise similarity
+  structure that retrieval and the report's Spearman score depend on, not only each vector).
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ class LossWeights:
     attention: float = 0.1  # its KL starts near 2-3 nats for MiniLM 6 -> 3 and would drown the task loss
     embedding_mse: float = 1.0
     embedding_cosine: float = 1.0
+    # Cosines of unrelated sentences sit in a narrow band, so the matrix MSE is small (~1e-3 after
+    # a few hundred steps); the weight brings its gradient to the size of the other terms.
+    similarity: float = 10.0
 
 
 @dataclass
@@ -142,6 +147,18 @@ def attention_kl(student_attention, teacher_attention, mask) -> torch.Tensor:
     return (kl * query_mask).sum() / query_mask.sum().clamp(min=1)
 
 
+def similarity_mse(student_embeddings: torch.Tensor, teacher_embeddings: torch.Tensor) -> torch.Tensor:
+    """embeddings (batch, dim) -> MSE between the two (batch, batch) cosine-similarity matrices, off the
+    diagonal (the diagonal is 1 for both)."""
+    batch = student_embeddings.shape[0]
+    if batch < 2:
+        return student_embeddings.new_zeros(())
+    s = F.normalize(student_embeddings, dim=-1)
+    t = F.normalize(teacher_embeddings, dim=-1)
+    off_diagonal = ~torch.eye(batch, dtype=torch.bool, device=s.device)
+    return F.mse_loss((s @ s.T)[off_diagonal], (t @ t.T)[off_diagonal])
+
+
 def distill(config: DistillConfig) -> dict:
     """Train the student, save it to ``config.train.out_dir`` and, with an eval file, write the report."""
     task = config.task or detect_task(config.teacher_dir)
@@ -190,8 +207,11 @@ def distill(config: DistillConfig) -> dict:
                 parts["emb_mse"] = F.mse_loss(s_emb, t_emb)
             if weights.embedding_cosine:
                 parts["emb_cos"] = (1 - F.cosine_similarity(s_emb, t_emb, dim=-1)).mean()
+            if weights.similarity:
+                parts["sim"] = similarity_mse(s_emb, t_emb)
             loss = (weights.embedding_mse * parts.get("emb_mse", 0.0)
-                    + weights.embedding_cosine * parts.get("emb_cos", 0.0))
+                    + weights.embedding_cosine * parts.get("emb_cos", 0.0)
+                    + weights.similarity * parts.get("sim", 0.0))
         else:
             token_mask = mask if task == "token" else None
             if weights.soft:
