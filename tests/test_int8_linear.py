@@ -165,3 +165,83 @@ def test_torch_awkward_shapes(tokens, out_features, in_features):
     """(24, 32, 64) takes torch._int_mm on CUDA; the others the fp32 fallback (exact below 2^24)."""
     args = make(tokens, out_features, in_features, seed=7, with_bias=tokens != 1)
     assert_close(int8_linear_torch(*args), int8_linear_ref(*args), torch.float32)
+
+
+# -- the packed CPU kernel (bertrt._C.int8_linear_packed): float x in, weights packed once -------------
+
+def _packed_params():
+    from bertrt.ops import registry
+
+    reason = registry.availability("int8_linear")["cpu"]
+    if reason:
+        return [pytest.param("-", marks=pytest.mark.skip(reason=reason))]
+    from bertrt.ops import cpu_kernels
+
+    if not hasattr(cpu_kernels._C, "int8_linear_packed"):
+        return [pytest.param("-", marks=pytest.mark.skip(reason="bertrt._C has no int8_linear_packed"))]
+    supported = set(cpu_kernels.supported_isas())
+    return [pytest.param(isa, id=f"cpu-{isa}", marks=() if isa in supported else
+                         pytest.mark.skip(reason=f"this CPU cannot run the {isa} variant"))
+            for isa in cpu_kernels.isa_variants()]
+
+
+PACKED_SHAPES = [(1, 1, 1), (7, 33, 5), (13, 1152, 384), (129, 100, 301), (200, 48, 40), (3, 20, 70)]
+
+
+@pytest.mark.parametrize("quant", ["dynamic", "static"])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("shape", PACKED_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("isa", _packed_params())
+def test_packed_matches_its_reference(isa, shape, activation, quant):
+    """Every ISA variant against int8_linear_packed_ref: the integer product is exact, so the only
+    difference is the float epilogue's rounding. Odd K (zero-padded quads), N past a 16-wide panel,
+    M past a 128-row block; static with a negative zero point."""
+    from bertrt.ops import cpu_kernels
+    from bertrt.ops.int8_linear import int8_linear_packed_ref, pack_int8_weight
+
+    m, n, k = shape
+    g = torch.Generator().manual_seed(m * 1000 + n + k)
+    x = torch.randn(m, k, generator=g) * 3
+    w_q = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
+    packed = pack_int8_weight(w_q, torch.rand(n, generator=g) * 0.01 + 1e-3, torch.randn(n, generator=g))
+    args = (None, 0) if quant == "dynamic" else (0.03, -37)
+    expected = int8_linear_packed_ref(x, packed, activation, *args)
+    with cpu_kernels.use_isa(isa):
+        out = cpu_kernels.int8_linear_packed(x, packed, activation, *args)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_packed_weight_layout_and_7bit_requantization():
+    from bertrt.ops.int8_linear import pack_int8_weight
+
+    w_q = torch.arange(-60, 60, dtype=torch.int8).view(20, 6)
+    w_q[0, 0] = 127
+    packed = pack_int8_weight(w_q, torch.ones(20))
+    assert packed.data.shape == (2, 2, 16, 4)  # 20 columns -> 2 panels, K = 6 -> 2 quads
+    assert packed.w7.abs().max() <= 63 and packed.w7[0, 0] == 63
+    assert packed.data[1, 1, 3, 1] == packed.w7[19, 5] and (packed.data[1, 1, :, 2:] == 0).all()
+    assert packed.col_sums[19] == packed.w7[19].sum() and (packed.col_sums[20:] == 0).all()
+    torch.testing.assert_close(packed.w_scale[:20], torch.full((20,), 127 / 63))
+
+
+def test_packed_rejects_bad_inputs():
+    from bertrt.ops import registry
+    from bertrt.ops.int8_linear import pack_int8_weight
+
+    with pytest.raises(ValueError, match="int8"):
+        pack_int8_weight(torch.zeros(4, 4), torch.ones(4))
+    with pytest.raises(ValueError, match=r"must be \(4,\)"):
+        pack_int8_weight(torch.zeros(4, 4, dtype=torch.int8), torch.ones(3))
+    if registry.availability("int8_linear")["cpu"]:
+        pytest.skip("no CPU kernels")
+    from bertrt.ops import cpu_kernels
+
+    packed = pack_int8_weight(torch.ones(4, 8, dtype=torch.int8), torch.ones(4))
+    with pytest.raises(ValueError, match=r"\(tokens, 8\) float32"):
+        cpu_kernels.int8_linear_packed(torch.randn(2, 7), packed)
+    with pytest.raises(ValueError, match="float32"):
+        cpu_kernels.int8_linear_packed(torch.randn(2, 8).bfloat16(), packed)
+    with pytest.raises(ValueError, match="positive"):
+        cpu_kernels.int8_linear_packed(torch.randn(2, 8), packed, "none", 0.0)
+    with pytest.raises(ValueError, match="zero point"):
+        cpu_kernels.int8_linear_packed(torch.randn(2, 8), packed, "none", 0.1, 200)

@@ -27,7 +27,7 @@ from bertrt.quant import (
 from bertrt.quant import calibration as calib
 from bertrt.quant import report as rep
 from bertrt.quant.configs import config_from_dict
-from bertrt.quant.modules import has_int8_dot, onednn_available
+from bertrt.quant.modules import has_int8_dot, onednn_available, packed_available
 from torch import nn
 
 TEXTS = [
@@ -48,7 +48,8 @@ HELD_OUT = [
     "The museum opens at nine and closes at five.",
     "Dictionaries map hashable keys to arbitrary values.",
 ]
-KERNELS = ["op"] + (["onednn"] if onednn_available() is None else [])
+KERNELS = (["op"] + (["onednn"] if onednn_available() is None else [])
+           + (["packed"] if packed_available() is None else []))
 # Per-layer SQNR floors (dB) on random tiny models, each layer on the fp32 model's input. Int8 with
 # per-channel weights gives ~40 dB per layer with per-token activations; one per-tensor static scale
 # (asymmetric minmax) loses some on layers with wide inputs. Measured minima sit ~5 dB above these.
@@ -99,15 +100,16 @@ def test_config_roundtrip_and_validation():
 
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_int8_linear_dynamic_matches_reference(kernel):
-    """Exact int32 product: the same as int8_linear_ref on per-token int8 activations (oneDNN on CPUs
-    without VNNI/AMX runs 7-bit weights, where 8-bit ones would saturate: compare with those)."""
+    """Exact int32 product: the same as int8_linear_ref on per-token int8 activations (the packed kernel,
+    and oneDNN on CPUs without VNNI/AMX, run 7-bit weights, where 8-bit ones would saturate: compare
+    with those)."""
     torch.manual_seed(0)
     linear = nn.Linear(64, 40)
     x = torch.randn(13, 64) * 3
     q = Int8Linear.from_float(linear, mode="dynamic", kernel=kernel)
     x_q, x_scale = quantize_per_token(x)
     w_q, w_scale = q.weight, q.weight_scale
-    if kernel == "onednn" and not has_int8_dot():
+    if kernel == "packed" or (kernel == "onednn" and not has_int8_dot()):
         w_q, w_scale = torch.round(w_q.float() * (63 / 127)).to(torch.int8), w_scale * (127 / 63)
     expected = int8_linear_ref(x_q, x_scale, w_q, w_scale, q.bias)
     torch.testing.assert_close(q(x), expected, atol=1e-5, rtol=1e-5)
@@ -130,6 +132,10 @@ def test_int8_linear_static_asymmetric_paths_agree():
             torch.testing.assert_close(q(x), y_op, atol=1e-5, rtol=1e-5)
         else:  # 7-bit weights: a coarser step, still close
             assert rep.sqnr_db(y_op, q(x)) > 25
+    if packed_available() is None:  # 7-bit weights too, the zero point handled in the kernel
+        q.kernel = "packed"
+        assert rep.sqnr_db(y_op, q(x)) > 25
+        assert rep.sqnr_db(linear(x).detach(), q(x)) > 25
 
 
 def test_int8_linear_keeps_int8_under_dtype_casts():

@@ -53,13 +53,13 @@ const CpuFeatures& features() {
 
 const Variant kVariants[kIsaCount] = {
     {"scalar", scalar::attention, scalar::bias_gelu, scalar::bias_residual_layer_norm,
-     scalar::embedding_layer_norm, scalar::int8_linear, scalar::linear, scalar::vector_exp},
+     scalar::embedding_layer_norm, scalar::int8_linear, scalar::linear, scalar::int8_linear_packed, scalar::vector_exp},
     {"avx2", avx2::attention, avx2::bias_gelu, avx2::bias_residual_layer_norm, avx2::embedding_layer_norm,
-     avx2::int8_linear, avx2::linear, avx2::vector_exp},
+     avx2::int8_linear, avx2::linear, avx2::int8_linear_packed, avx2::vector_exp},
     {"avx512", avx512::attention, avx512::bias_gelu, avx512::bias_residual_layer_norm,
-     avx512::embedding_layer_norm, avx512::int8_linear, avx512::linear, avx512::vector_exp},
+     avx512::embedding_layer_norm, avx512::int8_linear, avx512::linear, avx512::int8_linear_packed, avx512::vector_exp},
     {"amx", amx::attention, avx512::bias_gelu, avx512::bias_residual_layer_norm, avx512::embedding_layer_norm,
-     avx512::int8_linear, avx512::linear, avx512::vector_exp},
+     avx512::int8_linear, avx512::linear, avx512::int8_linear_packed, avx512::vector_exp},
 };
 
 }  // namespace

@@ -14,6 +14,7 @@ struct Variant {
   void (*embedding_layer_norm)(const EmbeddingArgs&);
   void (*int8_linear)(const Int8LinearArgs&);
   void (*linear)(const LinearArgs&);
+  void (*int8_linear_packed)(const Int8PackedLinearArgs&);
   void (*vector_exp)(const float*, float*, int64_t);
 };
 

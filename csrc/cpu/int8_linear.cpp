@@ -1,5 +1,8 @@
 // INT8 GEMM y = epilogue(x_q @ w_q^T) with exact int32 accumulation and a fused fp32 epilogue:
 // y = acc * x_scale[m] * w_scale[n] (+ bias[n]) (-> GELU), stored in out_dtype.
+#include <cmath>
+#include <cstring>
+
 #include "simd.h"
 #include "parallel.h"
 
@@ -201,6 +204,157 @@ void run_out(const Int8LinearArgs& a) {
   }
 }
 
+// ---- packed dynamic/static path: float x in, weights packed once ---------------------------------
+//
+// x is quantized inside the call (per token, or with the static scale and zero point) to u8 = q + 128,
+// so vpmaddubsw takes it as its unsigned operand and the weight as the signed one, without the sign
+// trick's extra instruction: 3 instructions per 32 multiply-adds, about 1.5x the FP32 FMA rate here.
+// u8 x s8 pair sums stay below 2^15 only for |w| <= 63, so the weights are 7-bit (the Python side
+// requantizes them when it packs). The +128 comes back out through the column sums:
+//   sum_k (q + 128) w = sum_k q w + 128 colsum,  y = s_x s_w (acc - (128 + z) colsum) + bias.
+// Packed layout: panels of 16 columns, k in quads: [panel][quad][column 0..15][4 bytes].
+constexpr int kQ8Panel = 16, kQ8Rows = 4;
+constexpr int64_t kQ8Mc = 128;
+
+void quantize_rows(const Int8PackedLinearArgs& a, int64_t k_padded, uint8_t* xq, float* x_scale) {
+  const bool dynamic = a.input_scale == nullptr;
+#pragma omp for schedule(static)
+  for (int64_t r = 0; r < a.m; ++r) {
+    const float* xr = a.x + r * a.ldx;
+    uint8_t* dst = xq + r * k_padded;
+    float scale, zero_point = 0.0f, lo = -127.0f;
+    if (dynamic) {  // symmetric per token, as quantize_per_token: scale = max|x| / 127 (>= 1e-8 / 127)
+      float amax = 0.0f;
+      int64_t t = 0;
+      Vec vmax_abs = vzero();
+      for (; t + W <= a.k; t += W) vmax_abs = vmax(vmax_abs, vabs(vload(xr + t)));
+      amax = vreduce_max(vmax_abs);
+      for (; t < a.k; ++t) amax = std::fmax(amax, std::fabs(xr[t]));
+      scale = std::fmax(amax, 1e-8f) / 127.0f;
+    } else {
+      scale = *a.input_scale;
+      zero_point = float(a.input_zero_point);
+      lo = -128.0f;
+    }
+    x_scale[r] = scale;
+    int64_t t = 0;
+#if defined(BERTRT_ISA_AVX2) || defined(BERTRT_ISA_AVX512)
+    // 32 values a step: divide (not multiply by 1/scale: torch divides), round to even, shift to
+    // u8, then pack 4 x 8 int32 -> 32 bytes and undo the packs' lane interleave.
+    const __m256 vs = _mm256_set1_ps(scale), vz = _mm256_set1_ps(zero_point + 128.0f);
+    const __m256 vlo = _mm256_set1_ps(lo + 128.0f), vhi = _mm256_set1_ps(255.0f);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (; t + 32 <= a.k; t += 32) {
+      __m256i q[4];
+      for (int v = 0; v < 4; ++v) {
+        __m256 f = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(xr + t + 8 * v), vs),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        f = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(f, vz), vlo), vhi);
+        q[v] = _mm256_cvtps_epi32(f);
+      }
+      const __m256i bytes = _mm256_packus_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + t), _mm256_permutevar8x32_epi32(bytes, order));
+    }
+#endif
+    for (; t < a.k; ++t) {
+      float q = std::nearbyint(xr[t] / scale) + zero_point;  // ties to even, like torch.round
+      q = std::fmin(std::fmax(q, lo), 127.0f);
+      dst[t] = uint8_t(int(q) + 128);
+    }
+    for (int64_t t = a.k; t < k_padded; ++t) dst[t] = 128;  // meets zero weights
+  }
+}
+
+template <int MR>
+void q8_tile(const uint8_t* x, int64_t k_padded, const int8_t* panel, int64_t quads, int32_t (*acc)[kQ8Panel]) {
+#if defined(BERTRT_ISA_AVX2) || defined(BERTRT_ISA_AVX512)
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i c[MR][2];
+  for (int i = 0; i < MR; ++i) c[i][0] = c[i][1] = _mm256_setzero_si256();
+  for (int64_t g = 0; g < quads; ++g) {
+    const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel + g * 64));
+    const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel + g * 64 + 32));
+    for (int i = 0; i < MR; ++i) {
+      int32_t x4;
+      std::memcpy(&x4, x + i * k_padded + g * 4, 4);
+      const __m256i xb = _mm256_set1_epi32(x4);
+      c[i][0] = _mm256_add_epi32(c[i][0], _mm256_madd_epi16(_mm256_maddubs_epi16(xb, w0), ones));
+      c[i][1] = _mm256_add_epi32(c[i][1], _mm256_madd_epi16(_mm256_maddubs_epi16(xb, w1), ones));
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc[i]), c[i][0]);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc[i] + 8), c[i][1]);
+  }
+#else
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < kQ8Panel; ++j) {
+      int32_t s = 0;
+      for (int64_t g = 0; g < quads; ++g)
+        for (int t = 0; t < 4; ++t)
+          s += int32_t(x[i * k_padded + g * 4 + t]) * int32_t(panel[g * 64 + j * 4 + t]);
+      acc[i][j] = s;
+    }
+#endif
+}
+
+template <int kAct>
+void q8_epilogue(const int32_t (*acc)[kQ8Panel], int rows, int cols, const float* x_scale,
+                 const Int8PackedLinearArgs& a, int64_t c0, float* y) {
+  const float offset = 128.0f + float(a.input_scale ? a.input_zero_point : 0);
+  alignas(64) float f[kQ8Panel];
+  for (int i = 0; i < rows; ++i) {
+    for (int j = 0; j < kQ8Panel; ++j)  // the correction in int32 (exact), then one rounding to float
+      f[j] = float(acc[i][j] - int32_t(offset) * a.col_sums[c0 + j]);
+    const Vec xs = vset1(x_scale[i]);
+    for (int v = 0; v < kQ8Panel / W; ++v) {
+      Vec o = vmul(vmul(vload(f + v * W), xs), vload(a.w_scale + c0 + v * W));
+      if (a.bias) o = vadd(o, vload(a.bias + c0 + v * W));
+      if constexpr (kAct == 1) o = vgelu_erf(o);
+      if constexpr (kAct == 2) o = vgelu_tanh(o);
+      vstore(f + v * W, o);
+    }
+    for (int j = 0; j < cols; ++j) y[i * a.n + j] = f[j];
+  }
+}
+
+template <int kAct>
+void run_packed(const Int8PackedLinearArgs& a) {
+  const int64_t m = a.m, n = a.n, quads = (a.k + 3) / 4, k_padded = quads * 4;
+  const int64_t panels = (n + kQ8Panel - 1) / kQ8Panel;
+  uint8_t* xq = static_cast<uint8_t*>(std::aligned_alloc(64, size_t((m * k_padded + 63) / 64 * 64)));
+  float* x_scale = alloc_floats(m);
+  const int threads = threads_for(m * n * a.k, int64_t(1) << 18, a.threads);
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    quantize_rows(a, k_padded, xq, x_scale);  // ends in the omp for's barrier
+    const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t p_begin = panels * t / nt, p_end = panels * (t + 1) / nt;
+    alignas(64) int32_t acc[kQ8Rows][kQ8Panel];
+    for (int64_t m0 = 0; m0 < m; m0 += kQ8Mc) {
+      const int64_t mb = m - m0 < kQ8Mc ? m - m0 : kQ8Mc;
+      for (int64_t p = p_begin; p < p_end; ++p) {
+        const int8_t* panel = a.packed_weight + p * quads * 64;
+        const int64_t c0 = p * kQ8Panel;
+        const int cols = int(n - c0 < kQ8Panel ? n - c0 : kQ8Panel);
+        for (int64_t r = m0; r < m0 + mb; r += kQ8Rows) {
+          const int rows = int(m0 + mb - r < kQ8Rows ? m0 + mb - r : kQ8Rows);
+          const uint8_t* xr = xq + r * k_padded;
+          switch (rows) {
+            case 4: q8_tile<4>(xr, k_padded, panel, quads, acc); break;
+            case 3: q8_tile<3>(xr, k_padded, panel, quads, acc); break;
+            case 2: q8_tile<2>(xr, k_padded, panel, quads, acc); break;
+            default: q8_tile<1>(xr, k_padded, panel, quads, acc); break;
+          }
+          q8_epilogue<kAct>(acc, rows, cols, x_scale + r, a, c0, a.out + r * n + c0);
+        }
+      }
+    }
+  }
+  std::free(x_scale);
+  std::free(xq);
+}
+
 }  // namespace
 
 void int8_linear(const Int8LinearArgs& a) {
@@ -211,6 +365,17 @@ void int8_linear(const Int8LinearArgs& a) {
       return run_out<bf16>(a);
     case DType::F16:
       return run_out<f16>(a);
+  }
+}
+
+void int8_linear_packed(const Int8PackedLinearArgs& a) {
+  switch (a.activation) {
+    case 1:
+      return run_packed<1>(a);
+    case 2:
+      return run_packed<2>(a);
+    default:
+      return run_packed<0>(a);
   }
 }
 

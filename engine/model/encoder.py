@@ -59,6 +59,9 @@ def _dense(linear: nn.Module, x: torch.Tensor, plan: KernelPlan, activation: str
     for a fused epilogue kernel (only when ``defer`` and the plan defers biases)."""
     if plan.gemm == "cpu" and type(linear) is nn.Linear and x.dtype == torch.float32 and not x.is_cuda:
         return ops.linear(x, packed_weight(linear), None, activation, impl="cpu"), None, True
+    fused = getattr(linear, "forward_activation", None)  # quantized linears (bertrt.quant.Int8Linear)
+    if fused is not None and activation != "none":
+        return fused(x, activation), None, True
     y, bias = _project(linear, x, plan.defer_bias and defer)
     return y, bias, False
 

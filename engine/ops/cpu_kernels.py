@@ -397,6 +397,48 @@ def linear(x, weight, bias=None, activation="none") -> torch.Tensor:
     return out
 
 
+def int8_linear_packed(x, packed, activation="none", input_scale=None, input_zero_point=0) -> torch.Tensor:
+    """x (tokens, K) float32 -> int8 GEMM with a PackedInt8Weight -> (tokens, N) float32; see
+    ``bertrt.ops.int8_linear.int8_linear_packed_ref`` for the exact computation."""
+    from .int8_linear import PackedInt8Weight
+
+    if activation not in _ACTIVATION_CODES:
+        raise ValueError(f"activation must be one of {tuple(_ACTIVATION_CODES)}, got {activation!r}")
+    if not isinstance(packed, PackedInt8Weight):
+        raise ValueError(f"packed must be a PackedInt8Weight (pack_int8_weight), got {type(packed).__name__}")
+    if not isinstance(x, torch.Tensor) or not x.is_cpu:
+        _require_tensor("x", x)
+    if x.dtype != torch.float32 or x.dim() != 2 or x.shape[1] != packed.in_features:
+        raise ValueError(f"x must be (tokens, {packed.in_features}) float32, got {tuple(x.shape)} {x.dtype}")
+    if not (x.stride(1) == 1 and x.stride(0) >= x.shape[1]):
+        x = x.contiguous()
+    scale = None
+    if input_scale is not None:
+        if not float(input_scale) > 0:
+            raise ValueError(f"input_scale must be positive, got {input_scale}")
+        scale = torch.tensor([float(input_scale)], dtype=torch.float32)
+    m, n = x.shape[0], packed.out_features
+    out = torch.empty((m, n), dtype=torch.float32)
+    _C.int8_linear_packed(
+        _isa_code(),
+        x.data_ptr(),
+        packed.data.data_ptr(),
+        packed.col_sums.data_ptr(),
+        packed.w_scale.data_ptr(),
+        _ptr(packed.bias),
+        _ptr(scale),
+        int(input_zero_point),
+        out.data_ptr(),
+        m,
+        n,
+        packed.in_features,
+        x.stride(0),
+        _ACTIVATION_CODES[activation],
+        _threads(),
+    )
+    return out
+
+
 def fast_exp(x: torch.Tensor) -> torch.Tensor:
     """The kernels' vectorised exp on a float32 CPU tensor (exposed for accuracy tests)."""
     _require_tensor("x", x)

@@ -13,6 +13,8 @@ The int32 accumulation is exact; the only error is the final float epilogue.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -75,3 +77,90 @@ def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def int8_linear(x_q, x_scale, w_q, w_scale, bias=None, activation="none", out_dtype=torch.float32, impl="auto"):
     return pick("int8_linear", x_q.device.type, impl)(x_q, x_scale, w_q, w_scale, bias, activation, out_dtype)
+
+
+# ---- packed path: float activations in, weights packed once (bertrt._C.int8_linear_packed) -------------
+
+Q8_PANEL = 16  # output columns per packed panel; fixed in csrc/cpu/int8_linear.cpp
+
+
+@dataclass(frozen=True)
+class PackedInt8Weight:
+    """An int8 weight in the packed CPU kernel's layout (u8 activations x 7-bit signed weights).
+
+    data:     (ceil(N / 16), ceil(K / 4), 16, 4) int8; [p, g, j, t] = w7[16p + j, 4g + t], zero padded
+    col_sums: (ceil(N / 16) * 16,) int32, sum over K of each column of w7
+    w_scale:  (ceil(N / 16) * 16,) float32, the scale of w7 (the source scale * 127 / 63)
+    bias:     (ceil(N / 16) * 16,) float32 or None
+    w7:       (N, K) int8 with |w7| <= 63: the weight the kernel multiplies by (for the reference)
+    """
+
+    data: torch.Tensor
+    col_sums: torch.Tensor
+    w_scale: torch.Tensor
+    bias: torch.Tensor | None
+    w7: torch.Tensor
+
+    @property
+    def out_features(self) -> int:
+        return self.w7.shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.w7.shape[1]
+
+
+def to_7bit(w_q: torch.Tensor, w_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 weight (N, K) with scales (N,) -> the same weight in 7 bits (|w| <= 63) and its scales.
+
+    Without VNNI, u8 x s8 products go through vpmaddubsw, whose int16 pair sums saturate for 8-bit
+    weights; 7-bit weights keep them exact (the activations keep their 8 bits: they carry outliers)."""
+    w7 = torch.round(w_q.float() * (63.0 / 127.0)).to(torch.int8)
+    return w7, w_scale.float() * (127.0 / 63.0)
+
+
+def pack_int8_weight(w_q: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None = None) -> PackedInt8Weight:
+    """w_q (N, K) int8, w_scale (N,), bias (N,) or None -> PackedInt8Weight (requantized to 7 bits)."""
+    if w_q.dtype != torch.int8 or w_q.dim() != 2 or min(w_q.shape) < 1:
+        raise ValueError(f"w_q must be (N, K) int8 with N, K >= 1, got {tuple(w_q.shape)} {w_q.dtype}")
+    n, k = w_q.shape
+    if w_scale.shape != (n,) or (bias is not None and bias.shape != (n,)):
+        raise ValueError(f"w_scale and bias must be ({n},), got {tuple(w_scale.shape)} and "
+                         f"{None if bias is None else tuple(bias.shape)}")
+    w7, scale7 = to_7bit(w_q.detach(), w_scale.detach())
+    panels, quads = -(-n // Q8_PANEL), -(-k // 4)
+    padded = torch.zeros(panels * Q8_PANEL, quads * 4, dtype=torch.int8)
+    padded[:n, :k] = w7
+    data = padded.view(panels, Q8_PANEL, quads, 4).permute(0, 2, 1, 3).contiguous()
+
+    def pad(v, dtype):
+        out = torch.zeros(panels * Q8_PANEL, dtype=dtype)
+        out[:n] = v
+        return out
+
+    col_sums = pad(w7.to(torch.int32).sum(1), torch.int32)
+    return PackedInt8Weight(data, col_sums, pad(scale7, torch.float32),
+                            None if bias is None else pad(bias.detach().float(), torch.float32), w7)
+
+
+def int8_linear_packed_ref(x: torch.Tensor, packed: PackedInt8Weight, activation: str = "none",
+                           input_scale: float | None = None, input_zero_point: int = 0) -> torch.Tensor:
+    """What bertrt._C.int8_linear_packed computes: x (tokens, K) float -> quantize (per token when
+    input_scale is None, else x_q = round(x / s) + z in [-128, 127]) -> exact product with the 7-bit
+    weight -> y = s_x * s_w * (x_q - z) @ w7^T + bias -> activation. Returns (tokens, N) float32."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    x = x.float()
+    if input_scale is None:
+        x_q, x_scale = quantize_per_token(x)
+        centred = x_q.double()
+    else:
+        x_q = torch.round(x / input_scale).add_(input_zero_point).clamp_(-128, 127)
+        x_scale = torch.full((x.shape[0],), float(input_scale))
+        centred = (x_q - input_zero_point).double()
+    n = packed.out_features
+    acc = (centred @ packed.w7.double().t()).float()
+    y = acc * x_scale[:, None] * packed.w_scale[None, :n]
+    if packed.bias is not None:
+        y = y + packed.bias[:n]
+    return _epilogue(y, torch.ones(y.shape[0]), torch.ones(n), None, activation)

@@ -19,7 +19,7 @@ from ..errors import InputError
 from ..model.bert import BertModel
 from . import calibration as calib
 from .configs import Bf16Config, Fp16Config, Int8DynamicConfig, Int8StaticConfig, QuantConfig, expand_pattern, matches
-from .modules import Int8Linear, KeepPrecision, onednn_available
+from .modules import Int8Linear, KeepPrecision, onednn_available, packed_available
 
 log = logging.getLogger("bertrt.quant")
 FORMAT_VERSION = 1
@@ -169,6 +169,12 @@ def _int8_targets(model: BertModel, config: QuantConfig) -> tuple[list[str], lis
     if not dtype.is_floating_point:
         raise InputError(f"cannot quantize a model with {dtype} parameters")
     device = next(model.parameters()).device
+    if config.kernel == "packed":
+        if device.type != "cpu":
+            raise InputError(f"kernel='packed' runs on CPU; the model is on {device}")
+        reason = packed_available()
+        if reason:
+            raise InputError(f"kernel='packed' is unavailable: {reason}")
     if config.kernel == "onednn":
         if device.type != "cpu":
             raise InputError(f"kernel='onednn' runs on CPU; the model is on {device}")

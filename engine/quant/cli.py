@@ -22,7 +22,7 @@ def register(subparsers) -> None:
     p.add_argument("--keep", action="append", default=[], metavar="PATTERN",
                    help="module kept in higher precision: embeddings, head, layer.N, qkv|attn_out|ffn_in|ffn_out, or "
                         "a glob on module names (repeatable)")
-    p.add_argument("--kernel", default="auto", choices=("auto", "onednn", "op"), help="CPU int8 GEMM path")
+    p.add_argument("--kernel", default="auto", choices=("auto", "packed", "onednn", "op"), help="CPU int8 GEMM path")
     p.add_argument("--eval", default=None, metavar="FILE",
                    help="held-out texts for the report (JSON lines may carry a 'label'); default: none")
     p.add_argument("--no-latency", action="store_true", help="skip the fp32/bf16/quantized latency measurement")

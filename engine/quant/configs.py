@@ -102,7 +102,7 @@ class Int8StaticConfig(QuantConfig):
         _check_kernel(self.kernel)
 
 
-KERNELS = ("auto", "onednn", "op")
+KERNELS = ("auto", "packed", "onednn", "op")
 
 
 def _check_kernel(kernel: str) -> None:
