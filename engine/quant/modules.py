@@ -7,11 +7,12 @@ scale and zero point (static). Three GEMM paths (exact int32 accumulation, fp32 
 * ``packed`` (CPU without VNNI/AMX, the default there): bertrt's own kernel
   (``bertrt._C.int8_linear_packed``): the activations are quantized inside the call, weights packed
   once as 7-bit values (see below), dequantization, bias and GELU fused into the epilogue. On the
-  AVX2 development CPU it runs at the speed of bertrt's FP32 GEMM, about 1.3x oneDNN's int8 path.
-
-* ``onednn`` (CPU; the default with VNNI or AMX): ``torch.ops.onednn.qlinear_pointwise``, oneDNN's int8 matmul primitive (AVX2
-  u8s8, AVX512-VNNI or AMX, whatever the CPU has), weights prepacked once. The u8 input is the
-  int8 value + 128 with zero point 128, so per-token int8 data goes through unchanged.
+  AVX2 development CPU it runs at the speed of bertrt's FP32 GEMM and faster than oneDNN's int8
+  path (figures in docs/quantization.md).
+* ``onednn`` (CPU; the default with VNNI or AMX): ``torch.ops.onednn.qlinear_pointwise``, oneDNN's
+  int8 matmul primitive (AVX2 u8s8, AVX512-VNNI or AMX, whatever the CPU has), weights prepacked once.
+  The u8 input is the int8 value + 128 with zero point 128, so per-token int8 data goes through
+  unchanged.
   Without VNNI/AMX, oneDNN multiplies u8 x s8 pairs with vpmaddubsw, whose int16 pair sums
   saturate for 8-bit operands (measured: errors of ~34,000 in the int32 result). There the prepacked
   weights are requantized to 7 bits (|w| <= 63, scale * 127 / 63), which keeps the product exact and
