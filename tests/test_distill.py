@@ -18,6 +18,7 @@ from bertrt.train.distill import (  # noqa: E402
     default_layer_map,
     distill,
     init_from_teacher,
+    similarity_mse,
     soft_label_kl,
     student_config,
 )
@@ -137,6 +138,31 @@ def test_embedding_distillation_keeps_pooling_files(setup, tmp_path):
         assert (out / name).is_file(), name
     report = summary["report"]
     assert report["task"] == "embedding" and -1 <= report["spearman"] <= 1 and report["pairs"] == 60 * 59 // 2
+
+
+def test_similarity_loss_compares_cosine_matrices():
+    a = torch.randn(6, 8)
+    assert similarity_mse(a, 3 * a) < 1e-10  # scale-free: cosines only
+    assert similarity_mse(a, torch.randn(6, 8)) > 1e-3
+    assert similarity_mse(a[:1], a[:1]) == 0  # one row: no pair
+
+
+def test_second_stage_starts_from_the_earlier_student(setup, tmp_path):
+    from transformers import AutoModel
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    weights = LossWeights(hidden=0.0, attention=0.0, similarity=10.0)
+    distill(_config(setup, setup["embedder"], first, weights=weights, learning_rate=1e-3, max_steps=12))
+    config = _config(setup, setup["embedder"], second, weights=weights, learning_rate=1e-3, max_steps=8)
+    config.init_student = str(first)
+    distill(config)
+    # the second stage's first loss is the first stage's last level, not a fresh copy's
+    assert _history(second)[0]["emb_cos"] < _history(first)[0]["emb_cos"]
+    assert AutoModel.from_pretrained(str(second)).config.distillation["init_student"] == str(first)
+    config = _config(setup, setup["embedder"], tmp_path / "bad", weights=weights, max_steps=2)
+    config.student_layers, config.init_student = 3, str(first)
+    with pytest.raises(ValueError, match="has 2 layers"):
+        distill(config)
 
 
 def test_smaller_hidden_size_uses_a_projection(setup, tmp_path):

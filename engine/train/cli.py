@@ -108,6 +108,7 @@ def run_distill(args) -> int:
                             embedding_mse=args.w_embedding_mse, embedding_cosine=args.w_embedding_cosine,
                             similarity=args.w_similarity),
         latency=not args.no_latency,
+        init_student=args.init_student,
     )
     try:
         results = distill(config)
@@ -146,6 +147,8 @@ def register(subparsers) -> None:
                         help="teacher HF model directory (default: the bundled all-MiniLM-L6-v2 embedding model)")
     parser.add_argument("--student-layers", type=int, required=True, help="number of student layers")
     parser.add_argument("--hidden", type=int, default=None, help="student hidden size (default: the teacher's)")
+    parser.add_argument("--init-student", default=None,
+                        help="start from this earlier student (same layers and width) instead of teacher layers")
     parser.add_argument("--layer-map", default=None,
                         help="teacher layer (0-based) for each student layer, e.g. 1,3,5 (default: evenly spaced, "
                              "ending at the top layer)")

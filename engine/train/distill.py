@@ -65,6 +65,7 @@ class DistillConfig:
     columns: Columns = field(default_factory=Columns)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="out/distill", learning_rate=1e-4))
     latency: bool = True  # measure latency in the report
+    init_student: str | None = None  # start from this student directory instead of teacher layers
 
 
 def default_layer_map(teacher_layers: int, student_layers: int) -> list[int]:
@@ -182,7 +183,18 @@ def distill(config: DistillConfig) -> dict:
     s_config._attn_implementation = "eager"
     student_model = type(teacher)(s_config)
     same_width = s_config.hidden_size == teacher.config.hidden_size
-    if same_width:
+    if config.init_student:
+        # a second stage: go on from an earlier student (its layer map and width must match)
+        previous = load_model(config.init_student, task)
+        if (previous.config.num_hidden_layers, previous.config.hidden_size) != (s_config.num_hidden_layers,
+                                                                                s_config.hidden_size):
+            raise ValueError(
+                f"--init-student {config.init_student} has {previous.config.num_hidden_layers} layers of width "
+                f"{previous.config.hidden_size}; this student needs {s_config.num_hidden_layers} of "
+                f"{s_config.hidden_size}")
+        student_model.load_state_dict(previous.state_dict())
+        log.info("student initialised from %s", config.init_student)
+    elif same_width:
         init_from_teacher(student_model, teacher, layer_map)
     else:
         log.info("student hidden %d != teacher %d: random init, learned projection", s_config.hidden_size,
@@ -240,7 +252,7 @@ def distill(config: DistillConfig) -> dict:
     student_model.config.architectures = [type(student_model).__name__]
     student_model.config.distillation = {
         "teacher": str(config.teacher_dir), "layer_map": layer_map, "temperature": config.temperature,
-        "weights": vars(weights), "steps": result["total_steps"],
+        "weights": vars(weights), "steps": result["total_steps"], "init_student": config.init_student,
     }
     save_model(student_model, tokenizer, config.teacher_dir, out_dir, task)
     summary = {"task": task, "student_dir": str(out_dir), "layer_map": layer_map, "steps": result["total_steps"],
