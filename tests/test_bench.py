@@ -148,3 +148,24 @@ def test_bench_cli_rejects_bad_arguments(tiny_model_dirs, tmp_path):
     assert main([*args, "--peers", "tensorflow"]) == 2
     assert main([*args, "--shapes", "8by128"]) == 2
     assert main([*args, "--precisions", "fp8"]) == 2
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_profile_times_every_gemm(tiny_model_dirs, precision):
+    """Each layer's four GEMMs land in the GEMM row, the int8 FFN-in (GEMM+GELU in one call) included."""
+    import bertrt
+    from bertrt.bench.profile import profile_run
+    from bertrt.quant.api import quantize_
+    from bertrt.quant.configs import Int8DynamicConfig
+
+    model_dir = tiny_model_dirs["embed"]
+    engine = bertrt.load(model_dir, device="cpu")
+    if precision == "int8":
+        quantize_(engine, Int8DynamicConfig())
+    inputs = make_inputs(ShapeSpec(3, 5, 17), model_dir / "vocab.txt", seed=1)
+    result = profile_run(engine, inputs.packed, repeats=2, warmup=1)
+    layers = engine.config.num_hidden_layers
+    assert result["ops"]["linear"]["calls_per_run"] == 4 * layers
+    assert result["ops"]["attention"]["calls_per_run"] == layers
+    model = engine.checkpoint.model
+    assert not any("forward_activation" in vars(m) for m in model.modules())  # the timing wrappers are gone

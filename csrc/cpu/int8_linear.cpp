@@ -25,7 +25,7 @@ void epilogue_row(const int32_t* acc, float x_scale, const float* w_scale, const
     y = vmul(vmul(y, xs), ws);
     if (bias) y = vadd(y, cnt == W ? vload(bias + j) : vload_partial(bias + j, cnt));
     if (activation == 1)
-      y = vgelu_erf(y);
+      y = vgelu_erf_fast(y);
     else if (activation == 2)
       y = vgelu_tanh(y);
     if (cnt == W)
@@ -310,7 +310,7 @@ void q8_epilogue(const int32_t (*acc)[kQ8Panel], int rows, int cols, const float
     for (int v = 0; v < kQ8Panel / W; ++v) {
       Vec o = vmul(vmul(vload(f + v * W), xs), vload(a.w_scale + c0 + v * W));
       if (a.bias) o = vadd(o, vload(a.bias + c0 + v * W));
-      if constexpr (kAct == 1) o = vgelu_erf(o);
+      if constexpr (kAct == 1) o = vgelu_erf_fast(o);
       if constexpr (kAct == 2) o = vgelu_tanh(o);
       vstore(f + v * W, o);
     }

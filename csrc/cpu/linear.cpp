@@ -31,7 +31,7 @@ constexpr int64_t kKcMax = 384;        // depth per L1 block (panel slice <= 24 
 template <int kAct>
 BERTRT_INLINE Vec activate(Vec v) {
   if constexpr (kAct == 1)
-    return vgelu_erf(v);
+    return vgelu_erf_fast(v);
   else if constexpr (kAct == 2)
     return vgelu_tanh(v);
   else

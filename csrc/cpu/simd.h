@@ -347,10 +347,38 @@ BERTRT_INLINE Vec verf(Vec x) {
   return vcopysign(y, x);
 }
 
+// erf(x) = x P(x^2) / Q(x^2) on |x| <= 3.92 (erf(3.92) rounds to 1 in float), a least-squares
+// minimax fit made for bertrt: |error| < 4e-7 in float (verf: 1.5e-7) for about half the work (no
+// exp, one division). GEMM epilogues use it: there GELU cost 23% of the FFN-in GEMM with verf, 6% with
+// this, and its error is far below the GEMM's own.
+BERTRT_INLINE Vec verf_rational(Vec x) {
+  x = vmax(vset1(-3.92f), vmin(vset1(3.92f), x));  // this operand order keeps NaN
+  Vec z = vmul(x, x);
+  Vec p = vset1(2.034733370e-06f);
+  p = vfmadd(p, z, vset1(2.874781785e-04f));
+  p = vfmadd(p, z, vset1(3.868294181e-03f));
+  p = vfmadd(p, z, vset1(5.306037515e-02f));
+  p = vfmadd(p, z, vset1(1.927633435e-01f));
+  p = vfmadd(p, z, vset1(1.128378987e+00f));
+  Vec q = vset1(3.807056419e-05f);
+  q = vfmadd(q, z, vset1(1.188106253e-03f));
+  q = vfmadd(q, z, vset1(1.517222822e-02f));
+  q = vfmadd(q, z, vset1(1.150843129e-01f));
+  q = vfmadd(q, z, vset1(5.041637421e-01f));
+  q = vfmadd(q, z, vset1(1.0f));
+  return vdiv(vmul(x, p), q);
+}
+
 // GELU(x) = 0.5 x (1 + erf(x / sqrt 2)).
 BERTRT_INLINE Vec vgelu_erf(Vec x) {
   Vec half_x = vmul(x, vset1(0.5f));
   return vfmadd(half_x, verf(vmul(x, vset1(0.70710678118654752f))), half_x);
+}
+
+// GELU for GEMM epilogues: the rational erf; |error| <= 0.5 |x| 4e-7.
+BERTRT_INLINE Vec vgelu_erf_fast(Vec x) {
+  Vec half_x = vmul(x, vset1(0.5f));
+  return vfmadd(half_x, verf_rational(vmul(x, vset1(0.70710678118654752f))), half_x);
 }
 
 // GELU_tanh(x) = 0.5 x (1 + tanh(u)) = x / (1 + exp(-2u)), u = sqrt(2/pi) (x + 0.044715 x^3).

@@ -46,6 +46,13 @@ class OpTimer:
                 self.calls[name] += 1
         return timed
 
+    def _timed_activation(self, module, starts: dict[int, float]):
+        plain, timed = module.forward_activation, self.wrap("linear", module.forward_activation)
+
+        def call(*args, **kwargs):  # from inside module.forward the hooks already time it
+            return (plain if id(module) in starts else timed)(*args, **kwargs)
+        return call
+
     @contextlib.contextmanager
     def instrument(self, model: torch.nn.Module):
         saved = {name: getattr(ops, name) for name in ("attention", "bias_gelu", "bias_residual_layer_norm",
@@ -61,9 +68,13 @@ class OpTimer:
             self.seconds["linear"] += self.clock() - starts.pop(id(module))
             self.calls["linear"] += 1
 
+        fused = []  # quantized linears' GEMM+GELU entry bypasses __call__, so hooks miss it
         for module in model.modules():
             if isinstance(module, torch.nn.Linear) or "Linear" in type(module).__name__:
                 handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+            if callable(getattr(module, "forward_activation", None)):
+                module.forward_activation = self._timed_activation(module, starts)
+                fused.append(module)
         try:
             for name, fn in saved.items():
                 setattr(ops, name, self.wrap(name, fn))
@@ -75,6 +86,8 @@ class OpTimer:
             bert_module.pool = saved_pool
             for handle in handles:
                 handle.remove()
+            for module in fused:
+                del module.forward_activation
 
 
 def profile_run(engine, batch, repeats: int = 10, warmup: int = 2, clock=time.perf_counter) -> dict:
