@@ -132,9 +132,10 @@ def test_embedding_distillation_keeps_pooling_files(setup, tmp_path):
     summary = distill(_config(setup, setup["embedder"], out, eval_file=setup["dev"], weights=weights,
                               learning_rate=1e-3))
     history = _history(out)
-    # the weighted objective, not one term of it: with the similarity term on, emb_cos alone can rise
+    # halves, not the first and last few steps: with the similarity term on, single steps are noisy
     half = len(history) // 2
-    assert sum(h["loss"] for h in history[half:]) < sum(h["loss"] for h in history[:half])
+    for term in ("loss", "sim", "emb_mse"):
+        assert sum(h[term] for h in history[half:]) < sum(h[term] for h in history[:half]), term
     assert AutoModel.from_pretrained(str(out)).config.num_hidden_layers == 2
     for name in ("modules.json", "1_Pooling/config.json", "sentence_bert_config.json", "vocab.txt"):
         assert (out / name).is_file(), name
