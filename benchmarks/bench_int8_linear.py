@@ -1,10 +1,17 @@
-"""INT8 GEMM with fused dequant + bias (+ GELU): Triton kernel vs torch._int_mm (+ torch epilogue) vs a
-bf16 matmul, at bert-base linear shapes. GPU only (``triton.testing.do_bench``); skipped with a reason on CPU.
+"""INT8 GEMM with fused dequant + bias (+ GELU).
 
-    pytest benchmarks/bench_int8_linear.py --benchmark-columns=median,iqr,ops
+GPU: Triton kernel vs torch._int_mm (+ torch epilogue) vs a bf16 matmul, at bert-base linear shapes
+(``triton.testing.do_bench``; skipped with a reason on CPU). GPU speed unmeasured until run on a GPU:
+no GPU numbers from this file have been recorded yet.
+
+CPU: bertrt's packed int8 kernel with 8-bit and 7-bit activations (float input, quantized inside the
+call) against bertrt's FP32 GEMM, at MiniLM and bert-base linear shapes for 576 tokens (a serving
+batch of 16 short requests). One thread and thread CPU time give stable numbers on a shared machine:
+
+    OMP_NUM_THREADS=1 pytest benchmarks/bench_int8_linear.py -k cpu --benchmark-timer=time.thread_time \
+        --benchmark-columns=median,iqr --benchmark-group-by=group
+    pytest benchmarks/bench_int8_linear.py --benchmark-columns=median,iqr,ops   # GPU section
     python benchmarks/bench_int8_linear.py          # plain table of do_bench medians, no pytest-benchmark
-
-GPU speed unmeasured until run on a GPU: no numbers from this file have been recorded yet.
 """
 
 from __future__ import annotations
@@ -72,6 +79,45 @@ def test_int8_linear_gpu(benchmark, impl, linear, tokens):
     time_gpu(benchmark, fn)
     ms = benchmark.extra_info["do_bench_median_ms"]
     benchmark.extra_info["tflops_at_median"] = 2 * TOKENS[tokens] * in_features * out_features / (ms * 1e-3) / 1e12
+
+
+CPU_TOKENS = 576
+CPU_IMPLS = ("fp32", "packed-a8", "packed-a7")
+
+
+def _cpu_layers(hidden: int) -> dict[str, tuple[int, int, str]]:
+    return {"qkv": (3 * hidden, hidden, "none"), "attn_out": (hidden, hidden, "none"),
+            "ffn_in": (4 * hidden, hidden, "gelu"), "ffn_out": (hidden, 4 * hidden, "none")}
+
+
+@pytest.mark.parametrize("layer", ["qkv", "attn_out", "ffn_in", "ffn_out"])
+@pytest.mark.parametrize("model", ["minilm", "bert-base"])
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+def test_int8_linear_packed_cpu(benchmark, impl, model, layer):
+    from bertrt.ops import registry
+
+    reason = registry.availability("int8_linear")["cpu"]
+    if reason:
+        pytest.skip(f"int8_linear/cpu: {reason}")
+    from bertrt import ops
+    from bertrt.ops import cpu_kernels
+    from bertrt.ops.int8_linear import pack_int8_weight, quantize_per_token
+    from conftest import MODELS
+
+    n, k, activation = _cpu_layers(MODELS[model]["hidden"])[layer]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(CPU_TOKENS, k, generator=g)
+    weight, bias = torch.randn(n, k, generator=g) / k**0.5, torch.randn(n, generator=g)
+    if impl == "fp32":
+        packed = ops.pack_weight(weight, bias)
+        fn = lambda: ops.linear(x, packed, None, activation)  # noqa: E731
+    else:
+        w_q, w_scale = quantize_per_token(weight)
+        packed = pack_int8_weight(w_q, w_scale, bias, act_bits=8 if impl == "packed-a8" else 7)
+        fn = lambda: cpu_kernels.int8_linear_packed(x, packed, activation)  # noqa: E731
+    benchmark.group = f"int8_linear cpu {model} {layer} {CPU_TOKENS}x{n}x{k} {activation}"
+    benchmark.extra_info["gflop"] = 2 * CPU_TOKENS * n * k / 1e9
+    benchmark(fn)
 
 
 def main() -> int:

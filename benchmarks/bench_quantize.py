@@ -46,7 +46,9 @@ def configs():
     return {
         "bf16": Bf16Config(),
         "int8-dynamic": Int8DynamicConfig(),
+        "int8-dynamic-a7": Int8DynamicConfig(act_bits=7),
         "int8-static-minmax": Int8StaticConfig(),
+        "int8-static-minmax-a7": Int8StaticConfig(act_bits=7),
         "int8-static-percentile": Int8StaticConfig(method="percentile", percentile=99.999),
         "int8-static-entropy": Int8StaticConfig(method="entropy"),
         "int8-static-smoothquant0.5": Int8StaticConfig(smoothquant_alpha=0.5),
@@ -142,7 +144,8 @@ def latency(models: list[str], batch: int, seq_len: int, repeats: int, bf16_mode
             fp32, tokenizer, label = bert_base_checkpoint(), load_checkpoint(default_model_dir()).tokenizer, "bert-base"
         packed = rep.fixed_batch(fp32.config.vocab_size, batch, seq_len)
         results = {"fp32": rep.latency_ms(fp32, packed, "embed", repeats)}
-        variants = {"bf16": Bf16Config(), "int8-dynamic": Int8DynamicConfig(), "int8-static": Int8StaticConfig(),
+        variants = {"bf16": Bf16Config(), "int8-dynamic": Int8DynamicConfig(),
+                    "int8-dynamic-a7": Int8DynamicConfig(act_bits=7), "int8-static": Int8StaticConfig(),
                     "int8-dynamic-op": Int8DynamicConfig(kernel="op")}
         if name not in bf16_models:  # emulated BF16 on CPUs without AVX512-BF16/AMX is very slow
             variants.pop("bf16")

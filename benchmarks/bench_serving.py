@@ -6,6 +6,7 @@ throughput per server and the ratio to the baseline, and writes CSV, JSON and a 
 bench-results/. The servers run one at a time, on loopback ports, with the same model and threads.
 
     python benchmarks/bench_serving.py --concurrency 1 8 32 --duration 10
+    python benchmarks/bench_serving.py --also bertrt-int8a7=out/minilm-int8-a7   # + a quantized checkpoint
     pytest benchmarks/bench_serving.py -m slow        # a short version
 """
 
@@ -172,31 +173,30 @@ async def drive(url: str, texts: list[str], concurrency: int, duration: float, w
     }
 
 
-def servers(model: str | None, device: str, threads: int | None, max_wait_ms: float) -> list[ServerProcess]:
+def servers(model: str | None, device: str, threads: int | None, max_wait_ms: float,
+            also: dict[str, str] | None = None) -> list[ServerProcess]:
+    """bertrt on ``model``, one more bertrt server per ``also`` entry (name -> checkpoint dir, e.g. a
+    ``bertrt quantize`` output), and the baseline on ``model``; all with the same threads."""
     ours_port, base_port = free_port(), free_port()
-    ours = [
-        sys.executable,
-        "-m",
-        "bertrt",
-        "serve",
-        "--port",
-        str(ours_port),
-        "--device",
-        device,
-        "--log-level",
-        "warning",
-        "--max-wait-ms",
-        str(max_wait_ms),
-    ]
+
+    def serve_command(directory: str | None, port: int) -> list[str]:
+        command = [sys.executable, "-m", "bertrt", "serve", *([directory] if directory else []), "--port", str(port),
+                   "--device", device, "--log-level", "warning", "--max-wait-ms", str(max_wait_ms)]
+        return command + (["--threads", str(threads)] if threads else [])
+
+    ours = serve_command(model, ours_port)
     base = [sys.executable, str(ROOT / "benchmarks" / "baseline_server.py"), "--port", str(base_port)]
     if model:
-        ours.insert(4, model)
         base += ["--model", model]
     if threads:
-        ours += ["--threads", str(threads)]
         base += ["--threads", str(threads)]
+    extra = []
+    for name, directory in (also or {}).items():
+        port = free_port()
+        extra.append(ServerProcess(name, serve_command(directory, port), port, "/v2/health/ready"))
     return [
         ServerProcess("bertrt", ours, ours_port, "/v2/health/ready"),
+        *extra,
         ServerProcess("baseline", base, base_port, "/health"),
     ]
 
@@ -211,19 +211,20 @@ def run(
     max_wait_ms: float = 2.0,
     out: Path | None = ROOT / "bench-results",
     client: str = "aiohttp",
+    also: dict[str, str] | None = None,
 ) -> list[dict]:
     import bertrt
 
     engine_tokenizer = bertrt.load(model, device="cpu").tokenizer
     texts = make_texts(2000, engine_tokenizer)
     rows = []
-    for server in servers(model, device, threads, max_wait_ms):
+    for server in servers(model, device, threads, max_wait_ms, also):
         with server:
             for c in concurrency:
                 result = asyncio.run(drive(server.url, texts, c, duration, warmup, client))
                 rows.append({"server": server.name, **result})
                 print(
-                    f"  {server.name:9s} c={c:3d}  {result['throughput_rps']:8.1f} req/s  "
+                    f"  {server.name:14s} c={c:3d}  {result['throughput_rps']:8.1f} req/s  "
                     f"p50 {result['p50_ms']:7.2f} ms  p99 {result['p99_ms']:7.2f} ms  errors {result['errors']}",
                     flush=True,
                 )
@@ -240,6 +241,7 @@ def run(
                 "max_wait_ms": max_wait_ms,
                 "client": client,
                 "model": model or "all-MiniLM-L6-v2 (bundled)",
+                "also": also or {},
             },
         )
     return rows
@@ -247,17 +249,19 @@ def run(
 
 def report(rows: list[dict], concurrency: list[int]) -> None:
     by = {(r["server"], r["concurrency"]): r for r in rows}
+    names = list(dict.fromkeys(r["server"] for r in rows if r["server"] != "baseline"))
     print(
-        f"\n{'conc':>4} | {'bertrt req/s':>12} {'p50 ms':>8} {'p99 ms':>8} | {'baseline req/s':>14} {'p50 ms':>8} "
-        f"{'p99 ms':>8} | {'speedup':>7} {'p99/p50':>7}"
+        f"\n{'server':>14} {'conc':>4} | {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} | {'baseline req/s':>14} "
+        f"{'p50 ms':>8} {'p99 ms':>8} | {'speedup':>7} {'p99/p50':>7}"
     )
-    for c in concurrency:
-        ours, base = by[("bertrt", c)], by[("baseline", c)]
-        print(
-            f"{c:>4} | {ours['throughput_rps']:12.1f} {ours['p50_ms']:8.2f} {ours['p99_ms']:8.2f} | "
-            f"{base['throughput_rps']:14.1f} {base['p50_ms']:8.2f} {base['p99_ms']:8.2f} | "
-            f"{ours['throughput_rps'] / base['throughput_rps']:6.2f}x {ours['p99_ms'] / ours['p50_ms']:7.2f}"
-        )
+    for name in names:
+        for c in concurrency:
+            ours, base = by[(name, c)], by[("baseline", c)]
+            print(
+                f"{name:>14} {c:>4} | {ours['throughput_rps']:8.1f} {ours['p50_ms']:8.2f} {ours['p99_ms']:8.2f} | "
+                f"{base['throughput_rps']:14.1f} {base['p50_ms']:8.2f} {base['p99_ms']:8.2f} | "
+                f"{ours['throughput_rps'] / base['throughput_rps']:6.2f}x {ours['p99_ms'] / ours['p50_ms']:7.2f}"
+            )
 
 
 def hardware() -> dict:
@@ -299,9 +303,11 @@ def write(rows: list[dict], out: Path, settings: dict) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     levels = sorted({r["concurrency"] for r in rows})
     x = np.arange(len(levels))
-    for offset, name in ((-0.2, "bertrt"), (0.2, "baseline")):
+    names = list(dict.fromkeys(r["server"] for r in rows))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
         mine = {r["concurrency"]: r for r in rows if r["server"] == name}
-        left.bar(x + offset, [mine[c]["throughput_rps"] for c in levels], 0.4, label=name)
+        left.bar(x + (i - (len(names) - 1) / 2) * width, [mine[c]["throughput_rps"] for c in levels], width, label=name)
         right.plot(levels, [mine[c]["p50_ms"] for c in levels], "o-", label=f"{name} p50")
         right.plot(levels, [mine[c]["p99_ms"] for c in levels], "s--", label=f"{name} p99")
     left.set(
@@ -318,7 +324,7 @@ def write(rows: list[dict], out: Path, settings: dict) -> None:
     left.legend()
     right.legend(fontsize=8)
     fig.suptitle(
-        f"bertrt serve vs transformers+FastAPI: MiniLM FP32, 1 text of 8-64 tokens per request\n"
+        f"bertrt serve vs transformers+FastAPI (FP32): MiniLM, 1 text of 8-64 tokens per request\n"
         f"{meta['cpu']} ({meta['cores']} cores), torch {meta['torch']}, device {settings['device']}, "
         f"torch threads {settings['threads'] or 'default'}, {settings['duration_s']:g} s closed loop per point, "
         f"{settings['client']} load generator on the same machine",
@@ -341,9 +347,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
     parser.add_argument("--client", choices=sorted(CLIENTS), default="aiohttp",
                         help="load generator's HTTP client (it runs on the same cores as the server)")
+    parser.add_argument("--also", action="append", default=[], metavar="NAME=DIR",
+                        help="one more bertrt server on checkpoint DIR (e.g. a bertrt quantize output); repeatable")
     args = parser.parse_args()
+    also = {}
+    for entry in args.also:
+        name, sep, directory = entry.partition("=")
+        if not sep or not name or not directory or name == "baseline":
+            parser.error(f"--also takes NAME=DIR with a name other than 'baseline', got {entry!r}")
+        if not Path(directory).is_dir():
+            parser.error(f"--also {entry!r}: {directory} is not a directory")
+        also[name] = directory
     run(args.concurrency, args.duration, args.warmup, args.model, args.device, args.threads, args.max_wait_ms, args.out,
-        args.client)
+        args.client, also)
 
 
 try:

@@ -15,15 +15,25 @@ class SlowRunner:
 
     def __init__(self, runner, delay: float = 0.0):
         self.runner = runner
+        self.model = getattr(runner, "model", None)  # the server reads model.plan to pick its workers
         self.name = runner.name
         self.delay = delay
         self.batches: list[int] = []  # sequences per batch run
+        self.running = self.most_running = 0  # batches running at once (several server workers)
+        self._lock = threading.Lock()
 
     def run(self, batch, task):
-        self.batches.append(len(batch.indices))
-        if self.delay:
-            time.sleep(self.delay)
-        return self.runner.run(batch, task)
+        with self._lock:
+            self.batches.append(len(batch.indices))
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
+        try:
+            if self.delay:
+                time.sleep(self.delay)
+            return self.runner.run(batch, task)
+        finally:
+            with self._lock:
+                self.running -= 1
 
 
 class LiveServer:

@@ -188,14 +188,16 @@ def _packed_params():
 PACKED_SHAPES = [(1, 1, 1), (7, 33, 5), (13, 1152, 384), (129, 100, 301), (200, 48, 40), (3, 20, 70)]
 
 
+@pytest.mark.parametrize("act_bits", [8, 7])
 @pytest.mark.parametrize("quant", ["dynamic", "static"])
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("shape", PACKED_SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("isa", _packed_params())
-def test_packed_matches_its_reference(isa, shape, activation, quant):
+def test_packed_matches_its_reference(isa, shape, activation, quant, act_bits):
     """Every ISA variant against int8_linear_packed_ref: the integer product is exact, so the only
-    difference is the float epilogue's rounding. Odd K (zero-padded quads), N past a 16-wide panel,
-    M past a 128-row block; static with a negative zero point."""
+    difference is the float epilogue's rounding. Odd K (zero-padded quads, and octs for 7-bit
+    activations), N past a 16-wide panel, M past a 128-row block (and not a multiple of the 3-row
+    tile); static with a negative zero point."""
     from bertrt.ops import cpu_kernels
     from bertrt.ops.int8_linear import int8_linear_packed_ref, pack_int8_weight
 
@@ -203,12 +205,51 @@ def test_packed_matches_its_reference(isa, shape, activation, quant):
     g = torch.Generator().manual_seed(m * 1000 + n + k)
     x = torch.randn(m, k, generator=g) * 3
     w_q = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
-    packed = pack_int8_weight(w_q, torch.rand(n, generator=g) * 0.01 + 1e-3, torch.randn(n, generator=g))
+    packed = pack_int8_weight(w_q, torch.rand(n, generator=g) * 0.01 + 1e-3, torch.randn(n, generator=g), act_bits)
     args = (None, 0) if quant == "dynamic" else (0.03, -37)
     expected = int8_linear_packed_ref(x, packed, activation, *args)
     with cpu_kernels.use_isa(isa):
         out = cpu_kernels.int8_linear_packed(x, packed, activation, *args)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("isa", _packed_params())
+def test_packed_7bit_activations_at_the_extremes(isa):
+    """act_bits 7 sums two vpmaddubsw products in 16 bits and widens them without a multiply: the
+    largest operands (u = 127, w' = 126 -> 64008 per 16-bit lane) and the smallest, over a long K,
+    must still give the exact integer product."""
+    from bertrt.ops import cpu_kernels
+    from bertrt.ops.int8_linear import int8_linear_packed_ref, pack_int8_weight
+
+    k = 4101
+    x = torch.ones(5, k)
+    x[1] = -1.0  # every activation at -63
+    x[2, ::2] = -1.0  # alternating extremes
+    x[3] = 0.0  # all zero: the 1e-8 scale floor
+    w_q = torch.full((19, k), 127, dtype=torch.int8)
+    w_q[1] = -127
+    w_q[2, 1::2] = -127
+    packed = pack_int8_weight(w_q, torch.full((19,), 1e-3), None, act_bits=7)
+    with cpu_kernels.use_isa(isa):
+        out = cpu_kernels.int8_linear_packed(x, packed)
+    expected = int8_linear_packed_ref(x, packed)
+    assert expected[0, 0] == pytest.approx(k * 1e-3 * 127 / 63 * 63 * (1 / 63) * 63, rel=1e-5)
+    torch.testing.assert_close(out, expected, atol=0, rtol=1e-6)
+
+
+def test_packed_weight_layout_for_7bit_activations():
+    from bertrt.ops.int8_linear import pack_int8_weight
+
+    w_q = torch.arange(-90, 90, dtype=torch.int8).view(20, 9)
+    packed = pack_int8_weight(w_q, torch.ones(20), act_bits=7)
+    assert packed.act_bits == 7
+    assert packed.data.shape == (2, 4, 16, 4)  # K = 9 -> 2 octs = 4 quads
+    assert packed.data[1, 2, 3, 0] == packed.w7[19, 8] + 63  # offset into [0, 126]
+    assert packed.data.min() >= 0 and packed.data.max() <= 126
+    assert (packed.data[1, 2, :, 1:] == 0).all() and (packed.data[:, 3] == 0).all()  # padding stays 0
+    assert packed.col_sums[19] == packed.w7[19].sum()
+    with pytest.raises(ValueError, match="act_bits"):
+        pack_int8_weight(w_q, torch.ones(20), act_bits=4)
 
 
 def test_packed_weight_layout_and_7bit_requantization():
@@ -245,3 +286,6 @@ def test_packed_rejects_bad_inputs():
         cpu_kernels.int8_linear_packed(torch.randn(2, 8), packed, "none", 0.0)
     with pytest.raises(ValueError, match="zero point"):
         cpu_kernels.int8_linear_packed(torch.randn(2, 8), packed, "none", 0.1, 200)
+    packed7 = pack_int8_weight(torch.ones(4, 8, dtype=torch.int8), torch.ones(4), act_bits=7)
+    with pytest.raises(ValueError, match=r"zero point must be in \[-64, 63\]"):
+        cpu_kernels.int8_linear_packed(torch.randn(2, 8), packed7, "none", 0.1, 100)

@@ -82,7 +82,8 @@ def _outputs(model, ckpt, texts, task):
 
 def test_config_roundtrip_and_validation():
     for config in (Bf16Config(keep=("head",)), Fp16Config(), Int8DynamicConfig(keep=("layer.0", "qkv")),
-                   Int8StaticConfig(method="entropy", smoothquant_alpha=0.5, symmetric=True)):
+                   Int8StaticConfig(method="entropy", smoothquant_alpha=0.5, symmetric=True),
+                   Int8DynamicConfig(act_bits=7), Int8StaticConfig(act_bits=7)):
         assert config_from_dict(json.loads(json.dumps(config.to_dict()))) == config
     with pytest.raises(InputError, match="calibration method"):
         Int8StaticConfig(method="mse")
@@ -90,6 +91,9 @@ def test_config_roundtrip_and_validation():
         Int8StaticConfig(smoothquant_alpha=1.5)
     with pytest.raises(InputError, match="kernel"):
         Int8DynamicConfig(kernel="amx")
+    for bad in (6, 8.5, True, "7"):
+        with pytest.raises(InputError, match="act_bits"):
+            Int8DynamicConfig(act_bits=bad)
     with pytest.raises(InputError, match="unknown fields"):
         config_from_dict({"type": "int8-dynamic", "bogus": 1})
     assert Int8DynamicConfig(keep="head").keep == ("head",)
@@ -114,6 +118,42 @@ def test_int8_linear_dynamic_matches_reference(kernel):
     expected = int8_linear_ref(x_q, x_scale, w_q, w_scale, q.bias)
     torch.testing.assert_close(q(x), expected, atol=1e-5, rtol=1e-5)
     assert rep.sqnr_db(linear(x).detach(), q(x)) > 30
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_int8_linear_7bit_activations_agree_across_kernels(kernel, mode):
+    """act_bits 7 puts the activations on a 7-bit grid in every kernel: each kernel matches the
+    packed kernel's reference (same grid, 7-bit weights where the kernel uses them) and keeps a
+    7-bit SQNR (~6 dB below 8-bit) against the float layer."""
+    from bertrt.ops.int8_linear import int8_linear_packed_ref, pack_int8_weight, static_params_for
+
+    torch.manual_seed(2)
+    linear = nn.Linear(72, 40)
+    x = torch.rand(11, 72) * 4 - 1.0
+    static = dict(input_scale=4.0 / 255, input_zero_point=-64) if mode == "static" else {}
+    q = Int8Linear.from_float(linear, mode=mode, kernel=kernel, act_bits=7, **static)
+    assert "act_bits=7" in repr(q)
+    y = q(x)
+    assert rep.sqnr_db(linear(x).detach(), y) > 24
+    args = static_params_for(7, static["input_scale"], static["input_zero_point"]) if static else (None, 0)
+    if static:
+        assert args[1] == round(-64 * 127 / 255) and args[0] == pytest.approx(4.0 / 127)
+    seven_bit_weights = kernel == "packed" or (kernel == "onednn" and not has_int8_dot())
+    if seven_bit_weights:  # the packed kernel's own reference: exact integer product, float epilogue
+        expected = int8_linear_packed_ref(x, pack_int8_weight(q.weight, q.weight_scale, q.bias, 7), "none", *args)
+        torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-5)
+    else:  # 8-bit weights, the same 7-bit activations
+        scale, zp = args if static else (None, 0)
+        if static:
+            x_q = torch.round(x / scale).add_(zp).clamp_(-64, 63)
+            expected = ((x_q - zp) * scale) @ (q.weight.float() * q.weight_scale[:, None]).t() + q.bias
+        else:
+            x_q, x_scale = quantize_per_token(x, 63)
+            expected = int8_linear_ref(x_q, x_scale, q.weight, q.weight_scale, q.bias)
+        torch.testing.assert_close(y, expected, atol=1e-4, rtol=1e-4)
+    q8 = Int8Linear.from_float(linear, mode=mode, kernel=kernel, **static)
+    assert rep.sqnr_db(linear(x).detach(), q8(x)) > rep.sqnr_db(linear(x).detach(), y)  # the bit it costs
 
 
 def test_int8_linear_static_asymmetric_paths_agree():
@@ -157,6 +197,18 @@ def test_dynamic_sqnr_per_layer(embed_ckpt, kernel):
     sqnr = rep.layer_sqnr(embed_ckpt.model, model, batches, "embed")
     assert len(sqnr) == 4 * embed_ckpt.config.num_hidden_layers
     assert min(sqnr.values()) >= DYNAMIC_FLOOR_DB, sqnr
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_dynamic_7bit_sqnr_per_layer(embed_ckpt, kernel):
+    """A 7-bit activation grid costs ~6 dB per layer against 8 bits."""
+    model = _quantized(embed_ckpt, Int8DynamicConfig(kernel=kernel, act_bits=7))
+    batches = calib.text_batches(HELD_OUT, embed_ckpt.tokenizer)
+    sqnr = rep.layer_sqnr(embed_ckpt.model, model, batches, "embed")
+    assert len(sqnr) == 4 * embed_ckpt.config.num_hidden_layers
+    assert min(sqnr.values()) >= DYNAMIC_FLOOR_DB - 6, sqnr
+    fid = rep.fidelity(embed_ckpt.model, model, HELD_OUT, embed_ckpt.tokenizer, "embed")
+    assert fid["cosine_min"] > 0.98
 
 
 @pytest.mark.parametrize("method", ["minmax", "percentile", "entropy"])
@@ -303,7 +355,8 @@ def test_config_that_does_not_fit(embed_ckpt, classify_ckpt):
 
 
 @pytest.mark.parametrize("config", [Int8StaticConfig(smoothquant_alpha=0.5), Int8DynamicConfig(keep=("head",)),
-                                    Bf16Config(keep=("embeddings",))], ids=["static", "dynamic", "bf16"])
+                                    Int8DynamicConfig(act_bits=7), Bf16Config(keep=("embeddings",))],
+                         ids=["static", "dynamic", "dynamic-a7", "bf16"])
 def test_save_load_roundtrip(classify_ckpt, tiny_model_dirs, tmp_path, config):
     model = _quantized(classify_ckpt, config)
     out = save_quantized(model, tmp_path / "q", tiny_model_dirs["classify"])

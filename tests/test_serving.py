@@ -49,8 +49,8 @@ def minilm_reference(minilm_dir):
     return bertrt.load(minilm_dir, device="cpu", kernels="torch")
 
 
-def _engine(path, delay: float = 0.0):
-    engine = bertrt.load(path, device="cpu", kernels="torch")
+def _engine(path, delay: float = 0.0, kernels: str = "torch"):
+    engine = bertrt.load(path, device="cpu", kernels=kernels)
     engine.runner = SlowRunner(engine.runner, delay)
     return engine
 
@@ -85,6 +85,73 @@ def test_batcher_groups_by_token_budget_and_returns_each_result_to_its_caller():
     assert results == [[("embed" if i % 3 else "classify", i)] for i in range(8)]
     assert all(sum(lengths) <= 20 and len(lengths) <= 4 for _, lengths in runs)
     assert len(runs) < 8, "concurrent requests should share batches"
+
+
+def test_batcher_workers_run_batches_at_once_and_keep_results_apart():
+    """Two workers: two batches run at the same time (a barrier both must reach), each caller still
+    gets its own result, and ``active`` counts the running batches."""
+    import threading
+
+    barrier = threading.Barrier(2, timeout=10)
+    seen_active = []
+
+    def run(ids, type_ids, task):
+        seen_active.append(batcher.active)
+        barrier.wait()  # raises BrokenBarrierError unless another batch runs now
+        return [x[0] * 10 for x in ids]
+
+    async def main():
+        await batcher.start()
+        first = asyncio.ensure_future(batcher.run([[1, 2]], [[0, 0]], "embed", timeout=20))
+        await asyncio.sleep(0.05)  # the first batch is running (waiting at the barrier)
+        second = await batcher.run([[3, 4], [5]], [[0, 0], [0]], "embed", timeout=20)
+        result = (await first, second)
+        await batcher.close()
+        return result
+
+    batcher = DynamicBatcher(run, max_wait_ms=1, workers=2)
+    assert asyncio.run(main()) == ([10], [30, 50])
+    assert max(seen_active) == 2 and batcher.active == 0
+    with pytest.raises(ValueError, match="workers"):
+        DynamicBatcher(run, workers=0)
+
+
+def test_worker_thread_budget_splits_the_cores():
+    """While two batches run, each kernel call of a worker gets cores // 2 threads; alone, all."""
+    import torch
+    from bertrt.ops import cpu_kernels
+    from bertrt.serving.config import ServeConfig
+    from bertrt.serving.state import ServerState, batch_workers
+
+    assert cpu_kernels._threads() == torch.get_num_threads()
+    with cpu_kernels.thread_budget(lambda: 0):
+        assert cpu_kernels._threads() == 1  # never below one
+    engine = bertrt.load(device="cpu")  # the bundled MiniLM on bertrt's CPU GEMM
+    if engine.runner.model.plan.gemm != "cpu":
+        pytest.skip("bertrt's CPU GEMM is not built here")
+    state = ServerState(engine, ServeConfig(workers=2))
+    assert state.workers == 2
+    budgets = []
+    engine_run = engine.run_encodings
+
+    def recording_run(ids, types, task):
+        budgets.append(cpu_kernels._threads())
+        return engine_run(ids, types, task)
+
+    engine.run_encodings = recording_run
+    try:
+        state.batcher.active = 2
+        state._run([[101, 102]], [[0, 0]], "embed")
+        state.batcher.active = 1
+        state._run([[101, 102]], [[0, 0]], "embed")
+    finally:
+        state.batcher.active = 0
+        engine.run_encodings = engine_run
+    assert budgets == [max(1, state._cores // 2), state._cores]
+    torch_engine = bertrt.load(device="cpu", kernels="torch")
+    assert batch_workers(torch_engine, 0)[0] == 1
+    with pytest.raises(bertrt.errors.InputError, match="workers=2 needs bertrt's CPU GEMMs"):
+        batch_workers(torch_engine, 2)
 
 
 # -- KServe v2 with tritonclient -----------------------------------------------------------------------
@@ -215,9 +282,14 @@ def test_classify_ner_qa_endpoints_match_engine(tiny_model_dirs):
 # -- concurrency: 500 mixed requests, none lost or swapped ---------------------------------------------
 
 
-def test_500_concurrent_mixed_requests_all_answered_correctly(classify_dir):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_500_concurrent_mixed_requests_all_answered_correctly(classify_dir, workers):
+    """With one batch at a time (torch kernels) and with two at once (bertrt's CPU kernels, which
+    the workers split the cores for)."""
     reference = bertrt.load(classify_dir, device="cpu", kernels="torch")
-    engine = _engine(classify_dir)
+    engine = _engine(classify_dir, delay=0.002 * (workers - 1), kernels="torch" if workers == 1 else "auto")
+    if workers == 2 and engine.runner.model.plan.gemm != "cpu":
+        pytest.skip("bertrt's CPU GEMM is not built here")
     count = 500
     texts = [sentence(i, words=3 + i % 20) for i in range(count)]
     expected_embed = reference.embed(texts)
@@ -237,7 +309,7 @@ def test_500_concurrent_mixed_requests_all_answered_correctly(classify_dir):
         async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
             return await asyncio.wait_for(asyncio.gather(*(one(client, i) for i in range(count))), 80)
 
-    with LiveServer(engine, max_queue=4096, max_wait_ms=5) as server:
+    with LiveServer(engine, max_queue=4096, max_wait_ms=5, workers=workers) as server:
         results = asyncio.run(main(server.url))
         metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
     assert len(results) == count
@@ -252,6 +324,7 @@ def test_500_concurrent_mixed_requests_all_answered_correctly(classify_dir):
             got = np.array([d["embedding"] for d in data], dtype=np.float32)
             np.testing.assert_allclose(got, expected_embed[rows], atol=1e-5)
     assert max(engine.runner.batches) > 1, "concurrent requests should have been batched"
+    assert engine.runner.most_running == workers
     assert 'bertrt_requests_total{code="200",endpoint="/v1/embeddings"}' in metrics
     assert "bertrt_batch_size_bucket" in metrics and "bertrt_queue_depth" in metrics
 

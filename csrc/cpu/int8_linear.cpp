@@ -206,44 +206,59 @@ void run_out(const Int8LinearArgs& a) {
 
 // ---- packed dynamic/static path: float x in, weights packed once ---------------------------------
 //
-// x is quantized inside the call (per token, or with the static scale and zero point) to u8 = q + 128,
-// so vpmaddubsw takes it as its unsigned operand and the weight as the signed one, without the sign
-// trick's extra instruction: 3 instructions per 32 multiply-adds, about 1.5x the FP32 FMA rate here.
-// u8 x s8 pair sums stay below 2^15 only for |w| <= 63, so the weights are 7-bit (the Python side
-// requantizes them when it packs). The +128 comes back out through the column sums:
-//   sum_k (q + 128) w = sum_k q w + 128 colsum,  y = s_x s_w (acc - (128 + z) colsum) + bias.
+// x is quantized inside the call (per token, or with the static scale and zero point) and multiplied
+// by weights packed once. Two schemes, both exact in int32:
+//
+// act_bits 8: u8 = q + 128 is vpmaddubsw's unsigned operand, the weight its signed one. u8 x s8 pair
+//   sums stay below 2^15 only for |w| <= 63, so the weights are 7-bit (the Python side requantizes
+//   them when it packs). vpmaddwd widens the pairs to int32: 3 instructions per 32 multiply-adds, and
+//   two of them use the integer multiplier, so this runs at about the FP32 FMA rate on AVX2 cores.
+//     sum_k (q + 128) w = sum_k q w + 128 colsum,  y = s_x s_w (acc - (128 + z) colsum) + bias.
+// act_bits 7: u = q + 64 in [0, 127] and w' = w + 63 in [0, 126]. Every pair sum is then in
+//   [0, 32004], so two of them (8 k) add in 16 bits without overflow as unsigned (<= 64008), and the
+//   widening needs no multiplier: with x = that u16 pair viewed as int32 lanes (lo + 65536 hi),
+//     A += x,  H += x >> 16  =>  sum (lo + hi) = A - (H << 16) + H  (mod 2^32; the true sum < 2^31).
+//   One multiplier instruction per 32 multiply-adds instead of two: about 1.7x the rate of act_bits 8
+//   in a register-only loop. The offsets come back out as
+//     sum_k (u - 64 - z)(w' - 63) = S - 63 rowsum(u) - (64 + z) colsum(w),
+//   zero padding (u = 0, w' = 0) adding nothing to S, rowsum(u) or colsum(w).
 // Packed layout: panels of 16 columns, k in quads: [panel][quad][column 0..15][4 bytes].
-constexpr int kQ8Panel = 16, kQ8Rows = 4;
+constexpr int kQ8Panel = 16, kQ8Rows = 4, kQ7Rows = 2;
 constexpr int64_t kQ8Mc = 128;
 
-void quantize_rows(const Int8PackedLinearArgs& a, int64_t k_padded, uint8_t* xq, float* x_scale) {
-  const bool dynamic = a.input_scale == nullptr;
+// Quantizes rows of x into xq (row stride k_padded); fills x_scale and, for act_bits 7, row_sums.
+void quantize_rows(const Int8PackedLinearArgs& a, int64_t k_padded, uint8_t* xq, float* x_scale,
+                   int32_t* row_sums) {
+  const bool dynamic = a.input_scale == nullptr, seven = a.act_bits == 7;
+  const float offset = seven ? 64.0f : 128.0f, qmax = seven ? 63.0f : 127.0f;
 #pragma omp for schedule(static)
   for (int64_t r = 0; r < a.m; ++r) {
     const float* xr = a.x + r * a.ldx;
     uint8_t* dst = xq + r * k_padded;
-    float scale, zero_point = 0.0f, lo = -127.0f;
-    if (dynamic) {  // symmetric per token, as quantize_per_token: scale = max|x| / 127 (>= 1e-8 / 127)
+    float scale, zero_point = 0.0f, lo = -qmax;
+    if (dynamic) {  // symmetric per token, as quantize_per_token: scale = max|x| / qmax (>= 1e-8 / qmax)
       float amax = 0.0f;
       int64_t t = 0;
       Vec vmax_abs = vzero();
       for (; t + W <= a.k; t += W) vmax_abs = vmax(vmax_abs, vabs(vload(xr + t)));
       amax = vreduce_max(vmax_abs);
       for (; t < a.k; ++t) amax = std::fmax(amax, std::fabs(xr[t]));
-      scale = std::fmax(amax, 1e-8f) / 127.0f;
+      scale = std::fmax(amax, 1e-8f) / qmax;
     } else {
       scale = *a.input_scale;
       zero_point = float(a.input_zero_point);
-      lo = -128.0f;
+      lo = -qmax - 1.0f;
     }
     x_scale[r] = scale;
     int64_t t = 0;
+    int32_t sum = 0;
 #if defined(BERTRT_ISA_AVX2) || defined(BERTRT_ISA_AVX512)
     // 32 values a step: divide (not multiply by 1/scale: torch divides), round to even, shift to
-    // u8, then pack 4 x 8 int32 -> 32 bytes and undo the packs' lane interleave.
-    const __m256 vs = _mm256_set1_ps(scale), vz = _mm256_set1_ps(zero_point + 128.0f);
-    const __m256 vlo = _mm256_set1_ps(lo + 128.0f), vhi = _mm256_set1_ps(255.0f);
+    // unsigned, then pack 4 x 8 int32 -> 32 bytes and undo the packs' lane interleave.
+    const __m256 vs = _mm256_set1_ps(scale), vz = _mm256_set1_ps(zero_point + offset);
+    const __m256 vlo = _mm256_set1_ps(lo + offset), vhi = _mm256_set1_ps(qmax + offset);
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    __m256i vsum = _mm256_setzero_si256();
     for (; t + 32 <= a.k; t += 32) {
       __m256i q[4];
       for (int v = 0; v < 4; ++v) {
@@ -251,22 +266,31 @@ void quantize_rows(const Int8PackedLinearArgs& a, int64_t k_padded, uint8_t* xq,
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
         f = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(f, vz), vlo), vhi);
         q[v] = _mm256_cvtps_epi32(f);
+        vsum = _mm256_add_epi32(vsum, q[v]);
       }
-      const __m256i bytes = _mm256_packus_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+      const __m256i bytes =
+          _mm256_packus_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + t), _mm256_permutevar8x32_epi32(bytes, order));
     }
+    alignas(32) int32_t lanes[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), vsum);
+    for (int v = 0; v < 8; ++v) sum += lanes[v];
 #endif
     for (; t < a.k; ++t) {
       float q = std::nearbyint(xr[t] / scale) + zero_point;  // ties to even, like torch.round
-      q = std::fmin(std::fmax(q, lo), 127.0f);
-      dst[t] = uint8_t(int(q) + 128);
+      q = std::fmin(std::fmax(q, lo), qmax);
+      dst[t] = uint8_t(int(q + offset));
+      sum += int32_t(dst[t]);
     }
-    for (int64_t t = a.k; t < k_padded; ++t) dst[t] = 128;  // meets zero weights
+    // act_bits 8: 128 meets zero weights; act_bits 7: 0 meets zero (offset) weights and keeps rowsum
+    for (int64_t t = a.k; t < k_padded; ++t) dst[t] = seven ? 0 : 128;
+    if (row_sums) row_sums[r] = sum;
   }
 }
 
 template <int MR>
-void q8_tile(const uint8_t* x, int64_t k_padded, const int8_t* panel, int64_t quads, int32_t (*acc)[kQ8Panel]) {
+void q8_tile(const uint8_t* x, int64_t k_padded, const int8_t* panel, int64_t quads,
+             int32_t (*acc)[kQ8Panel]) {
 #if defined(BERTRT_ISA_AVX2) || defined(BERTRT_ISA_AVX512)
   const __m256i ones = _mm256_set1_epi16(1);
   __m256i c[MR][2];
@@ -298,14 +322,52 @@ void q8_tile(const uint8_t* x, int64_t k_padded, const int8_t* panel, int64_t qu
 #endif
 }
 
+// act_bits 7: S = sum_k u w' for MR rows x 16 columns; quads is even (see the layout note above).
+// Two rows keep the 8 accumulators (A and H per row and 8 columns) and the oct's 4 weight vectors in
+// the 16 ymm registers; three rows spill accumulators on AVX2 (measured 8% slower).
+template <int MR>
+void q7_tile(const uint8_t* x, int64_t k_padded, const int8_t* panel, int64_t quads,
+             int32_t (*acc)[kQ8Panel]) {
+#if defined(BERTRT_ISA_AVX2) || defined(BERTRT_ISA_AVX512)
+  __m256i sa[MR][2], sh[MR][2];
+  for (int i = 0; i < MR; ++i) sa[i][0] = sa[i][1] = sh[i][0] = sh[i][1] = _mm256_setzero_si256();
+  for (int64_t g = 0; g < quads; g += 2) {
+    const __m256i* w = reinterpret_cast<const __m256i*>(panel + g * 64);
+    const __m256i w0[2] = {_mm256_loadu_si256(w), _mm256_loadu_si256(w + 1)};
+    const __m256i w1[2] = {_mm256_loadu_si256(w + 2), _mm256_loadu_si256(w + 3)};
+    for (int i = 0; i < MR; ++i) {
+      int32_t x4[2];
+      std::memcpy(x4, x + i * k_padded + g * 4, 8);
+      const __m256i xb0 = _mm256_set1_epi32(x4[0]), xb1 = _mm256_set1_epi32(x4[1]);
+      for (int h = 0; h < 2; ++h) {
+        const __m256i pairs =
+            _mm256_add_epi16(_mm256_maddubs_epi16(xb0, w0[h]), _mm256_maddubs_epi16(xb1, w1[h]));
+        sa[i][h] = _mm256_add_epi32(sa[i][h], pairs);
+        sh[i][h] = _mm256_add_epi32(sh[i][h], _mm256_srli_epi32(pairs, 16));
+      }
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int h = 0; h < 2; ++h) {
+      const __m256i s =
+          _mm256_add_epi32(_mm256_sub_epi32(sa[i][h], _mm256_slli_epi32(sh[i][h], 16)), sh[i][h]);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc[i] + 8 * h), s);
+    }
+#else
+  q8_tile<MR>(x, k_padded, panel, quads, acc);  // plain u8 x s8 sums: the offset values are in [0, 126]
+#endif
+}
+
 template <int kAct>
 void q8_epilogue(const int32_t (*acc)[kQ8Panel], int rows, int cols, const float* x_scale,
-                 const Int8PackedLinearArgs& a, int64_t c0, float* y) {
-  const float offset = 128.0f + float(a.input_scale ? a.input_zero_point : 0);
+                 const int32_t* row_sums, const Int8PackedLinearArgs& a, int64_t c0, float* y) {
+  const int32_t zero_point = a.input_scale ? a.input_zero_point : 0;
+  const int32_t offset = (a.act_bits == 7 ? 64 : 128) + zero_point;
   alignas(64) float f[kQ8Panel];
   for (int i = 0; i < rows; ++i) {
+    const int32_t row_term = row_sums ? 63 * row_sums[i] : 0;
     for (int j = 0; j < kQ8Panel; ++j)  // the correction in int32 (exact), then one rounding to float
-      f[j] = float(acc[i][j] - int32_t(offset) * a.col_sums[c0 + j]);
+      f[j] = float(acc[i][j] - row_term - offset * a.col_sums[c0 + j]);
     const Vec xs = vset1(x_scale[i]);
     for (int v = 0; v < kQ8Panel / W; ++v) {
       Vec o = vmul(vmul(vload(f + v * W), xs), vload(a.w_scale + c0 + v * W));
@@ -320,14 +382,17 @@ void q8_epilogue(const int32_t (*acc)[kQ8Panel], int rows, int cols, const float
 
 template <int kAct>
 void run_packed(const Int8PackedLinearArgs& a) {
-  const int64_t m = a.m, n = a.n, quads = (a.k + 3) / 4, k_padded = quads * 4;
+  const bool seven = a.act_bits == 7;
+  const int64_t m = a.m, n = a.n, quads = seven ? (a.k + 7) / 8 * 2 : (a.k + 3) / 4, k_padded = quads * 4;
   const int64_t panels = (n + kQ8Panel - 1) / kQ8Panel;
+  const int tile_rows = seven ? kQ7Rows : kQ8Rows;
   uint8_t* xq = static_cast<uint8_t*>(std::aligned_alloc(64, size_t((m * k_padded + 63) / 64 * 64)));
   float* x_scale = alloc_floats(m);
+  int32_t* row_sums = seven ? reinterpret_cast<int32_t*>(alloc_floats(m)) : nullptr;
   const int threads = threads_for(m * n * a.k, int64_t(1) << 18, a.threads);
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
-    quantize_rows(a, k_padded, xq, x_scale);  // ends in the omp for's barrier
+    quantize_rows(a, k_padded, xq, x_scale, row_sums);  // ends in the omp for's barrier
     const int nt = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t p_begin = panels * t / nt, p_end = panels * (t + 1) / nt;
     alignas(64) int32_t acc[kQ8Rows][kQ8Panel];
@@ -337,20 +402,37 @@ void run_packed(const Int8PackedLinearArgs& a) {
         const int8_t* panel = a.packed_weight + p * quads * 64;
         const int64_t c0 = p * kQ8Panel;
         const int cols = int(n - c0 < kQ8Panel ? n - c0 : kQ8Panel);
-        for (int64_t r = m0; r < m0 + mb; r += kQ8Rows) {
-          const int rows = int(m0 + mb - r < kQ8Rows ? m0 + mb - r : kQ8Rows);
+        for (int64_t r = m0; r < m0 + mb; r += tile_rows) {
+          const int rows = int(m0 + mb - r < tile_rows ? m0 + mb - r : tile_rows);
           const uint8_t* xr = xq + r * k_padded;
-          switch (rows) {
-            case 4: q8_tile<4>(xr, k_padded, panel, quads, acc); break;
-            case 3: q8_tile<3>(xr, k_padded, panel, quads, acc); break;
-            case 2: q8_tile<2>(xr, k_padded, panel, quads, acc); break;
-            default: q8_tile<1>(xr, k_padded, panel, quads, acc); break;
+          if (seven) {
+            if (rows == 2)
+              q7_tile<2>(xr, k_padded, panel, quads, acc);
+            else
+              q7_tile<1>(xr, k_padded, panel, quads, acc);
+          } else {
+            switch (rows) {
+              case 4:
+                q8_tile<4>(xr, k_padded, panel, quads, acc);
+                break;
+              case 3:
+                q8_tile<3>(xr, k_padded, panel, quads, acc);
+                break;
+              case 2:
+                q8_tile<2>(xr, k_padded, panel, quads, acc);
+                break;
+              default:
+                q8_tile<1>(xr, k_padded, panel, quads, acc);
+                break;
+            }
           }
-          q8_epilogue<kAct>(acc, rows, cols, x_scale + r, a, c0, a.out + r * n + c0);
+          q8_epilogue<kAct>(acc, rows, cols, x_scale + r, seven ? row_sums + r : nullptr, a, c0,
+                            a.out + r * n + c0);
         }
       }
     }
   }
+  std::free(row_sums);
   std::free(x_scale);
   std::free(xq);
 }

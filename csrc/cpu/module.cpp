@@ -279,18 +279,24 @@ void linear(int isa, uintptr_t x, uintptr_t packed_weight, uintptr_t padded_bias
 
 void int8_linear_packed(int isa, uintptr_t x, uintptr_t packed_weight, uintptr_t col_sums, uintptr_t w_scale,
                         uintptr_t bias, uintptr_t input_scale, int input_zero_point, uintptr_t out, int64_t m,
-                        int64_t n, int64_t k, int64_t ldx, int activation, int threads) {
+                        int64_t n, int64_t k, int64_t ldx, int activation, int act_bits, int threads) {
   Int8PackedLinearArgs a{};
   const Isa chosen = checked_isa(isa);
   if (activation < 0 || activation > 2) throw py::value_error("activation code must be 0, 1 or 2");
   if (m < 0 || n <= 0 || k <= 0)
-    throw py::value_error("int8_linear_packed shapes must be m >= 0, n > 0, k > 0, got m=" + std::to_string(m) +
-                          " n=" + std::to_string(n) + " k=" + std::to_string(k));
+    throw py::value_error("int8_linear_packed shapes must be m >= 0, n > 0, k > 0, got m=" +
+                          std::to_string(m) + " n=" + std::to_string(n) + " k=" + std::to_string(k));
   if (ldx < k) throw py::value_error("x row stride " + std::to_string(ldx) + " < k=" + std::to_string(k));
-  if (input_zero_point < -128 || input_zero_point > 127)
-    throw py::value_error("input zero point must be in [-128, 127], got " + std::to_string(input_zero_point));
+  if (act_bits != 7 && act_bits != 8)
+    throw py::value_error("act_bits must be 7 or 8, got " + std::to_string(act_bits));
+  const int zp_lo = act_bits == 7 ? -64 : -128, zp_hi = act_bits == 7 ? 63 : 127;
+  if (input_zero_point < zp_lo || input_zero_point > zp_hi)
+    throw py::value_error("input zero point must be in [" + std::to_string(zp_lo) + ", " +
+                          std::to_string(zp_hi) + "] for act_bits " + std::to_string(act_bits) + ", got " +
+                          std::to_string(input_zero_point));
   // int32 accumulation of 7-bit x 8-bit products stays exact while k * 255 * 64 < 2^31.
-  if (k > (int64_t(1) << 17)) throw py::value_error("in_features must be <= 131072, got " + std::to_string(k));
+  if (k > (int64_t(1) << 17))
+    throw py::value_error("in_features must be <= 131072, got " + std::to_string(k));
   if (m == 0) return;
   for (auto [name, p] : {std::pair<const char*, uintptr_t>{"x", x},
                          {"packed_weight", packed_weight},
@@ -311,6 +317,7 @@ void int8_linear_packed(int isa, uintptr_t x, uintptr_t packed_weight, uintptr_t
   a.k = k;
   a.ldx = ldx;
   a.activation = activation;
+  a.act_bits = act_bits;
   a.threads = checked_threads(threads);
   py::gil_scoped_release release;
   variant(chosen).int8_linear_packed(a);
@@ -378,9 +385,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("int8_linear_packed", &int8_linear_packed, py::arg("isa"), py::arg("x"), py::arg("packed_weight"),
         py::arg("col_sums"), py::arg("w_scale"), py::arg("bias"), py::arg("input_scale"),
         py::arg("input_zero_point"), py::arg("out"), py::arg("m"), py::arg("n"), py::arg("k"), py::arg("ldx"),
-        py::arg("activation"), py::arg("threads"),
-        "float x -> quantize (per token, or static) -> u8 x 7-bit s8 GEMM with packed weights -> fused "
-        "epilogue; weights packed by bertrt.ops.int8_linear.pack_int8_weight.");
+        py::arg("activation"), py::arg("act_bits"), py::arg("threads"),
+        "float x -> quantize (per token, or static) to act_bits (8 or 7) -> GEMM with 7-bit packed weights "
+        "-> fused epilogue; weights packed by bertrt.ops.int8_linear.pack_int8_weight.");
   m.def("vector_exp", &vector_exp, py::arg("isa"), py::arg("x"), py::arg("out"), py::arg("n"),
         "The kernels' fast exp over n float32 values (for accuracy tests).");
 }

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError
-from .names import DEFAULT_SHAPES, PEER_NAMES, PRECISIONS
+from .names import DEFAULT_SHAPES, INT8_PRECISIONS, PEER_NAMES, PRECISIONS
 
 
 def default_precisions() -> str:
@@ -45,8 +45,8 @@ def register(subparsers) -> None:
     p.add_argument("--shapes", default=",".join(DEFAULT_SHAPES),
                    help="BATCHxLEN or BATCHxMIN-MAX (seeded random lengths), comma separated")
     p.add_argument("--precisions", default="auto",
-                   help="bertrt precisions, comma separated from fp32,bf16,int8, or none; auto: fp32,bf16 and int8 "
-                        "when bertrt.quant is there")
+                   help="bertrt precisions, comma separated from fp32,bf16,int8,int8a7 (int8 with 7-bit activations), "
+                        "or none; auto: fp32,bf16 and int8 when bertrt.quant is there")
     p.add_argument("--peers", default=",".join(PEER_NAMES), help="peers to run (none for bertrt only)")
     p.add_argument("--repeats", type=int, default=20, help="timed runs per row")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs before timing")
@@ -112,12 +112,12 @@ def _profile(config, out_dir: Path) -> int:
     results = {}
     for precision in config.precisions or ["fp32"]:
         engine = bertrt.load(config.model_dir, device="cpu", kernels=config.kernels,
-                             dtype={"fp32": "float32", "bf16": "bfloat16", "int8": "float32"}[precision])
-        if precision == "int8":
+                             dtype="bfloat16" if precision == "bf16" else "float32")
+        if precision in INT8_PRECISIONS:
             from ..quant.api import quantize_
             from ..quant.configs import Int8DynamicConfig
 
-            quantize_(engine, Int8DynamicConfig())
+            quantize_(engine, Int8DynamicConfig(**INT8_PRECISIONS[precision]))
         for spec in config.shapes:
             inputs = make_inputs(spec, config.model_dir / "vocab.txt", config.seed,
                                  engine.config.max_position_embeddings)

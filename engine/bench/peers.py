@@ -30,7 +30,7 @@ import torch
 
 from ..errors import BertrtError
 from ..model.heads import PoolingConfig, pool
-from .names import PEER_NAMES
+from .names import INT8_PRECISIONS, PEER_NAMES
 from .shapes import BenchInputs
 
 __all__ = ["PEER_NAMES", "BenchError", "Context", "Subject", "make_peer"]
@@ -118,7 +118,7 @@ class Bertrt(Subject):
 
     engine = "bertrt"
     ours = True
-    DTYPES = {"fp32": "float32", "bf16": "bfloat16", "int8": "float32"}
+    DTYPES = {"fp32": "float32", "bf16": "bfloat16", "int8": "float32", "int8a7": "float32"}
 
     def __init__(self, precision: str, kernels: str = "auto"):
         super().__init__()
@@ -129,7 +129,7 @@ class Bertrt(Subject):
         self.model = None
 
     def available(self) -> str | None:
-        if self.precision == "int8":
+        if self.precision in INT8_PRECISIONS:
             try:
                 from ..quant.api import quantize_  # noqa: F401
                 from ..quant.configs import Int8DynamicConfig  # noqa: F401
@@ -142,11 +142,11 @@ class Bertrt(Subject):
 
         self.model = bertrt.load(ctx.model_dir, device="cpu", dtype=self.DTYPES[self.precision],
                                  kernels=self.kernels)
-        if self.precision == "int8":
+        if self.precision in INT8_PRECISIONS:
             from ..quant.api import quantize_
             from ..quant.configs import Int8DynamicConfig
 
-            quantize_(self.model, Int8DynamicConfig())
+            quantize_(self.model, Int8DynamicConfig(**INT8_PRECISIONS[self.precision]))
         self.notes["backend"] = self.model.backend
 
     def run(self, inputs: BenchInputs):

@@ -10,7 +10,8 @@ chosen at import (override with ``BERTRT_CPU_ISA=<name>``); tests and benchmarks
     with use_isa("scalar"):
         y = bias_gelu(x, b)
 
-Threads: the kernels use ``torch.get_num_threads()`` OpenMP threads (same runtime as torch's).
+Threads: the kernels use ``torch.get_num_threads()`` OpenMP threads (same runtime as torch's), or
+what ``thread_budget`` says inside its scope.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import contextvars
 import math
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from bertrt import _C
@@ -90,8 +91,25 @@ def _isa_code() -> int:
     return _ISA_CODES[_forced_isa.get() or _DEFAULT_ISA]
 
 
+_thread_budget: contextvars.ContextVar[Callable[[], int] | None] = contextvars.ContextVar(
+    "bertrt_cpu_thread_budget", default=None)
+
+
+@contextlib.contextmanager
+def thread_budget(budget: Callable[[], int]) -> Iterator[None]:
+    """Kernel calls in this scope use ``budget()`` threads instead of ``torch.get_num_threads()``.
+    It is asked at every call, so concurrent inference workers can share the cores as they start
+    and finish (the server's workers pass "cores / workers running now")."""
+    token = _thread_budget.set(budget)
+    try:
+        yield
+    finally:
+        _thread_budget.reset(token)
+
+
 def _threads() -> int:
-    return torch.get_num_threads()
+    budget = _thread_budget.get()
+    return torch.get_num_threads() if budget is None else max(1, int(budget()))
 
 
 # ---- input checks ---------------------------------------------------------------------------------
@@ -434,6 +452,7 @@ def int8_linear_packed(x, packed, activation="none", input_scale=None, input_zer
         packed.in_features,
         x.stride(0),
         _ACTIVATION_CODES[activation],
+        packed.act_bits,
         _threads(),
     )
     return out

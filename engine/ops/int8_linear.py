@@ -67,11 +67,12 @@ def int8_linear_torch(x_q, x_scale, w_q, w_scale, bias=None, activation="none", 
     return _epilogue(acc, x_scale, w_scale, bias, activation).to(out_dtype)
 
 
-def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-row INT8: x (tokens, K) -> (x_q int8 (tokens, K), scale float32 (tokens,))."""
+def quantize_per_token(x: torch.Tensor, qmax: int = 127) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row INT8 on [-qmax, qmax] (127; 63 for 7-bit activations):
+    x (tokens, K) -> (x_q int8 (tokens, K), scale float32 (tokens,))."""
     amax = x.float().abs().amax(dim=-1).clamp_min(1e-8)
-    scale = amax / 127.0
-    x_q = torch.round(x.float() / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    scale = amax / float(qmax)
+    x_q = torch.round(x.float() / scale[:, None]).clamp_(-qmax, qmax).to(torch.int8)
     return x_q, scale
 
 
@@ -84,15 +85,20 @@ def int8_linear(x_q, x_scale, w_q, w_scale, bias=None, activation="none", out_dt
 Q8_PANEL = 16  # output columns per packed panel; fixed in csrc/cpu/int8_linear.cpp
 
 
+ACT_BITS = (8, 7)
+
+
 @dataclass(frozen=True)
 class PackedInt8Weight:
-    """An int8 weight in the packed CPU kernel's layout (u8 activations x 7-bit signed weights).
+    """An int8 weight in the packed CPU kernel's layout (7-bit signed weights).
 
-    data:     (ceil(N / 16), ceil(K / 4), 16, 4) int8; [p, g, j, t] = w7[16p + j, 4g + t], zero padded
+    data:     (ceil(N / 16), quads, 16, 4) int8; [p, g, j, t] = w7[16p + j, 4g + t], zero padded.
+              act_bits 7: quads is even and the values are offset, w7 + 63 in [0, 126] (padding 0)
     col_sums: (ceil(N / 16) * 16,) int32, sum over K of each column of w7
     w_scale:  (ceil(N / 16) * 16,) float32, the scale of w7 (the source scale * 127 / 63)
     bias:     (ceil(N / 16) * 16,) float32 or None
     w7:       (N, K) int8 with |w7| <= 63: the weight the kernel multiplies by (for the reference)
+    act_bits: 8 (activations u8 = q + 128) or 7 (u7 = q + 64; two products sum in 16 bits, faster)
     """
 
     data: torch.Tensor
@@ -100,6 +106,7 @@ class PackedInt8Weight:
     w_scale: torch.Tensor
     bias: torch.Tensor | None
     w7: torch.Tensor
+    act_bits: int = 8
 
     @property
     def out_features(self) -> int:
@@ -119,8 +126,17 @@ def to_7bit(w_q: torch.Tensor, w_scale: torch.Tensor) -> tuple[torch.Tensor, tor
     return w7, w_scale.float() * (127.0 / 63.0)
 
 
-def pack_int8_weight(w_q: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None = None) -> PackedInt8Weight:
-    """w_q (N, K) int8, w_scale (N,), bias (N,) or None -> PackedInt8Weight (requantized to 7 bits)."""
+def check_act_bits(act_bits: int) -> int:
+    if act_bits not in ACT_BITS:
+        raise ValueError(f"act_bits must be one of {ACT_BITS}, got {act_bits!r}")
+    return int(act_bits)
+
+
+def pack_int8_weight(w_q: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None = None,
+                     act_bits: int = 8) -> PackedInt8Weight:
+    """w_q (N, K) int8, w_scale (N,), bias (N,) or None -> PackedInt8Weight (requantized to 7 bits)
+    for activations of ``act_bits`` (8 or 7) bits."""
+    check_act_bits(act_bits)
     if w_q.dtype != torch.int8 or w_q.dim() != 2 or min(w_q.shape) < 1:
         raise ValueError(f"w_q must be (N, K) int8 with N, K >= 1, got {tuple(w_q.shape)} {w_q.dtype}")
     n, k = w_q.shape
@@ -128,9 +144,10 @@ def pack_int8_weight(w_q: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tenso
         raise ValueError(f"w_scale and bias must be ({n},), got {tuple(w_scale.shape)} and "
                          f"{None if bias is None else tuple(bias.shape)}")
     w7, scale7 = to_7bit(w_q.detach(), w_scale.detach())
-    panels, quads = -(-n // Q8_PANEL), -(-k // 4)
+    panels = -(-n // Q8_PANEL)
+    quads = -(-k // 8) * 2 if act_bits == 7 else -(-k // 4)
     padded = torch.zeros(panels * Q8_PANEL, quads * 4, dtype=torch.int8)
-    padded[:n, :k] = w7
+    padded[:n, :k] = w7 + 63 if act_bits == 7 else w7
     data = padded.view(panels, Q8_PANEL, quads, 4).permute(0, 2, 1, 3).contiguous()
 
     def pad(v, dtype):
@@ -140,22 +157,34 @@ def pack_int8_weight(w_q: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tenso
 
     col_sums = pad(w7.to(torch.int32).sum(1), torch.int32)
     return PackedInt8Weight(data, col_sums, pad(scale7, torch.float32),
-                            None if bias is None else pad(bias.detach().float(), torch.float32), w7)
+                            None if bias is None else pad(bias.detach().float(), torch.float32), w7, act_bits)
+
+
+def static_params_for(act_bits: int, input_scale: float, input_zero_point: int) -> tuple[float, int]:
+    """A static (scale, zero point) calibrated for int8 [-128, 127] -> the same real range on the
+    activation grid of ``act_bits`` bits ([-64, 63] for 7: scale * 255 / 127, zero point scaled)."""
+    if check_act_bits(act_bits) == 8:
+        return float(input_scale), int(input_zero_point)
+    zero_point = max(-64, min(63, round(int(input_zero_point) * 127 / 255)))
+    return float(input_scale) * 255.0 / 127.0, int(zero_point)
 
 
 def int8_linear_packed_ref(x: torch.Tensor, packed: PackedInt8Weight, activation: str = "none",
                            input_scale: float | None = None, input_zero_point: int = 0) -> torch.Tensor:
-    """What bertrt._C.int8_linear_packed computes: x (tokens, K) float -> quantize (per token when
-    input_scale is None, else x_q = round(x / s) + z in [-128, 127]) -> exact product with the 7-bit
-    weight -> y = s_x * s_w * (x_q - z) @ w7^T + bias -> activation. Returns (tokens, N) float32."""
+    """What bertrt._C.int8_linear_packed computes: x (tokens, K) float -> quantize to ``packed.act_bits``
+    bits (per token when input_scale is None: x_q = round(x / s) in [-q, q], q = 2^(bits-1) - 1; else
+    x_q = round(x / s) + z in [-q - 1, q], with s and z already on that grid: see static_params_for)
+    -> exact product with the 7-bit weight -> y = s_x * s_w * (x_q - z) @ w7^T + bias -> activation.
+    Returns (tokens, N) float32."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     x = x.float()
+    qmax = 2 ** (packed.act_bits - 1) - 1
     if input_scale is None:
-        x_q, x_scale = quantize_per_token(x)
+        x_q, x_scale = quantize_per_token(x, qmax)
         centred = x_q.double()
     else:
-        x_q = torch.round(x / input_scale).add_(input_zero_point).clamp_(-128, 127)
+        x_q = torch.round(x / input_scale).add_(input_zero_point).clamp_(-qmax - 1, qmax)
         x_scale = torch.full((x.shape[0],), float(input_scale))
         centred = (x_q - input_zero_point).double()
     n = packed.out_features

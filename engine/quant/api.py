@@ -196,7 +196,7 @@ def _int8_dynamic(model: BertModel, config: Int8DynamicConfig, context: Context)
     modules = dict(model.named_modules())
     meta = {}
     for name in targets:
-        q = Int8Linear.from_float(modules[name], mode="dynamic", kernel=config.kernel)
+        q = Int8Linear.from_float(modules[name], mode="dynamic", kernel=config.kernel, act_bits=config.act_bits)
         _set_module(model, name, q)
         meta[name] = _module_meta(q)
     return {"compute_dtype": _dtype_name(next(model.parameters()).dtype), "kept": kept, "modules": meta}
@@ -226,7 +226,7 @@ def _int8_static(model: BertModel, config: Int8StaticConfig, context: Context) -
         scale, zp = calib.activation_qparams(calibrator.stats[name], config.method, config.symmetric,
                                              config.percentile)
         q = Int8Linear.from_float(modules[name], mode="static", input_scale=scale, input_zero_point=zp,
-                                  smooth=smooth.get(name), kernel=config.kernel)
+                                  smooth=smooth.get(name), kernel=config.kernel, act_bits=config.act_bits)
         _set_module(model, name, q)
         meta[name] = _module_meta(q)
     return {"compute_dtype": _dtype_name(next(model.parameters()).dtype), "kept": kept, "modules": meta,
@@ -244,7 +244,7 @@ def restore_structure(model: BertModel, meta: dict) -> BertModel:
         dtype = torch.bfloat16 if isinstance(config, Bf16Config) else torch.float16
         _cast_handler(dtype)(model, config, Context())
     else:
-        kernel = getattr(config, "kernel", "auto")
+        kernel, act_bits = getattr(config, "kernel", "auto"), getattr(config, "act_bits", 8)
         for name, info in meta.get("modules", {}).items():
             if name not in modules or not isinstance(modules[name], nn.Linear):
                 raise InputError(f"quantization metadata names module {name!r}, which this model has no linear for")
@@ -253,6 +253,6 @@ def restore_structure(model: BertModel, meta: dict) -> BertModel:
                 raise InputError(f"quantization metadata for {name!r} says {info['out_features']}x{info['in_features']}"
                                  f", the model has {src.out_features}x{src.in_features}")
             _set_module(model, name, Int8Linear(info["in_features"], info["out_features"], info["bias"],
-                                                info["mode"], info.get("smooth", False), kernel))
+                                                info["mode"], info.get("smooth", False), kernel, act_bits))
     model.quantization = meta
     return model

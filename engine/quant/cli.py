@@ -23,6 +23,8 @@ def register(subparsers) -> None:
                    help="module kept in higher precision: embeddings, head, layer.N, qkv|attn_out|ffn_in|ffn_out, or "
                         "a glob on module names (repeatable)")
     p.add_argument("--kernel", default="auto", choices=("auto", "packed", "onednn", "op"), help="CPU int8 GEMM path")
+    p.add_argument("--act-bits", type=int, default=8, choices=(8, 7),
+                   help="activation bits for int8: 7 runs the AVX2 kernel ~1.4x faster at some fidelity cost")
     p.add_argument("--eval", default=None, metavar="FILE",
                    help="held-out texts for the report (JSON lines may carry a 'label'); default: none")
     p.add_argument("--no-latency", action="store_true", help="skip the fp32/bf16/quantized latency measurement")
@@ -39,9 +41,9 @@ def build_config(args):
     if args.config == "fp16":
         return Fp16Config(keep=keep)
     if args.config == "int8-dynamic":
-        return Int8DynamicConfig(keep=keep, kernel=args.kernel)
+        return Int8DynamicConfig(keep=keep, kernel=args.kernel, act_bits=args.act_bits)
     return Int8StaticConfig(keep=keep, method=args.method, percentile=args.percentile, symmetric=args.symmetric,
-                            smoothquant_alpha=args.smoothquant, kernel=args.kernel)
+                            smoothquant_alpha=args.smoothquant, kernel=args.kernel, act_bits=args.act_bits)
 
 
 def cmd_quantize(args) -> int:

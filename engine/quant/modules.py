@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from ..ops.int8_linear import quantize_per_token
+from ..ops.int8_linear import check_act_bits, quantize_per_token, static_params_for
 
 log = logging.getLogger("bertrt.quant")
 
@@ -98,14 +98,17 @@ class Int8Linear(nn.Module):
     weight (N, K) int8, weight_scale (N,) fp32, bias (N,) fp32 (when the source had one);
     static mode adds input_scale (1,) fp32 and input_zero_point (1,) int32 (x_q = round(x / s) + z in
     [-128, 127]); input_multiplier (K,) fp32 when SmoothQuant divided the activations (x -> x * m).
+    act_bits 7 (a config attribute, not a buffer) quantizes activations to [-63, 63] per token, or maps
+    the static range onto [-64, 63] (``static_params_for``), in every kernel.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, mode: str = "dynamic",
-                 smooth: bool = False, kernel: str = "auto"):
+                 smooth: bool = False, kernel: str = "auto", act_bits: int = 8):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.in_features, self.out_features, self.mode, self.kernel = in_features, out_features, mode, kernel
+        self.act_bits = check_act_bits(act_bits)
         self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.ones(out_features))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
@@ -117,7 +120,7 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, mode={self.mode}, "
-                f"smooth={self.input_multiplier is not None}, kernel={self.kernel}")
+                f"smooth={self.input_multiplier is not None}, kernel={self.kernel}, act_bits={self.act_bits}")
 
     def tensor_names(self) -> list[str]:
         """Names of the tensors a checkpoint must hold for this module."""
@@ -132,11 +135,13 @@ class Int8Linear(nn.Module):
 
     @classmethod
     def from_float(cls, linear: nn.Linear, mode: str = "dynamic", input_scale: float | None = None,
-                   input_zero_point: int = 0, smooth: torch.Tensor | None = None, kernel: str = "auto") -> Int8Linear:
+                   input_zero_point: int = 0, smooth: torch.Tensor | None = None, kernel: str = "auto",
+                   act_bits: int = 8) -> Int8Linear:
         """Quantize ``linear``. ``smooth`` (K,): SmoothQuant factors s; the weight's columns are multiplied
         by s and the activations by 1 / s at run time (folded into the quantization scale)."""
         weight = linear.weight.detach().float()
-        module = cls(linear.in_features, linear.out_features, linear.bias is not None, mode, smooth is not None, kernel)
+        module = cls(linear.in_features, linear.out_features, linear.bias is not None, mode, smooth is not None, kernel,
+                     act_bits)
         if smooth is not None:
             smooth = smooth.float().to(weight.device)
             weight = weight * smooth[None, :]
@@ -210,12 +215,18 @@ class Int8Linear(nn.Module):
         if key not in self._cache:
             for stale in [k for k in self._cache if isinstance(k, tuple) and k[0] == "packed"]:
                 del self._cache[stale]
-            self._cache[key] = pack_int8_weight(self.weight, self.weight_scale, self.bias)
+            self._cache[key] = pack_int8_weight(self.weight, self.weight_scale, self.bias, self.act_bits)
         xs = self._scaled_input(x).contiguous() if self.input_multiplier is not None else x.contiguous()
         if self.mode == "dynamic":
             return cpu_kernels.int8_linear_packed(xs, self._cache[key], activation)
-        return cpu_kernels.int8_linear_packed(xs, self._cache[key], activation, float(self.input_scale.item()),
-                                              int(self.input_zero_point.item()))
+        return cpu_kernels.int8_linear_packed(xs, self._cache[key], activation, *self._static_params())
+
+    def _static_params(self) -> tuple[float, int]:
+        """(scale, zero point) of the activations on this module's act_bits grid."""
+        return static_params_for(self.act_bits, float(self.input_scale.item()), int(self.input_zero_point.item()))
+
+    def _qmax(self) -> int:
+        return 2 ** (self.act_bits - 1) - 1
 
     def _scaled_input(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()
@@ -238,38 +249,37 @@ class Int8Linear(nn.Module):
         packed = self._packed()
         w_zp, w_scale = self._cache["w_zp"], self._cache["w_scale"]
         if self.mode == "dynamic":
-            x_u8, x_scale = quantize_per_token_u8(self._scaled_input(x))
-            y = torch.ops.onednn.qlinear_pointwise(x_u8, 1.0, 128, packed, w_scale, w_zp,
+            x_u8, x_scale = quantize_per_token_u8(self._scaled_input(x), self._qmax())
+            y = torch.ops.onednn.qlinear_pointwise(x_u8, 1.0, self._qmax() + 1, packed, w_scale, w_zp,
                                                    None, 1.0, 0, torch.float32, "none", [None], "")
             # per-token scale and bias after the int32 product: y = acc * s_w * s_x + b
             return torch.addcmul(self.bias, y, x_scale[:, None]) if self.bias is not None else y.mul_(x_scale[:, None])
-        scale = float(self.input_scale.item())
-        zp = int(self.input_zero_point.item()) + 128
-        x_u8 = quantize_static_u8(self._scaled_input(x), scale, zp)
+        scale, zp = self._static_params()
+        zp += 128
+        x_u8 = quantize_static_u8(self._scaled_input(x), scale, zp, 128.0 + self._qmax(), 127.0 - self._qmax())
         return torch.ops.onednn.qlinear_pointwise(x_u8, scale, zp, packed, w_scale, w_zp, self.bias, 1.0, 0,
                                                   torch.float32, "none", [None], "")
 
     def _forward_op(self, x: torch.Tensor) -> torch.Tensor:
         xs = self._scaled_input(x)
         if self.mode == "dynamic":
-            x_q, x_scale = quantize_per_token(xs)
+            x_q, x_scale = quantize_per_token(xs, self._qmax())
             return ops.int8_linear(x_q, x_scale, self.weight, self.weight_scale, self.bias, "none", torch.float32)
-        scale = self.input_scale.float()
-        zp = self.input_zero_point
-        x_q = torch.round(xs / scale).add_(zp.float()).clamp_(-128, 127).to(torch.int8)
-        x_scale = scale.expand(x_q.shape[0]).contiguous()
+        scale, zp = self._static_params()
+        x_q = torch.round(xs / scale).add_(float(zp)).clamp_(-self._qmax() - 1, self._qmax()).to(torch.int8)
+        x_scale = torch.full((x_q.shape[0],), scale, device=x_q.device)
         return ops.int8_linear(x_q, x_scale, self.weight, self.weight_scale, self._op_bias(), "none", torch.float32)
 
     def _op_bias(self) -> torch.Tensor | None:
         """Static asymmetric: the zero point's contribution -s_x * s_w[n] * z * sum_k w_q[n, k], folded
         into the bias so that the symmetric int8 op computes the exact asymmetric product."""
-        zp = int(self.input_zero_point.item())
+        scale, zp = self._static_params()
         if zp == 0:
             return self.bias
         key = ("op_bias", self._key(), self.input_scale._version, self.input_zero_point._version)
         if key not in self._cache:
             row_sum = self.weight.to(torch.int64).sum(1).float()
-            corr = -float(self.input_scale.item()) * zp * self.weight_scale * row_sum
+            corr = -scale * zp * self.weight_scale * row_sum
             self._cache[key] = corr + (self.bias if self.bias is not None else 0.0)
         return self._cache[key]
 
@@ -302,9 +312,10 @@ def quantize_per_token_u8(x: torch.Tensor, qmax: int = 127) -> tuple[torch.Tenso
     return x_u8, scale
 
 
-def quantize_static_u8(x: torch.Tensor, scale: float, zero_point_u8: int, hi: float = 255.0) -> torch.Tensor:
-    """x -> uint8 round(x / scale) + zero_point, saturated to [0, hi]."""
-    return torch.round(x * (1.0 / scale)).add_(float(zero_point_u8)).clamp_(0.0, hi).to(torch.uint8)
+def quantize_static_u8(x: torch.Tensor, scale: float, zero_point_u8: int, hi: float = 255.0,
+                       lo: float = 0.0) -> torch.Tensor:
+    """x -> uint8 round(x / scale) + zero_point, saturated to [lo, hi]."""
+    return torch.round(x * (1.0 / scale)).add_(float(zero_point_u8)).clamp_(lo, hi).to(torch.uint8)
 
 
 class KeepPrecision(nn.Module):

@@ -1,16 +1,21 @@
 """Dynamic batching: concurrent requests' sequences queue up and run together, padding-free.
 
-One worker task owns the queue. It takes the oldest waiting sequence, waits until the queue holds
-``max_batch_tokens`` tokens of that task or ``max_wait`` has passed since that sequence arrived,
-then runs every waiting sequence of the task that fits the budget as one packed batch in a
-dedicated single-thread executor, so the event loop never blocks on inference. While a batch runs,
-new arrivals queue and form the next batch, so under load batches grow by themselves and an idle
-server adds at most ``max_wait`` to a request's latency.
+Worker tasks (``workers``, one by default) share the queue. An idle worker takes the oldest waiting
+sequence, waits until the queue holds ``max_batch_tokens`` tokens of that task or ``max_wait`` has
+passed since that sequence arrived, then runs every waiting sequence of the task that fits the
+budget as one packed batch in an executor thread of its own, so the event loop never blocks on
+inference. While batches run, new arrivals queue and form the next batch, so under load batches
+grow by themselves and an idle server adds at most ``max_wait`` to a request's latency.
+
+With two workers on a CPU, two batches run at once, each on part of the cores (the run function
+reads ``active``: see ServerState). That overlaps one batch's serial parts (Python, packing,
+pooling) with the other's GEMMs, and one-thread GEMMs need no barriers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -65,8 +70,12 @@ class DynamicBatcher:
         max_queue: int = 1024,
         on_batch: Callable[[BatchStats], None] | None = None,
         on_queue_depth: Callable[[int], None] | None = None,
+        workers: int = 1,
     ):
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         self._run = run
+        self.workers = workers
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
@@ -76,28 +85,32 @@ class DynamicBatcher:
         self._queue: deque[_Item] = deque()
         self._tokens: dict[str, int] = {}  # tokens waiting, per task
         self._wakeup: asyncio.Event | None = None
-        self._worker: asyncio.Task | None = None
+        self._worker_tasks: list[asyncio.Task] = []
         self._executor: ThreadPoolExecutor | None = None
         self._closing = False
-        self.busy = False  # a batch is running
+        self._active_lock = threading.Lock()
+        self.active = 0  # batches running now (read by run functions from their threads)
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="bertrt-infer")
-        self._worker = asyncio.get_running_loop().create_task(self._work(), name="bertrt-batcher")
+        self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="bertrt-infer")
+        loop = asyncio.get_running_loop()
+        self._worker_tasks = [loop.create_task(self._work(), name=f"bertrt-batcher-{i}") for i in range(self.workers)]
 
     async def close(self, drain_timeout: float = 30.0) -> None:
         """Stop taking work, finish what is queued (up to drain_timeout seconds), stop the worker."""
         self._closing = True
         if self._wakeup is not None:
             self._wakeup.set()
-        if self._worker is not None:
+        if self._worker_tasks:
+            everyone = asyncio.gather(*self._worker_tasks)
             try:
-                await asyncio.wait_for(asyncio.shield(self._worker), drain_timeout)
+                await asyncio.wait_for(asyncio.shield(everyone), drain_timeout)
             except asyncio.TimeoutError:
-                self._worker.cancel()
+                for task in self._worker_tasks:
+                    task.cancel()
         for item in self._queue:
             if not item.future.done():
                 item.future.set_exception(Draining("server shut down before this request ran"))
@@ -112,6 +125,11 @@ class DynamicBatcher:
     @property
     def closing(self) -> bool:
         return self._closing
+
+    @property
+    def busy(self) -> bool:
+        """A batch is running."""
+        return self.active > 0
 
     # -- submitting ----------------------------------------------------------------------------------
 
@@ -180,7 +198,6 @@ class DynamicBatcher:
             batch = self._take(oldest.task, loop.time())
             if not batch:
                 continue
-            self.busy = True
             try:
                 stats, outputs = await loop.run_in_executor(self._executor, self._run_batch, batch, loop.time())
             except Exception as exc:  # the runner failed: every caller in the batch hears it
@@ -188,17 +205,21 @@ class DynamicBatcher:
                     if not item.future.done():
                         item.future.set_exception(exc)
                 continue
-            finally:
-                self.busy = False
             for item, output in zip(batch, outputs):
                 if not item.future.done():
                     item.future.set_result(output)
             self._on_batch(stats)
 
     def _run_batch(self, batch: list[_Item], started: float) -> tuple[BatchStats, list]:
-        begin = time.perf_counter()
-        outputs = self._run([list(i.ids) for i in batch], [list(i.type_ids) for i in batch], batch[0].task)
-        seconds = time.perf_counter() - begin
+        with self._active_lock:
+            self.active += 1
+        try:
+            begin = time.perf_counter()
+            outputs = self._run([list(i.ids) for i in batch], [list(i.type_ids) for i in batch], batch[0].task)
+            seconds = time.perf_counter() - begin
+        finally:
+            with self._active_lock:
+                self.active -= 1
         stats = BatchStats(
             batch[0].task, len(batch), sum(len(i.ids) for i in batch), seconds, [started - i.enqueued for i in batch]
         )

@@ -97,6 +97,7 @@ def cmd_serve(args) -> int:
         max_batch_tokens=args.max_batch_tokens,
         max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms,
+        workers=args.workers,
         max_queue=args.max_queue,
         timeout_s=args.timeout,
         max_body_bytes=args.max_body_bytes,
@@ -153,6 +154,10 @@ def register(subparsers) -> None:
     p.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size)
     p.add_argument(
         "--max-wait-ms", type=float, default=defaults.max_wait_ms, help="longest a sequence waits for a batch to fill"
+    )
+    p.add_argument(
+        "--workers", type=int, default=defaults.workers,
+        help="batches run at once on a CPU, sharing the cores (0: 2 when there are 2+ threads, else 1)",
     )
     p.add_argument(
         "--max-queue", type=int, default=defaults.max_queue, help="sequences waiting before new requests get 503"

@@ -16,6 +16,9 @@ class ServeConfig:
     max_batch_tokens: int = 8192
     max_batch_size: int = 256
     max_wait_ms: float = 2.0
+    # Batches that run at once, each on its share of the CPU cores (0: 2 on a CPU engine with 2+
+    # threads, else 1). See engine/serving/batcher.py.
+    workers: int = 0
     # Backpressure: sequences waiting (not yet in a running batch) before new requests get 503.
     max_queue: int = 1024
     timeout_s: float = 30.0
@@ -28,6 +31,8 @@ class ServeConfig:
         for name in ("max_batch_tokens", "max_batch_size", "max_queue", "max_body_bytes", "max_inputs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0 (0: automatic), got {self.workers}")
         if self.max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
         if self.timeout_s <= 0:

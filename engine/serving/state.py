@@ -20,19 +20,53 @@ INLINE_TEXTS = 8
 INLINE_CHARS = 4096
 
 
+def batch_workers(engine, requested: int) -> tuple[int, int]:
+    """(workers, cores): concurrent batches for ``engine`` and the threads they share. Several
+    workers only where bertrt's CPU kernels run the GEMMs (their thread count is set per call; torch's
+    GEMMs would oversubscribe the cores); 0 asks for 2 there when there are at least 2 threads."""
+    import torch
+
+    cores = torch.get_num_threads()
+    reason = _why_not_shared(engine)
+    if requested == 0:
+        return (2 if reason is None and cores >= 2 else 1), cores
+    if requested > 1 and reason is not None:
+        raise InputError(f"workers={requested} needs bertrt's CPU GEMMs: {reason}; use 1")
+    return requested, cores
+
+
+def _why_not_shared(engine) -> str | None:
+    """None when the engine's GEMMs are bertrt's CPU kernels (FP32 packed GEMM or INT8 packed)."""
+    runner = getattr(engine, "runner", None)
+    model = getattr(runner, "model", None)
+    if getattr(engine, "device", None) != "cpu" or model is None or not hasattr(model, "plan"):
+        return f"the engine runs on {getattr(engine, 'device', '?')} with backend {getattr(engine, 'backend', '?')}"
+    if model.plan.gemm == "cpu":
+        return None
+    from ..quant.modules import Int8Linear, has_int8_dot, packed_available
+
+    int8 = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    if int8 and packed_available() is None and all(m.kernel == "packed" or (m.kernel == "auto" and not has_int8_dot())
+                                                   for m in int8):
+        return None
+    return "its GEMMs run in torch (oneDNN/MKL threads)"
+
+
 class ServerState:
     def __init__(self, engine, config: ServeConfig):
         self.engine = engine
         self.config = config
         self.metrics = ServerMetrics()
+        self.workers, self._cores = batch_workers(engine, config.workers)
         self.batcher = DynamicBatcher(
-            engine.run_encodings,
+            self._run if self.workers > 1 else engine.run_encodings,
             config.max_batch_tokens,
             config.max_batch_size,
             config.max_wait_ms,
             config.max_queue,
             on_batch=self.metrics.observe_batch,
             on_queue_depth=self.metrics.queue_depth.set,
+            workers=self.workers,
         )
         # Small requests are tokenized inline on the event loop (tens of microseconds; a thread hop
         # would cost more), big ones on the tokenizer thread. The tokenizer is thread-safe; the lock
@@ -43,6 +77,14 @@ class ServerState:
         self.draining = False
         model_task = engine.config.task
         self.tasks = ("embed",) if model_task == "embed" else ("embed", model_task)
+
+    def _run(self, ids, type_ids, task):
+        """Engine.run_encodings on this worker's share of the cores: all of them while it runs alone,
+        cores / workers while the others run too (asked at every kernel call)."""
+        from ..ops import cpu_kernels
+
+        with cpu_kernels.thread_budget(lambda: self._cores // max(1, self.batcher.active)):
+            return self.engine.run_encodings(ids, type_ids, task)
 
     @property
     def model_name(self) -> str:
