@@ -174,14 +174,15 @@ async def drive(url: str, texts: list[str], concurrency: int, duration: float, w
 
 
 def servers(model: str | None, device: str, threads: int | None, max_wait_ms: float,
-            also: dict[str, str] | None = None) -> list[ServerProcess]:
+            also: dict[str, str] | None = None, workers: int = 1) -> list[ServerProcess]:
     """bertrt on ``model``, one more bertrt server per ``also`` entry (name -> checkpoint dir, e.g. a
     ``bertrt quantize`` output), and the baseline on ``model``; all with the same threads."""
     ours_port, base_port = free_port(), free_port()
 
     def serve_command(directory: str | None, port: int) -> list[str]:
         command = [sys.executable, "-m", "bertrt", "serve", *([directory] if directory else []), "--port", str(port),
-                   "--device", device, "--log-level", "warning", "--max-wait-ms", str(max_wait_ms)]
+                   "--device", device, "--log-level", "warning", "--max-wait-ms", str(max_wait_ms),
+                   "--workers", str(workers)]
         return command + (["--threads", str(threads)] if threads else [])
 
     ours = serve_command(model, ours_port)
@@ -212,13 +213,14 @@ def run(
     out: Path | None = ROOT / "bench-results",
     client: str = "aiohttp",
     also: dict[str, str] | None = None,
+    workers: int = 1,
 ) -> list[dict]:
     import bertrt
 
     engine_tokenizer = bertrt.load(model, device="cpu").tokenizer
     texts = make_texts(2000, engine_tokenizer)
     rows = []
-    for server in servers(model, device, threads, max_wait_ms, also):
+    for server in servers(model, device, threads, max_wait_ms, also, workers):
         with server:
             for c in concurrency:
                 result = asyncio.run(drive(server.url, texts, c, duration, warmup, client))
@@ -242,6 +244,7 @@ def run(
                 "client": client,
                 "model": model or "all-MiniLM-L6-v2 (bundled)",
                 "also": also or {},
+                "workers": workers,
             },
         )
     return rows
@@ -349,6 +352,7 @@ def main() -> None:
                         help="load generator's HTTP client (it runs on the same cores as the server)")
     parser.add_argument("--also", action="append", default=[], metavar="NAME=DIR",
                         help="one more bertrt server on checkpoint DIR (e.g. a bertrt quantize output); repeatable")
+    parser.add_argument("--workers", type=int, default=1, help="bertrt serve --workers (batches run at once)")
     args = parser.parse_args()
     also = {}
     for entry in args.also:
@@ -359,7 +363,7 @@ def main() -> None:
             parser.error(f"--also {entry!r}: {directory} is not a directory")
         also[name] = directory
     run(args.concurrency, args.duration, args.warmup, args.model, args.device, args.threads, args.max_wait_ms, args.out,
-        args.client, also)
+        args.client, also, args.workers)
 
 
 try:

@@ -18,6 +18,7 @@ from bertrt.train.distill import (  # noqa: E402
     default_layer_map,
     distill,
     init_from_teacher,
+    similarity_correlation_loss,
     similarity_mse,
     soft_label_kl,
     student_config,
@@ -148,6 +149,24 @@ def test_similarity_loss_compares_cosine_matrices():
     assert similarity_mse(a, 3 * a) < 1e-10  # scale-free: cosines only
     assert similarity_mse(a, torch.randn(6, 8)) > 1e-3
     assert similarity_mse(a[:1], a[:1]) == 0  # one row: no pair
+
+
+def test_similarity_correlation_loss_ignores_scale_and_shift_of_the_similarities():
+    torch.manual_seed(0)
+    t = torch.randn(7, 16)
+    assert similarity_correlation_loss(t, 2 * t) < 1e-6
+    # a student whose cosines are a squeezed, shifted copy of the teacher's: MSE sees a gap, the
+    # correlation none
+    direction = torch.randn(16)
+    t_unit = torch.nn.functional.normalize(t, dim=-1)
+    squeezed = 0.2 * t_unit + direction  # adds a shared component: all cosines move toward 1
+    assert similarity_mse(squeezed, t) > 1e-2
+    assert similarity_correlation_loss(squeezed, t) < similarity_correlation_loss(torch.randn(7, 16), t)
+    worse = similarity_correlation_loss(torch.randn(7, 16), t)
+    assert 0.3 < float(worse) < 1.7  # random embeddings: correlation near 0
+    assert similarity_correlation_loss(t[:2], t[:2]) == 0  # one pair: no correlation
+    loss = similarity_correlation_loss(t.clone().requires_grad_(), t + 0.1 * torch.randn(7, 16))
+    loss.backward()  # differentiable
 
 
 def test_second_stage_starts_from_the_earlier_student(setup, tmp_path):

@@ -149,7 +149,7 @@ def test_worker_thread_budget_splits_the_cores():
         engine.run_encodings = engine_run
     assert budgets == [max(1, state._cores // 2), state._cores]
     torch_engine = bertrt.load(device="cpu", kernels="torch")
-    assert batch_workers(torch_engine, 0)[0] == 1
+    assert batch_workers(torch_engine, 1)[0] == 1
     with pytest.raises(bertrt.errors.InputError, match="workers=2 needs bertrt's CPU GEMMs"):
         batch_workers(torch_engine, 2)
 

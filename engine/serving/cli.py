@@ -157,7 +157,7 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--workers", type=int, default=defaults.workers,
-        help="batches run at once on a CPU, sharing the cores (0: 2 when there are 2+ threads, else 1)",
+        help="batches run at once on a CPU, sharing the cores (bertrt's CPU GEMMs only)",
     )
     p.add_argument(
         "--max-queue", type=int, default=defaults.max_queue, help="sequences waiting before new requests get 503"

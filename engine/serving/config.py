@@ -16,9 +16,10 @@ class ServeConfig:
     max_batch_tokens: int = 8192
     max_batch_size: int = 256
     max_wait_ms: float = 2.0
-    # Batches that run at once, each on its share of the CPU cores (0: 2 on a CPU engine with 2+
-    # threads, else 1). See engine/serving/batcher.py.
-    workers: int = 0
+    # Batches that run at once, each on its share of the CPU cores (engines on bertrt's CPU GEMMs
+    # only). On the 2-core development machine 2 measured no faster than 1, with a longer p99 tail
+    # (docs/serving.md), so 1 is the default. See engine/serving/batcher.py.
+    workers: int = 1
     # Backpressure: sequences waiting (not yet in a running batch) before new requests get 503.
     max_queue: int = 1024
     timeout_s: float = 30.0
@@ -31,8 +32,8 @@ class ServeConfig:
         for name in ("max_batch_tokens", "max_batch_size", "max_queue", "max_body_bytes", "max_inputs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.workers < 0:
-            raise ValueError(f"workers must be >= 0 (0: automatic), got {self.workers}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
         if self.timeout_s <= 0:

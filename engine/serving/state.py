@@ -23,14 +23,12 @@ INLINE_CHARS = 4096
 def batch_workers(engine, requested: int) -> tuple[int, int]:
     """(workers, cores): concurrent batches for ``engine`` and the threads they share. Several
     workers only where bertrt's CPU kernels run the GEMMs (their thread count is set per call; torch's
-    GEMMs would oversubscribe the cores); 0 asks for 2 there when there are at least 2 threads."""
+    GEMMs would oversubscribe the cores)."""
     import torch
 
     cores = torch.get_num_threads()
-    reason = _why_not_shared(engine)
-    if requested == 0:
-        return (2 if reason is None and cores >= 2 else 1), cores
-    if requested > 1 and reason is not None:
+    reason = _why_not_shared(engine) if requested > 1 else None
+    if reason is not None:
         raise InputError(f"workers={requested} needs bertrt's CPU GEMMs: {reason}; use 1")
     return requested, cores
 

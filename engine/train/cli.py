@@ -106,7 +106,7 @@ def run_distill(args) -> int:
         temperature=args.temperature, columns=_columns(args), train=_train_config(args),
         weights=LossWeights(soft=args.w_soft, hard=args.w_hard, hidden=args.w_hidden, attention=args.w_attention,
                             embedding_mse=args.w_embedding_mse, embedding_cosine=args.w_embedding_cosine,
-                            similarity=args.w_similarity),
+                            similarity=args.w_similarity, similarity_correlation=args.w_similarity_correlation),
         latency=not args.no_latency,
         init_student=args.init_student,
     )
@@ -166,6 +166,8 @@ def register(subparsers) -> None:
     weights.add_argument("--w-embedding-cosine", type=float, default=1.0, help="1 - cosine of pooled embeddings")
     weights.add_argument("--w-similarity", type=float, default=10.0,
                          help="MSE of the in-batch cosine-similarity matrices (embedding)")
+    weights.add_argument("--w-similarity-correlation", type=float, default=0.0,
+                         help="1 - Pearson correlation of the in-batch similarity matrices (embedding)")
     parser.add_argument("--no-latency", action="store_true", help="skip the latency measurement in the report")
     _add_training_arguments(parser, learning_rate=1e-4)
     parser.set_defaults(func=run_distill)

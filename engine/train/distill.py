@@ -16,7 +16,10 @@ Losses (each weight configurable, 0 turns a term off):
   when head counts match, else of the head-averaged distributions.
 - embedding models: MSE and 1 - cosine between the pooled sentence embeddings, and MSE between the
   in-batch cosine-similarity matrices (relational distillation: it trains the pairwise similarity
-  structure that retrieval and the report's Spearman score depend on, not only each vector).
+  structure that retrieval and the report's Spearman score depend on, not only each vector), and
+  1 - the Pearson correlation of the off-diagonal entries of those matrices (scale-free: it weighs the
+  order of the many near-equal similarities of unrelated sentences, which the MSE barely sees and
+  a rank correlation counts as much as any other pairs).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ class LossWeights:
     # Cosines of unrelated sentences sit in a narrow band, so the matrix MSE is small (~1e-3 after
     # a few hundred steps); the weight brings its gradient to the size of the other terms.
     similarity: float = 10.0
+    similarity_correlation: float = 0.0
 
 
 @dataclass
@@ -160,6 +164,21 @@ def similarity_mse(student_embeddings: torch.Tensor, teacher_embeddings: torch.T
     return F.mse_loss((s @ s.T)[off_diagonal], (t @ t.T)[off_diagonal])
 
 
+def similarity_correlation_loss(student_embeddings: torch.Tensor, teacher_embeddings: torch.Tensor) -> torch.Tensor:
+    """embeddings (batch, dim) -> 1 - Pearson correlation between the off-diagonal entries of the two
+    (batch, batch) cosine-similarity matrices (0 when the student orders and spaces the pairs as the
+    teacher does, up to scale and shift)."""
+    batch = student_embeddings.shape[0]
+    if batch < 3:
+        return student_embeddings.new_zeros(())
+    s = F.normalize(student_embeddings, dim=-1)
+    t = F.normalize(teacher_embeddings, dim=-1)
+    rows, cols = torch.triu_indices(batch, batch, offset=1, device=s.device)
+    a, b = (s @ s.T)[rows, cols], (t @ t.T)[rows, cols]
+    a, b = a - a.mean(), b - b.mean()
+    return 1 - (a * b).sum() / (a.norm() * b.norm()).clamp(min=1e-12)
+
+
 def distill(config: DistillConfig) -> dict:
     """Train the student, save it to ``config.train.out_dir`` and, with an eval file, write the report."""
     task = config.task or detect_task(config.teacher_dir)
@@ -221,9 +240,12 @@ def distill(config: DistillConfig) -> dict:
                 parts["emb_cos"] = (1 - F.cosine_similarity(s_emb, t_emb, dim=-1)).mean()
             if weights.similarity:
                 parts["sim"] = similarity_mse(s_emb, t_emb)
+            if weights.similarity_correlation:
+                parts["sim_corr"] = similarity_correlation_loss(s_emb, t_emb)
             loss = (weights.embedding_mse * parts.get("emb_mse", 0.0)
                     + weights.embedding_cosine * parts.get("emb_cos", 0.0)
-                    + weights.similarity * parts.get("sim", 0.0))
+                    + weights.similarity * parts.get("sim", 0.0)
+                    + weights.similarity_correlation * parts.get("sim_corr", 0.0))
         else:
             token_mask = mask if task == "token" else None
             if weights.soft:
