@@ -419,6 +419,12 @@ def test_cli_quantize(tiny_model_dirs, tmp_path, capsys):
                  "--no-latency", "--out", str(tmp_path / "out2")])
     assert code == 2
     assert "is empty" in capsys.readouterr().err
+    code = main(["quantize", str(tiny_model_dirs["classify"]), "--act-bits", "7", "--no-latency",
+                 "--out", str(tmp_path / "out3")])
+    assert code == 0
+    loaded = load_quantized(tmp_path / "out3")
+    assert loaded.model.quantization["config"]["act_bits"] == 7
+    assert {m.act_bits for m in loaded.model.modules() if isinstance(m, Int8Linear)} == {7}
 
 
 def test_qdq_export(embed_ckpt, tmp_path):
