@@ -20,6 +20,7 @@ from bertrt.train.distill import (  # noqa: E402
     init_from_teacher,
     similarity_correlation_loss,
     similarity_mse,
+    similarity_pairs_mse,
     soft_label_kl,
     student_config,
 )
@@ -167,6 +168,69 @@ def test_similarity_correlation_loss_ignores_scale_and_shift_of_the_similarities
     assert similarity_correlation_loss(t[:2], t[:2]) == 0  # one pair: no correlation
     loss = similarity_correlation_loss(t.clone().requires_grad_(), t + 0.1 * torch.randn(7, 16))
     loss.backward()  # differentiable
+
+
+def test_similarity_pairs_mse_covers_batch_and_memory_pairs():
+    torch.manual_seed(0)
+    s, t = torch.randn(5, 8), torch.randn(5, 8)
+    empty = torch.zeros(0, 8)
+    assert torch.equal(similarity_pairs_mse(s, t, empty, empty), similarity_mse(s, t))
+    memory_s = torch.nn.functional.normalize(torch.randn(7, 8), dim=-1)
+    memory_t = torch.nn.functional.normalize(torch.randn(7, 8), dim=-1)
+    # brute force: every ordered in-batch pair off the diagonal, and every (batch row, memory row) pair
+    sn, tn = torch.nn.functional.normalize(s, dim=-1), torch.nn.functional.normalize(t, dim=-1)
+    errors = [float((sn[i] @ sn[j] - tn[i] @ tn[j]) ** 2) for i in range(5) for j in range(5) if i != j]
+    errors += [float((sn[i] @ memory_s[k] - tn[i] @ memory_t[k]) ** 2) for i in range(5) for k in range(7)]
+    expected = sum(errors) / len(errors)
+    assert abs(float(similarity_pairs_mse(s, t, memory_s, memory_t)) - expected) < 1e-6
+    student = s.clone().requires_grad_()
+    similarity_pairs_mse(student, t, memory_s, memory_t).backward()
+    assert student.grad is not None and student.grad.abs().sum() > 0
+
+
+def test_embedding_distillation_caches_the_teacher_and_resumes_with_memory(setup, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    from bertrt.train.data import collate, load_examples
+    from bertrt.train.models import Pooling, load_model, load_tokenizer
+
+    weights = LossWeights(hidden=0.0, attention=0.0, similarity=10.0)
+
+    def config(out, **train):
+        train = {"max_steps": 10, **train}
+        c = _config(setup, setup["embedder"], out, weights=weights, learning_rate=1e-3, checkpoint_every=4, **train)
+        c.similarity_memory, c.student_dropout = 24, 0.0
+        return c
+
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    distill(config(whole))
+    # the cache holds the teacher's pooled embedding of each training row, in file order
+    cache = torch.load(whole / "teacher_embeddings.pt", weights_only=True)["embeddings"]
+    tokenizer = load_tokenizer(setup["embedder"])
+    examples = load_examples("embedding", str(setup["train"]), tokenizer, 32, None)
+    assert cache.shape == (len(examples), 32)
+    teacher = load_model(setup["embedder"], "embedding").eval()
+    batch = collate([examples[i] for i in (0, 7, 33)])
+    batch.pop("labels", None)
+    with torch.no_grad():
+        direct = Pooling.from_dir(setup["embedder"])(teacher(**batch).last_hidden_state, batch["attention_mask"])
+    torch.testing.assert_close(cache[[0, 7, 33]], direct, atol=1e-5, rtol=1e-5)
+    # resumed mid-run (memory and all), the run ends where the uninterrupted one does
+    with pytest.raises(TrainingInterrupted):
+        distill(config(broken, stop_after=6))
+    distill(config(broken))
+    assert _history(whole) == _history(broken)
+    a, b = load_file(whole / "model.safetensors"), load_file(broken / "model.safetensors")
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    saved = AutoConfig.from_pretrained(str(whole))
+    assert saved.hidden_dropout_prob == 0.0 and saved.distillation["similarity_memory"] == 24
+    # with the cache off, the teacher runs each step: the same first loss
+    off = config(tmp_path / "off", max_steps=1)
+    off.teacher_cache = "off"
+    distill(off)
+    assert abs(_history(tmp_path / "off")[0]["loss"] - _history(whole)[0]["loss"]) < 1e-4
+    assert not (tmp_path / "off" / "teacher_embeddings.pt").exists()
 
 
 def test_second_stage_starts_from_the_earlier_student(setup, tmp_path):

@@ -109,6 +109,9 @@ def run_distill(args) -> int:
                             similarity=args.w_similarity, similarity_correlation=args.w_similarity_correlation),
         latency=not args.no_latency,
         init_student=args.init_student,
+        similarity_memory=args.similarity_memory,
+        student_dropout=args.student_dropout,
+        teacher_cache=args.teacher_cache,
     )
     try:
         results = distill(config)
@@ -168,6 +171,14 @@ def register(subparsers) -> None:
                          help="MSE of the in-batch cosine-similarity matrices (embedding)")
     weights.add_argument("--w-similarity-correlation", type=float, default=0.0,
                          help="1 - Pearson correlation of the in-batch similarity matrices (embedding)")
+    weights.add_argument("--similarity-memory", type=int, default=0, metavar="K",
+                         help="also match the similarities of each row with the K rows of earlier batches "
+                              "(embedding; 0: in-batch pairs only)")
+    parser.add_argument("--student-dropout", type=float, default=None,
+                        help="student dropout probability (default: the teacher's)")
+    parser.add_argument("--teacher-cache", default=None,
+                        help="file for the teacher's embeddings of --data, computed once (embedding runs with "
+                             "only pooled losses; default: <out>/teacher_embeddings.pt; 'off': every step)")
     parser.add_argument("--no-latency", action="store_true", help="skip the latency measurement in the report")
     _add_training_arguments(parser, learning_rate=1e-4)
     parser.set_defaults(func=run_distill)

@@ -20,6 +20,13 @@ Losses (each weight configurable, 0 turns a term off):
   1 - the Pearson correlation of the off-diagonal entries of those matrices (scale-free: it weighs the
   order of the many near-equal similarities of unrelated sentences, which the MSE barely sees and
   a rank correlation counts as much as any other pairs).
+  With ``similarity_memory = K`` the similarity MSE also covers the pairs of each row of the batch with
+  the K rows of the batches before it (their student embeddings as they were then, detached; "cross-batch
+  memory", Wang et al. 2020): K x batch pairs a step instead of batch^2 / 2, at the cost of one
+  (batch, K) matrix product.
+
+Embedding distillation with only pooled-embedding losses computes the teacher's embeddings once
+(``teacher_cache``), not every step.
 """
 
 from __future__ import annotations
@@ -70,6 +77,11 @@ class DistillConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="out/distill", learning_rate=1e-4))
     latency: bool = True  # measure latency in the report
     init_student: str | None = None  # start from this student directory instead of teacher layers
+    similarity_memory: int = 0  # K earlier rows whose pairs with the batch join the similarity MSE
+    # Dropout for the student (default: the teacher's). 0 suits matching a teacher on plenty of data:
+    # dropout noise is then only a handicap, not a regularizer.
+    student_dropout: float | None = None
+    teacher_cache: str | None = None  # default <out>/teacher_embeddings.pt; "off" runs the teacher each step
 
 
 def default_layer_map(teacher_layers: int, student_layers: int) -> list[int]:
@@ -114,13 +126,37 @@ def init_from_teacher(student, teacher, layer_map: list[int]) -> None:
 
 
 class Student(torch.nn.Module):
-    """The student model plus the train-time projections (hidden/embedding width -> teacher width)."""
+    """The student model plus the train-time projections (hidden/embedding width -> teacher width) and the
+    similarity memory: buffers, so checkpoints carry them and a resumed run continues identically."""
 
-    def __init__(self, model, teacher_hidden: int):
+    def __init__(self, model, teacher_hidden: int, memory: int = 0):
         super().__init__()
         self.model = model
         hidden = model.config.hidden_size
         self.projection = torch.nn.Linear(hidden, teacher_hidden) if hidden != teacher_hidden else torch.nn.Identity()
+        self.register_buffer("memory_student", torch.zeros(memory, teacher_hidden))
+        self.register_buffer("memory_teacher", torch.zeros(memory, teacher_hidden))
+        self.register_buffer("memory_filled", torch.zeros((), dtype=torch.long))
+        self.register_buffer("memory_next", torch.zeros((), dtype=torch.long))
+
+    def memory(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(filled, hidden) normalized student and teacher embeddings of earlier rows (copies: the
+        memory is updated before the backward pass)."""
+        filled = int(self.memory_filled)
+        return self.memory_student[:filled].clone(), self.memory_teacher[:filled].clone()
+
+    @torch.no_grad()
+    def remember(self, student_embeddings: torch.Tensor, teacher_embeddings: torch.Tensor) -> None:
+        """Push (batch, hidden) embeddings into the ring buffer, oldest out first."""
+        size = self.memory_student.shape[0]
+        if size == 0:
+            return
+        rows = student_embeddings.shape[0]
+        slots = (int(self.memory_next) + torch.arange(rows)) % size
+        self.memory_student[slots] = F.normalize(student_embeddings.detach().float(), dim=-1)
+        self.memory_teacher[slots] = F.normalize(teacher_embeddings.detach().float(), dim=-1)
+        self.memory_next.fill_((int(self.memory_next) + rows) % size)
+        self.memory_filled.fill_(min(size, int(self.memory_filled) + rows))
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -164,6 +200,22 @@ def similarity_mse(student_embeddings: torch.Tensor, teacher_embeddings: torch.T
     return F.mse_loss((s @ s.T)[off_diagonal], (t @ t.T)[off_diagonal])
 
 
+def similarity_pairs_mse(student_embeddings: torch.Tensor, teacher_embeddings: torch.Tensor,
+                         memory_student: torch.Tensor, memory_teacher: torch.Tensor) -> torch.Tensor:
+    """The similarity MSE over the in-batch pairs and the batch x memory pairs together.
+
+    embeddings (batch, dim); memory (K, dim), normalized, no gradient. K = 0 is ``similarity_mse``."""
+    batch, memory = student_embeddings.shape[0], memory_student.shape[0]
+    if memory == 0:
+        return similarity_mse(student_embeddings, teacher_embeddings)
+    s = F.normalize(student_embeddings, dim=-1)
+    t = F.normalize(teacher_embeddings, dim=-1)
+    in_batch = batch * (batch - 1)
+    across = F.mse_loss(s @ memory_student.T, t @ memory_teacher.T, reduction="sum")
+    within = similarity_mse(student_embeddings, teacher_embeddings) * in_batch
+    return (across + within) / (batch * memory + in_batch)
+
+
 def similarity_correlation_loss(student_embeddings: torch.Tensor, teacher_embeddings: torch.Tensor) -> torch.Tensor:
     """embeddings (batch, dim) -> 1 - Pearson correlation between the off-diagonal entries of the two
     (batch, batch) cosine-similarity matrices (0 when the student orders and spaces the pairs as the
@@ -199,7 +251,15 @@ def distill(config: DistillConfig) -> dict:
 
     setup_determinism(config.train.seed, config.train.threads)
     s_config = student_config(teacher.config, config.student_layers, config.hidden_size)
-    s_config._attn_implementation = "eager"
+    want_hidden, want_attention = weights.hidden > 0, weights.attention > 0
+    # eager attention returns the probabilities the attention loss needs; sdpa is faster without it
+    s_config._attn_implementation = "eager" if want_attention else "sdpa"
+    if config.student_dropout is not None:
+        if not 0 <= config.student_dropout < 1:
+            raise ValueError(f"student dropout must be in [0, 1), got {config.student_dropout}")
+        s_config.hidden_dropout_prob = s_config.attention_probs_dropout_prob = config.student_dropout
+    if config.similarity_memory < 0:
+        raise ValueError(f"similarity memory must be >= 0, got {config.similarity_memory}")
     student_model = type(teacher)(s_config)
     same_width = s_config.hidden_size == teacher.config.hidden_size
     if config.init_student:
@@ -218,28 +278,38 @@ def distill(config: DistillConfig) -> dict:
     else:
         log.info("student hidden %d != teacher %d: random init, learned projection", s_config.hidden_size,
                  teacher.config.hidden_size)
-    student = Student(student_model, teacher.config.hidden_size)
+    memory = config.similarity_memory if task == "embedding" and weights.similarity else 0
+    student = Student(student_model, teacher.config.hidden_size, memory)
     pooling = Pooling.from_dir(config.teacher_dir) if task == "embedding" else None
-    want_hidden, want_attention = weights.hidden > 0, weights.attention > 0
+    cached = None
+    if task == "embedding" and not (want_hidden or want_attention) and config.teacher_cache != "off":
+        from .teacher_cache import load_or_compute
+
+        cached = load_or_compute(config.teacher_cache or out_dir / "teacher_embeddings.pt", config.teacher_dir,
+                                 teacher, pooling, examples, tokenizer.pad_token_id or 0,
+                                 progress=config.train.progress)
     # hidden_states[0] is the embedding output, hidden_states[k] the output of layer k - 1.
     hidden_pairs = [(0, 0)] + [(i + 1, j + 1) for i, j in enumerate(layer_map)]
 
     def loss_fn(batch):
         labels = batch.pop("labels", None)
+        rows = batch.pop("example_index", None)
         mask = batch["attention_mask"]
-        with torch.no_grad():
-            t_out = teacher(**batch, output_hidden_states=want_hidden, output_attentions=want_attention)
+        if cached is None:
+            with torch.no_grad():
+                t_out = teacher(**batch, output_hidden_states=want_hidden, output_attentions=want_attention)
         s_out = student.model(**batch, output_hidden_states=want_hidden, output_attentions=want_attention)
         parts, loss = {}, 0.0
         if task == "embedding":
-            t_emb = pooling(t_out.last_hidden_state, mask)
+            t_emb = cached[rows] if cached is not None else pooling(t_out.last_hidden_state, mask)
             s_emb = student.projection(pooling(s_out.last_hidden_state, mask))
             if weights.embedding_mse:
                 parts["emb_mse"] = F.mse_loss(s_emb, t_emb)
             if weights.embedding_cosine:
                 parts["emb_cos"] = (1 - F.cosine_similarity(s_emb, t_emb, dim=-1)).mean()
             if weights.similarity:
-                parts["sim"] = similarity_mse(s_emb, t_emb)
+                parts["sim"] = similarity_pairs_mse(s_emb, t_emb, *student.memory())
+                student.remember(s_emb, t_emb)
             if weights.similarity_correlation:
                 parts["sim_corr"] = similarity_correlation_loss(s_emb, t_emb)
             loss = (weights.embedding_mse * parts.get("emb_mse", 0.0)
@@ -270,11 +340,13 @@ def distill(config: DistillConfig) -> dict:
 
     log.info("distill: %s teacher %d layers -> student %d layers (map %s), hidden %d, %d rows", task,
              teacher_layers, config.student_layers, layer_map, s_config.hidden_size, len(examples))
-    result = train(student, loss_fn, examples, config.train, pad_id=tokenizer.pad_token_id or 0)
+    result = train(student, loss_fn, examples, config.train, pad_id=tokenizer.pad_token_id or 0,
+                   index_key="example_index" if cached is not None else None)
     student_model.config.architectures = [type(student_model).__name__]
     student_model.config.distillation = {
         "teacher": str(config.teacher_dir), "layer_map": layer_map, "temperature": config.temperature,
         "weights": vars(weights), "steps": result["total_steps"], "init_student": config.init_student,
+        "similarity_memory": memory, "student_dropout": config.student_dropout,
     }
     save_model(student_model, tokenizer, config.teacher_dir, out_dir, task)
     summary = {"task": task, "student_dir": str(out_dir), "layer_map": layer_map, "steps": result["total_steps"],

@@ -127,6 +127,7 @@ def train(
     examples: Sequence[EncodedExample],
     config: TrainConfig,
     pad_id: int = 0,
+    index_key: str | None = None,
 ) -> dict:
     """Train ``module`` (every parameter with requires_grad) on ``examples``; return the history.
 
@@ -185,6 +186,8 @@ def train(
                 batches_epoch = epoch
                 assert len(batches) == batches_per_epoch
             batch = collate([examples[i] for i in batches[position]], pad_id)
+            if index_key is not None:
+                batch[index_key] = torch.tensor(batches[position], dtype=torch.long)
             loss, parts = loss_fn(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
