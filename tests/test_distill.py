@@ -189,11 +189,10 @@ def test_similarity_pairs_mse_covers_batch_and_memory_pairs():
 
 
 def test_embedding_distillation_caches_the_teacher_and_resumes_with_memory(setup, tmp_path):
-    from safetensors.torch import load_file
-    from transformers import AutoConfig
-
     from bertrt.train.data import collate, load_examples
     from bertrt.train.models import Pooling, load_model, load_tokenizer
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
 
     weights = LossWeights(hidden=0.0, attention=0.0, similarity=10.0)
 
