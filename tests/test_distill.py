@@ -232,6 +232,25 @@ def test_embedding_distillation_caches_the_teacher_and_resumes_with_memory(setup
     assert not (tmp_path / "off" / "teacher_embeddings.pt").exists()
 
 
+def test_teacher_cache_key_follows_the_teacher_files(setup, tmp_path):
+    import os
+    import shutil
+
+    from bertrt.train.models import Pooling
+    from bertrt.train.teacher_cache import fingerprint
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(setup["embedder"], teacher)
+    examples = [type("Row", (), {"input_ids": [101, 7, 102]})()]
+    key = fingerprint(teacher, examples, Pooling())
+    assert fingerprint(teacher, examples, Pooling()) == key
+    assert fingerprint(teacher, examples, Pooling(normalize=True)) != key
+    assert fingerprint(teacher, [type("Row", (), {"input_ids": [101, 8, 102]})()], Pooling()) != key
+    weights = next(teacher.glob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # re-saved weights
+    assert fingerprint(teacher, examples, Pooling()) != key
+
+
 def test_second_stage_starts_from_the_earlier_student(setup, tmp_path):
     from transformers import AutoModel
 

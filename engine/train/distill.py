@@ -286,8 +286,7 @@ def distill(config: DistillConfig) -> dict:
         from .teacher_cache import load_or_compute
 
         cached = load_or_compute(config.teacher_cache or out_dir / "teacher_embeddings.pt", config.teacher_dir,
-                                 teacher, pooling, examples, tokenizer.pad_token_id or 0,
-                                 progress=config.train.progress)
+                                 teacher, pooling, examples, progress=config.train.progress)
     # hidden_states[0] is the embedding output, hidden_states[k] the output of layer k - 1.
     hidden_pairs = [(0, 0)] + [(i + 1, j + 1) for i, j in enumerate(layer_map)]
 

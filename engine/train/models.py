@@ -139,14 +139,17 @@ class Pooling:
 
 @torch.inference_mode()
 def predict(model, task: str, examples: Sequence[EncodedExample], batch_size: int = 64,
-            pooling: Pooling | None = None) -> list[torch.Tensor]:
+            pooling: Pooling | None = None, progress: str | None = None) -> list[torch.Tensor]:
     """Per example: logits (num_labels,) for 'sequence', (seq, num_labels) for 'token', the pooled
     (normalized when the model's pooling says so) embedding (hidden,) for 'embedding'. Rows are run in
-    length order to keep padding small and returned in input order."""
+    length order to keep padding small and returned in input order. ``progress``: a tqdm bar's label."""
+    from tqdm.auto import tqdm
+
     model.eval()
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
     out: list[torch.Tensor | None] = [None] * len(examples)
-    for start in range(0, len(order), batch_size):
+    for start in tqdm(range(0, len(order), batch_size), desc=progress, disable=progress is None,
+                      dynamic_ncols=True):
         indices = order[start : start + batch_size]
         batch = collate([examples[i] for i in indices])
         batch.pop("labels", None)

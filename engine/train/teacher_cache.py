@@ -11,45 +11,42 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from .data import EncodedExample, collate
+from .data import EncodedExample
+from .models import predict
 
 log = logging.getLogger("bertrt.train")
 
 
 def fingerprint(teacher_dir: str | Path, examples: Sequence[EncodedExample], pooling) -> str:
+    """Changes with the teacher's files (path, size, mtime), its pooling and every tokenized row."""
     digest = hashlib.sha256()
-    digest.update(str(Path(teacher_dir).resolve()).encode())
+    teacher_dir = Path(teacher_dir).resolve()
+    digest.update(str(teacher_dir).encode())
+    for path in sorted(teacher_dir.glob("*")):
+        if path.is_file() and path.suffix in (".json", ".safetensors", ".bin"):
+            stat = path.stat()
+            digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     digest.update(repr(pooling).encode())
     for example in examples:
         digest.update(repr(example.input_ids).encode())
     return digest.hexdigest()
 
 
-@torch.inference_mode()
-def compute(teacher, pooling, examples: Sequence[EncodedExample], pad_id: int, batch_size: int = 128,
-            progress: bool = True) -> torch.Tensor:
-    """(rows, hidden) float32: the teacher's pooled (not normalized) embedding of each row, in row order.
-
-    Rows run sorted by length, so batches carry almost no padding."""
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
-    out = torch.empty(len(examples), teacher.config.hidden_size)
-    for start in tqdm(range(0, len(order), batch_size), desc="teacher embeddings", disable=not progress,
-                      dynamic_ncols=True):
-        rows = order[start:start + batch_size]
-        batch = collate([examples[i] for i in rows], pad_id)
-        batch.pop("labels", None)
-        hidden = teacher(**batch).last_hidden_state
-        out[torch.tensor(rows)] = pooling(hidden, batch["attention_mask"]).float()
-    return out
+def compute(teacher, pooling, examples: Sequence[EncodedExample], progress: bool = True) -> torch.Tensor:
+    """(rows, hidden) float32: the teacher's pooled embedding of each row, in row order, not normalized
+    (the training losses compare it with the student's unnormalized one)."""
+    rows = predict(teacher, "embedding", examples, batch_size=128, pooling=replace(pooling, normalize=False),
+                   progress="teacher embeddings" if progress else None)
+    return torch.stack(rows)
 
 
 def load_or_compute(path: str | Path, teacher_dir: str | Path, teacher, pooling,
-                    examples: Sequence[EncodedExample], pad_id: int, progress: bool = True) -> torch.Tensor:
+                    examples: Sequence[EncodedExample], progress: bool = True) -> torch.Tensor:
     """The cached embeddings at ``path`` when they were made from the same teacher, rows and pooling;
     otherwise compute them and write ``path``."""
     path = Path(path)
@@ -60,7 +57,7 @@ def load_or_compute(path: str | Path, teacher_dir: str | Path, teacher, pooling,
             log.info("teacher embeddings from %s", path)
             return saved["embeddings"]
         log.info("%s was made from another teacher or data; recomputing", path)
-    embeddings = compute(teacher, pooling, examples, pad_id, progress=progress)
+    embeddings = compute(teacher, pooling, examples, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
     torch.save({"fingerprint": key, "embeddings": embeddings}, partial)
