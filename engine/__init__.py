@@ -5,11 +5,10 @@
     vectors = engine.embed(["a sentence"])  # (1, 384) float32
 """
 
-__version__ = "0.1.0"
-
-from .api import Engine, load  # noqa: E402
-from .errors import BertrtError, InputError, ModelLoadError  # noqa: E402
-from .quant import Bf16Config, Fp16Config, Int8DynamicConfig, Int8StaticConfig, quantize_  # noqa: E402
+from ._version import __version__
+from .api import Engine, load
+from .errors import BertrtError, InputError, ModelLoadError
+from .quant import Bf16Config, Fp16Config, Int8DynamicConfig, Int8StaticConfig, quantize_
 
 __all__ = ["BertrtError", "Bf16Config", "Engine", "Fp16Config", "InputError", "Int8DynamicConfig",
            "Int8StaticConfig", "ModelLoadError", "__version__", "load", "quantize_"]

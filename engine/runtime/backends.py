@@ -1,114 +1,28 @@
-"""Inference backends behind one small interface, described by frozen dataclasses in one registry.
+"""The backend registry: every backend module's ``BACKEND``, ``select_backend`` and ``create_runner``.
 
-A backend turns a ``Checkpoint`` into a ``Runner``: ``runner.run(batch, task)`` takes a PackedBatch
-and returns what ``BertModel.forward_packed`` returns for that task.
+A backend turns a ``Checkpoint`` into a ``Runner`` (the interface is in ``runtime/base.py``).
 An explicit bad choice raises ``BackendUnavailable``; ``select_backend(..., "auto")`` falls back in
 registry order and logs why each skipped backend was skipped; ``create_runner`` does the same when
 creating an automatically chosen runner fails (an ONNX export, a TensorRT build).
 
 Registered: torch (our encoder and kernels), onnxruntime, tensorrt, openvino (optional, CPU).
-Precisions: "float32", "bfloat16", "float16", "int8", "fp8" (see ``policy.PRECISIONS``).
+Precisions: "float32", "bfloat16", "float16", "int8", "fp8" (see ``base.PRECISIONS``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 
-from ..batching import PackedBatch
-from ..ops.registry import KernelUnavailable
+from . import onnxruntime_backend, openvino_backend, tensorrt_backend, torch_backend
+from .base import Backend, BackendUnavailable, Runner
+from .torch_backend import TorchRunner
+
+__all__ = ["AUTO_ORDER", "BACKENDS", "Backend", "BackendUnavailable", "Runner", "TorchRunner", "create_runner",
+           "register", "select_backend"]
 
 log = logging.getLogger("bertrt.runtime")
-
-
-class BackendUnavailable(RuntimeError):
-    """The requested backend cannot run here (the message says why)."""
-
-
-class Runner(Protocol):
-    name: str
-
-    def run(self, batch: PackedBatch, task: str) -> torch.Tensor: ...
-
-
-@dataclass(frozen=True)
-class Backend:
-    name: str
-    devices: tuple[str, ...]
-    precisions: tuple[str, ...]
-    available: Callable[[], str | None]  # None when usable, else the reason it is not
-    create: Callable[..., Runner]  # create(checkpoint, device, precision, **options) -> Runner
-    # supports(device, precision) -> None, or why this pair cannot run here (beyond devices/precisions)
-    supports: Callable[[str, str], str | None] | None = None
-
-    def unavailable(self, device: str, precision: str) -> str | None:
-        """None when this backend can run ``precision`` on ``device`` ("cpu"/"cuda") here, else why not."""
-        reason = self.available()
-        if reason:
-            return reason
-        if device not in self.devices:
-            return f"runs on {self.devices}, not {device}"
-        if precision not in self.precisions:
-            return f"runs {self.precisions}, not {precision}"
-        return self.supports(device, precision) if self.supports else None
-
-
-class TorchRunner:
-    """bertrt's own encoder (engine/model) with the op kernels chosen by ``kernels``."""
-
-    name = "torch"
-
-    def __init__(self, checkpoint, device: str, precision: str, kernels: str = "auto"):
-        from ..model.encoder import KERNEL_CHOICES
-
-        if kernels not in KERNEL_CHOICES:
-            raise ValueError(f"kernels must be one of {KERNEL_CHOICES}, got {kernels!r}")
-        from .policy import DTYPES
-
-        self.device = torch.device(device)
-        # a fallback may get a checkpoint loaded for another backend (fp32, on the CPU): match it
-        self.model = checkpoint.model.to(device=self.device, dtype=DTYPES[precision])
-        self.model.plan.impl = kernels
-        # GPU GEMMs gain from moving the bias into our fused epilogue kernels; oneDNN fuses it already.
-        self.model.plan.defer_bias = self.device.type == "cuda"
-        self.model.plan.gemm = _cpu_gemm(self.device, precision, kernels)
-
-    @torch.inference_mode()
-    def run(self, batch: PackedBatch, task: str) -> torch.Tensor:
-        batch = batch.to(self.device)
-        return self.model.forward_packed(batch.input_ids, batch.cu_seqlens, batch.max_seqlen,
-                                         batch.token_type_ids, task=task)
-
-
-def _cpu_gemm(device: torch.device, precision: str, kernels: str) -> str:
-    """"cpu" (bertrt's packed fp32 GEMM with fused epilogues) where it applies and is built, else "torch"
-    (oneDNN/MKL through nn.Linear, which also runs the bf16 and fp16 GEMMs)."""
-    if device.type != "cpu" or precision != "float32" or kernels not in ("auto", "cpu"):
-        return "torch"
-    from ..ops.registry import availability
-
-    reason = availability("linear")["cpu"]
-    if reason:
-        if kernels == "cpu":
-            raise KernelUnavailable(f"kernels='cpu' needs the CPU GEMM: {reason}")
-        log.info("CPU GEMM unavailable, using torch's: %s", reason)
-        return "torch"
-    from ..ops import cpu_kernels
-
-    if cpu_kernels.active_isa() == "scalar":
-        # the portable build of the GEMM is ~20x slower than MKL/oneDNN: only vector ISAs pay
-        log.info("CPU GEMM: no AVX2 on this CPU, using torch's")
-        return "torch"
-    return "cpu"
-
-
-def _torch_available() -> str | None:
-    return None
-
 
 BACKENDS: dict[str, Backend] = {}
 
@@ -117,18 +31,9 @@ def register(backend: Backend) -> None:
     BACKENDS[backend.name] = backend
 
 
-register(Backend("torch", ("cpu", "cuda"), ("float32", "bfloat16", "float16"), _torch_available, TorchRunner))
-
-
-def _register_optional() -> None:
-    # Each module imports its library lazily, so registering costs nothing when it is absent.
-    from . import onnxruntime_backend, openvino_backend, tensorrt_backend
-
-    for module in (onnxruntime_backend, tensorrt_backend, openvino_backend):
-        register(module.BACKEND)
-
-
-_register_optional()
+# Each optional backend module imports its library lazily, so registering costs nothing when it is absent.
+for _module in (torch_backend, onnxruntime_backend, tensorrt_backend, openvino_backend):
+    register(_module.BACKEND)
 
 # Preference when backend="auto"; a backend absent from the registry is skipped.
 AUTO_ORDER = {"cuda": ("tensorrt", "onnxruntime", "torch"), "cpu": ("torch",)}

@@ -7,6 +7,10 @@ import json
 import sys
 from pathlib import Path
 
+from ..errors import InputError
+from ..model import load_checkpoint
+from . import onnx_export, tensorrt_backend, tune
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("export", help="export a checkpoint to ONNX (or build a TensorRT engine)")
@@ -48,10 +52,6 @@ def _variant(args) -> str:
 
 
 def cmd_export(args) -> int:
-    from ..errors import InputError
-    from ..model import load_checkpoint
-    from . import onnx_export
-
     checkpoint = load_checkpoint(args.model_dir)
     task = args.task or checkpoint.config.task
     if task != "embed" and task != checkpoint.config.task:
@@ -76,8 +76,6 @@ def cmd_export(args) -> int:
 
 
 def _export_tensorrt(checkpoint, task: str, args, name: str) -> int:
-    from . import tensorrt_backend
-
     reason = tensorrt_backend.available()
     if reason:
         print(f"bertrt export: TensorRT is unavailable: {reason}", file=sys.stderr)
@@ -92,8 +90,6 @@ def _export_tensorrt(checkpoint, task: str, args, name: str) -> int:
 
 
 def cmd_tune(args) -> int:
-    from . import tune
-
     candidates = None
     if args.candidates:
         candidates = []

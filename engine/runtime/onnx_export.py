@@ -53,6 +53,17 @@ def output_name(task: str) -> str:
     return "embeddings" if task == "embed" else "logits"
 
 
+def output_width(config, task: str) -> int:
+    return {"embed": config.hidden_size, "classify": config.num_labels, "ner": config.num_labels, "qa": 2}[task]
+
+
+def repack(out: torch.Tensor, mask: torch.Tensor, task: str) -> torch.Tensor:
+    """Padded graph output -> packed layout: token tasks keep real tokens only, row after row."""
+    if task in ("ner", "qa"):
+        return out[mask.to(out.device).bool()]
+    return out
+
+
 class ExportLayer(nn.Module):
     """One encoder layer in the classic (batch, seq, hidden) form, weights shared with ``layer``."""
 

@@ -20,7 +20,9 @@ import torch
 
 from ..batching import PackedBatch
 from . import onnx_export
-from .backends import Backend
+from .base import Backend, BackendUnavailable
+from .cache import cache_dir
+from .onnx_export import output_width, repack
 
 log = logging.getLogger("bertrt.runtime")
 
@@ -41,7 +43,7 @@ def supports(device: str, precision: str) -> str | None:
     if precision not in PRECISIONS:
         return f"onnxruntime runs {PRECISIONS}, not {precision}"
     if device == "cuda":
-        import onnxruntime as ort
+        import onnxruntime as ort  # optional dependency (bertrt[onnx])
 
         gpu_eps = {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(ort.get_available_providers())
         if not gpu_eps:
@@ -53,9 +55,7 @@ def supports(device: str, precision: str) -> str | None:
 
 def providers_for(device: str, precision: str, device_id: int = 0) -> list:
     """The execution providers for a session, best first, with their options."""
-    import onnxruntime as ort
-
-    from .cache import cache_dir
+    import onnxruntime as ort  # optional dependency (bertrt[onnx])
 
     have = set(ort.get_available_providers())
     if device != "cuda":
@@ -97,8 +97,6 @@ class OnnxRuntimeRunner:
                  providers: list | None = None, **_ignored):
         reason = available() or supports(torch.device(device).type, precision)
         if reason:
-            from .backends import BackendUnavailable
-
             raise BackendUnavailable(f"onnxruntime cannot run {precision} on {device}: {reason}")
         self.checkpoint = checkpoint
         self.device = torch.device(device)
@@ -110,7 +108,7 @@ class OnnxRuntimeRunner:
 
     def session(self, task: str):
         if task not in self.sessions:
-            import onnxruntime as ort
+            import onnxruntime as ort  # optional dependency (bertrt[onnx])
 
             variant = variant_for(self.device.type, self.precision, self.providers)
             path = onnx_export.cached_onnx(self.checkpoint, task, variant, use_gpu=self.device.type == "cuda")
@@ -153,17 +151,6 @@ class OnnxRuntimeRunner:
         torch.cuda.current_stream(self.device).synchronize()  # inputs are copied on torch's stream
         session.run_with_iobinding(binding)
         return output
-
-
-def output_width(config, task: str) -> int:
-    return {"embed": config.hidden_size, "classify": config.num_labels, "ner": config.num_labels, "qa": 2}[task]
-
-
-def repack(out: torch.Tensor, mask: torch.Tensor, task: str) -> torch.Tensor:
-    """Padded graph output -> packed layout: token tasks keep real tokens only, row after row."""
-    if task in ("ner", "qa"):
-        return out[mask.to(out.device).bool()]
-    return out
 
 
 BACKEND = Backend("onnxruntime", ("cpu", "cuda"), PRECISIONS, available, OnnxRuntimeRunner, supports)

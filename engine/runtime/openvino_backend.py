@@ -12,10 +12,11 @@ import logging
 
 import torch
 
+from .. import hardware
 from ..batching import PackedBatch
 from . import onnx_export
-from .backends import Backend
-from .onnxruntime_backend import repack
+from .base import Backend, BackendUnavailable
+from .onnx_export import repack
 
 log = logging.getLogger("bertrt.runtime")
 
@@ -36,9 +37,7 @@ def supports(device: str, precision: str) -> str | None:
     if precision not in PRECISIONS:
         return f"openvino runs {PRECISIONS}, not {precision}"
     if precision == "bfloat16":
-        from . import probe
-
-        if not probe.cpu().native_bf16:
+        if not hardware.cpu().native_bf16:
             return "bf16 needs AMX or AVX512-BF16 on this CPU"
     return None
 
@@ -49,10 +48,8 @@ class OpenVinoRunner:
     def __init__(self, checkpoint, device: str, precision: str, threads: int | None = None, **_ignored):
         reason = available() or supports(torch.device(device).type, precision)
         if reason:
-            from .backends import BackendUnavailable
-
             raise BackendUnavailable(f"openvino cannot run {precision} on {device}: {reason}")
-        import openvino as ov
+        import openvino as ov  # optional dependency (bertrt[openvino])
 
         self.core = ov.Core()
         self.checkpoint = checkpoint

@@ -17,16 +17,17 @@ from pathlib import Path
 
 import torch
 
-from . import probe
+from .. import hardware
+from ..model import default_model_dir
+from . import tune_cache
+from .backends import BACKENDS
+from .base import CANONICAL, DTYPES, PRECISIONS, QUANTIZED, BackendUnavailable
+
+__all__ = ["CANONICAL", "CPU_POLICY", "DTYPES", "GPU_POLICY", "PRECISIONS", "QUANTIZED", "Choice", "CpuRule",
+           "GpuRule", "availability_here", "checkpoint_placement", "choose_device", "choose_precision", "cpu_rule",
+           "gpu_rule", "pick", "resolve", "rule_for", "simulated", "tune_candidates"]
 
 log = logging.getLogger("bertrt.runtime")
-
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
-CANONICAL = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
-# Quantized precisions: weights stay fp32 in the checkpoint, the backend quantizes its own graph.
-QUANTIZED = {"int8": "int8", "fp8": "fp8", "float8": "fp8"}
-PRECISIONS = ("float32", "bfloat16", "float16", "int8", "fp8")
 
 Pick = tuple[str, str]  # (backend, precision)
 
@@ -42,7 +43,7 @@ class GpuRule:
     tune: tuple[Pick, ...]
     why: str
 
-    def matches(self, gpu: probe.GpuInfo) -> bool:
+    def matches(self, gpu: hardware.GpuInfo) -> bool:
         return gpu.sm >= self.min_sm
 
 
@@ -59,7 +60,7 @@ class CpuRule:
     why: str
     native_bf16: bool | None = None
 
-    def matches(self, cpu: probe.CpuInfo) -> bool:
+    def matches(self, cpu: hardware.CpuInfo) -> bool:
         return cpu.isa in self.isa and (self.native_bf16 is None or cpu.native_bf16 == self.native_bf16)
 
 
@@ -164,28 +165,29 @@ def choose_precision(device: str, dtype: str | torch.dtype) -> str:
     if torch.device(device).type == "cuda":
         major, _ = torch.cuda.get_device_capability(torch.device(device))
         return "bfloat16" if major >= 8 else "float16"
-    return "bfloat16" if probe.cpu().native_bf16 else "float32"
+    return "bfloat16" if hardware.cpu().native_bf16 else "float32"
 
 
-def gpu_rule(gpu: probe.GpuInfo) -> GpuRule:
+def gpu_rule(gpu: hardware.GpuInfo) -> GpuRule:
     return next(rule for rule in GPU_POLICY if rule.matches(gpu))
 
 
-def cpu_rule(cpu: probe.CpuInfo) -> CpuRule:
+def cpu_rule(cpu: hardware.CpuInfo) -> CpuRule:
     return next((rule for rule in CPU_POLICY if rule.matches(cpu)), CPU_POLICY[-1])
 
 
-def rule_for(device: str, cpu: probe.CpuInfo | None = None, gpu: probe.GpuInfo | None = None) -> GpuRule | CpuRule:
+def rule_for(device: str, cpu: hardware.CpuInfo | None = None,
+             gpu: hardware.GpuInfo | None = None) -> GpuRule | CpuRule:
     """The policy row for ``device`` ("cpu", "cuda", "cuda:N"); cpu/gpu simulate hardware in tests."""
     if torch.device(device).type == "cuda":
         if gpu is None:
             index = torch.device(device).index or 0
-            gpus = probe.gpus()
+            gpus = hardware.gpus()
             if index >= len(gpus):
                 raise ValueError(f"no CUDA device {index}")
             gpu = gpus[index]
         return gpu_rule(gpu)
-    return cpu_rule(cpu or probe.cpu())
+    return cpu_rule(cpu or hardware.cpu())
 
 
 Availability = Callable[[str, str], str | None]  # (backend, precision) -> None, or why not
@@ -193,8 +195,6 @@ Availability = Callable[[str, str], str | None]  # (backend, precision) -> None,
 
 def availability_here(device: str) -> Availability:
     """Ask the registry whether each (backend, precision) can run on ``device`` on this machine."""
-    from .backends import BACKENDS
-
     kind = torch.device(device).type
 
     def unavailable(name: str, precision: str) -> str | None:
@@ -209,7 +209,7 @@ def simulated(reasons: Mapping[str, str | None]) -> Availability:
     return lambda name, precision: reasons.get(name, f"backend {name!r} is not installed")
 
 
-def pick(device: str, cpu: probe.CpuInfo | None = None, gpu: probe.GpuInfo | None = None,
+def pick(device: str, cpu: hardware.CpuInfo | None = None, gpu: hardware.GpuInfo | None = None,
          available: Availability | None = None, precision: str | None = None) -> Choice:
     """The policy's choice for ``device``: the first pick of the matching rule that can run.
 
@@ -233,8 +233,6 @@ def pick(device: str, cpu: probe.CpuInfo | None = None, gpu: probe.GpuInfo | Non
             skipped.append(f"{name}/{prec}: {reason}")
     if not usable:
         if precision is not None:
-            from .backends import BackendUnavailable
-
             raise BackendUnavailable(f"no backend runs {precision} on {device} here"
                                      + (": " + "; ".join(skipped) if skipped else ""))
         usable = [("torch", "float32")]
@@ -245,7 +243,7 @@ def pick(device: str, cpu: probe.CpuInfo | None = None, gpu: probe.GpuInfo | Non
     return Choice(backend, prec, reason, "policy", usable, skipped)
 
 
-def tune_candidates(device: str, cpu: probe.CpuInfo | None = None, gpu: probe.GpuInfo | None = None,
+def tune_candidates(device: str, cpu: hardware.CpuInfo | None = None, gpu: hardware.GpuInfo | None = None,
                     available: Availability | None = None) -> tuple[list[Pick], list[str]]:
     """(candidates, skipped): every (backend, precision) ``bertrt tune`` measures on ``device``:
     the rule's picks, its tune extras and torch float32 (the reference), those that can run here."""
@@ -266,8 +264,6 @@ def resolve(path: str | Path | None, device: str = "auto", dtype: str | torch.dt
     """backend + precision for ``bertrt.load``: explicit choices are checked (a bad one raises
     BackendUnavailable); "auto" takes the winner ``bertrt tune`` stored for this device, model and
     shape bucket when there is a valid one, else the policy table."""
-    from .backends import BACKENDS, BackendUnavailable
-
     device = choose_device(device)
     kind = torch.device(device).type
     fixed = None if dtype == "auto" else choose_precision(device, dtype)
@@ -299,11 +295,9 @@ def _best_precision_for(backend: str, device: str) -> str:
 
 
 def _tuned_choice(path, device: str, task: str | None, bucket: str, fixed: str | None) -> Choice | None:
-    from . import tune
-
     try:
         model_dir = _model_dir(path)
-        winner = tune.lookup(model_dir, device, task, bucket)
+        winner = tune_cache.lookup(model_dir, device, task, bucket)
     except Exception as exc:  # a tune cache problem must never stop a load
         log.info("tune cache not consulted: %s", exc)
         return None
@@ -324,8 +318,6 @@ def _tuned_choice(path, device: str, task: str | None, bucket: str, fixed: str |
 
 def _model_dir(path) -> Path:
     if path is None:
-        from ..model import default_model_dir
-
         return default_model_dir()
     return Path(path)
 

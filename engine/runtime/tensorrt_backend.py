@@ -27,8 +27,8 @@ import torch
 
 from ..batching import PackedBatch
 from . import cache, onnx_export
-from .backends import Backend
-from .onnxruntime_backend import output_width, repack
+from .base import Backend, BackendUnavailable
+from .onnx_export import output_width, repack
 
 log = logging.getLogger("bertrt.runtime")
 
@@ -88,7 +88,7 @@ def engine_key(gpu_name: str, capability: tuple[int, int], trt_version: str, mod
 
 def build_engine(onnx_path: Path, precision: str, profile: Profile, workspace_gib: float = 4.0) -> bytes:
     """Parse the ONNX graph and build a serialized engine (unverified on a GPU)."""
-    import tensorrt as trt
+    import tensorrt as trt  # optional dependency (bertrt[tensorrt])
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -132,7 +132,7 @@ def build_engine(onnx_path: Path, precision: str, profile: Profile, workspace_gi
 def cached_engine(checkpoint, task: str, precision: str, profile: Profile) -> Path:
     """The engine plan for (GPU, TensorRT version, model, task, precision, profile); built when
     missing, corrupt or stale."""
-    import tensorrt as trt
+    import tensorrt as trt  # optional dependency (bertrt[tensorrt])
 
     capability = torch.cuda.get_device_capability()
     gpu_name = torch.cuda.get_device_name()
@@ -158,10 +158,8 @@ class TensorRtRunner:
     def __init__(self, checkpoint, device: str, precision: str, profile: Profile | None = None, **_ignored):
         reason = available() or supports(torch.device(device).type, precision)
         if reason:
-            from .backends import BackendUnavailable
-
             raise BackendUnavailable(f"tensorrt cannot run {precision} on {device}: {reason}")
-        import tensorrt as trt
+        import tensorrt as trt  # optional dependency (bertrt[tensorrt])
 
         self.trt = trt
         self.checkpoint = checkpoint

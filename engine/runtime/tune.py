@@ -5,9 +5,9 @@ representative batches (shape buckets below). Its outputs are compared with torc
 accuracy gate: mean cosine similarity for embeddings, argmax agreement for logits, >= ``gate``);
 its latency is the median of ``repeats`` timed runs after warm-up. The fastest candidate that
 passes the gate wins each bucket; the "overall" winner has the best geometric-mean speed-up over
-torch FP32 across buckets. Results go to cache_dir()/tune/<device fingerprint>/<model hash>-<task>.json
-with a schema version, the package versions and a checksum: a corrupt or stale file is re-measured
-by ``tune`` and ignored (with a log line) by ``lookup``.
+torch FP32 across buckets. Results are stored by ``tune_cache`` (cache_dir()/tune/<device fingerprint>/
+<model hash>-<task>.json, with a schema version, the package versions and a checksum): a corrupt or
+stale file is re-measured by ``tune`` and ignored (with a log line) by ``lookup``.
 """
 
 from __future__ import annotations
@@ -19,15 +19,21 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from ..batching import PackedBatch, pack
-from . import cache, policy, probe
+from ..model import load_checkpoint
+from . import cache, policy
+from .backends import create_runner
+from .tune_cache import identity, lookup, result_path, versions
+
+__all__ = ["BUCKETS", "GATE", "agreement", "bucket_for", "lookup", "make_batch", "result_path", "shape_lengths",
+           "tune", "versions"]
 
 log = logging.getLogger("bertrt.runtime")
 
 GATE = 0.99
 BUCKETS = ("1x128", "8x128", "mixed")
-_VERSIONED = ("torch", "onnxruntime", "onnxruntime-gpu", "onnx", "openvino", "tensorrt")
 
 
 def shape_lengths(bucket: str, max_length: int) -> list[int]:
@@ -87,54 +93,15 @@ def _timed(runner, batch: PackedBatch, task: str, repeats: int, warmup: int) -> 
     return statistics.median(times) * 1000.0, out
 
 
-def versions() -> dict[str, str]:
-    from .. import __version__
-
-    found = {name: probe.package_version(name) for name in _VERSIONED}
-    return {"bertrt": __version__, **{k: v for k, v in found.items() if v}}
-
-
-def result_path(fingerprint: str, digest: str, task: str) -> Path:
-    return cache.cache_dir() / "tune" / fingerprint / f"{digest}-{task}.json"
-
-
-def _identity(model_dir: Path, device: str, task: str | None) -> tuple[str, str, str, dict]:
-    from ..model.config import EncoderConfig
-
-    task = task or EncoderConfig.from_file(Path(model_dir) / "config.json").task
-    fingerprint = probe.fingerprint(device)
-    digest = cache.model_hash(model_dir)
-    expect = {"fingerprint": fingerprint, "model_hash": digest, "task": task, "versions": versions()}
-    return fingerprint, digest, task, expect
-
-
-def lookup(model_dir: str | Path, device: str, task: str | None = None, bucket: str = "overall"):
-    """(backend, precision, detail) stored by ``tune`` for this device, model, task and bucket, or
-    None (no result; a corrupt or stale result is logged and ignored)."""
-    fingerprint, digest, task, expect = _identity(Path(model_dir), device, task)
-    record = cache.read_record(result_path(fingerprint, digest, task), expect)
-    if record is None:
-        return None
-    winner = record.get("winners", {}).get(bucket)
-    if not winner:
-        return None
-    return winner["backend"], winner["precision"], winner["detail"]
-
-
 def tune(model_dir: str | Path | None = None, device: str = "auto", task: str | None = None,
          candidates: list[tuple[str, str]] | None = None, buckets: tuple[str, ...] = BUCKETS, gate: float = GATE,
          repeats: int = 10, warmup: int = 2, force: bool = False, progress: bool | None = None) -> dict:
     """Measure, gate, pick and store; returns the stored record. A valid stored record for the same
     device, model, task and versions that covers the candidates and buckets asked for is returned
     as is (with "cached": True) unless ``force``; a corrupt or stale one is re-measured."""
-    from tqdm.auto import tqdm
-
-    from ..model import load_checkpoint
-    from .backends import create_runner
-
     device = policy.choose_device(device)
     model_dir = policy._model_dir(model_dir)
-    fingerprint, digest, task, expect = _identity(model_dir, device, task)
+    fingerprint, digest, task, expect = identity(model_dir, device, task)
     path = result_path(fingerprint, digest, task)
     if not force:
         record = cache.read_record(path, expect)
