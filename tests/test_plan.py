@@ -11,7 +11,6 @@ import time
 import bertrt
 import numpy as np
 import pytest
-import torch
 from bertrt.ops import measure, plan, registry
 from bertrt.ops.plan import KernelPlan, plan_for
 
