@@ -13,6 +13,7 @@ from .batching import pack, plan_batches
 from .errors import InputError
 from .model import Checkpoint, load_checkpoint
 from .model.config import ARCHITECTURE_TASKS
+from .ops.plan import KernelPlan, validate_kernels
 from .quant.checkpoint import is_quantized_dir, load_quantized
 from .runtime import policy
 from .runtime.backends import BackendUnavailable, TorchRunner, create_runner
@@ -45,6 +46,16 @@ class Engine:
     def __repr__(self) -> str:
         return (f"Engine(model={str(self.checkpoint.model_dir)!r}, task={self.task!r}, backend={self.backend!r}, "
                 f"device={self.device!r}, precision={self.precision!r})")
+
+    @property
+    def plan(self) -> KernelPlan:
+        """The kernel plan this engine runs (``print(engine.plan)``); graph backends choose their own
+        kernels, which the plan says."""
+        plan = getattr(self.runner, "plan", None)
+        if plan is None:
+            plan = KernelPlan(torch.device(self.device).type, self.precision, "n/a",
+                              source=f"{self.backend} (chooses its own kernels)")
+        return plan
 
     @property
     def hidden_size(self) -> int:
@@ -184,7 +195,7 @@ def _check_task(checkpoint: Checkpoint, task: str | None, max_length: int | None
     return task
 
 
-def _load_quantized(path, task, device, backend, kernels, max_length) -> Engine:
+def _load_quantized(path, task, device, backend, kernels, max_length, batch_invariant) -> Engine:
     """A `bertrt quantize` output (quantization.json present): INT8 linears run on the torch backend;
     the precision is the one the checkpoint was quantized for."""
     if backend not in ("auto", "torch"):
@@ -193,7 +204,7 @@ def _load_quantized(path, task, device, backend, kernels, max_length) -> Engine:
     checkpoint = load_quantized(path, device=device)
     task = _check_task(checkpoint, task, max_length)
     precision = checkpoint.model.quantization["compute_dtype"]
-    runner = TorchRunner(checkpoint, device, precision, kernels=kernels)
+    runner = TorchRunner(checkpoint, device, precision, kernels=kernels, batch_invariant=batch_invariant)
     engine = Engine(checkpoint, runner, task, device, precision, "torch")
     log.info("loaded quantized %r", engine)
     return engine
@@ -205,17 +216,24 @@ def _architecture_for(task: str) -> str:
 
 def load(path: str | Path | None = None, task: str | None = None, device: str = "auto", backend: str = "auto",
          dtype: str | torch.dtype = "auto", kernels: str = "auto", max_length: int | None = None,
-         **backend_options) -> Engine:
+         batch_invariant: bool = False, **backend_options) -> Engine:
     """Load a local Hugging Face checkpoint directory (default: the bundled all-MiniLM-L6-v2).
 
     task: "embed" | "classify" | "ner" | "qa"; None takes the checkpoint's own (BertModel -> embed).
     device: "auto" | "cpu" | "cuda[:N]". dtype: "auto" | "float32" | "bfloat16" | "float16".
     backend: "auto" or a name from ``bertrt.runtime.backends.BACKENDS``. kernels: op implementation
-    for the torch backend ("auto", "torch", "cpu", "cuda", "triton", "ref").
+    for the torch backend ("auto": measured on this machine, see ``engine.plan``; "torch", "cpu",
+    "cpu:<isa>", "cuda", "triton", "ref"). batch_invariant: only kernels whose result for a text does
+    not depend on the other texts of its batch (bit-identical alone or batched; torch backend).
     """
+    validate_kernels(kernels)
     device = policy.choose_device(device)
+    if batch_invariant:
+        if backend not in ("auto", "torch"):
+            raise InputError(f"batch_invariant=True runs on the torch backend (bertrt's kernels), not {backend!r}")
+        backend = "torch"
     if path is not None and is_quantized_dir(path):
-        return _load_quantized(path, task, device, backend, kernels, max_length)
+        return _load_quantized(path, task, device, backend, kernels, max_length, batch_invariant)
     # The tuned winner for this device/model when `bertrt tune` stored one, else the policy table;
     # an explicit backend that cannot run raises BackendUnavailable.
     choice = policy.resolve(path, device, dtype, backend, task=task)
@@ -223,7 +241,8 @@ def load(path: str | Path | None = None, task: str | None = None, device: str = 
     checkpoint = load_checkpoint(path, dtype=load_dtype, device=load_device)
     task = _check_task(checkpoint, task, max_length)
     runner, backend_name, precision = create_runner(checkpoint, device, choice.candidates, explicit=choice.explicit,
-                                                    kernels=kernels, **backend_options)
+                                                    kernels=kernels, batch_invariant=batch_invariant,
+                                                    **backend_options)
     engine = Engine(checkpoint, runner, task, device, precision, backend_name)
     log.info("loaded %r: %s", engine, choice.reason)
     return engine

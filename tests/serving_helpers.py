@@ -15,7 +15,8 @@ class SlowRunner:
 
     def __init__(self, runner, delay: float = 0.0):
         self.runner = runner
-        self.model = getattr(runner, "model", None)  # the server reads model.plan to pick its workers
+        self.model = getattr(runner, "model", None)
+        self.plan = getattr(runner, "plan", None)  # the server reads the kernel plan to pick its workers
         self.name = runner.name
         self.delay = delay
         self.batches: list[int] = []  # sequences per batch run

@@ -41,16 +41,18 @@ def sentence(i: int, words: int = 8) -> str:
 
 @pytest.fixture(scope="module")
 def minilm(minilm_dir):
-    return bertrt.load(minilm_dir, device="cpu", kernels="torch")
+    return bertrt.load(minilm_dir, device="cpu", batch_invariant=True)
 
 
 @pytest.fixture(scope="module")
 def minilm_reference(minilm_dir):
-    return bertrt.load(minilm_dir, device="cpu", kernels="torch")
+    return bertrt.load(minilm_dir, device="cpu", batch_invariant=True)
 
 
-def _engine(path, delay: float = 0.0, kernels: str = "torch"):
-    engine = bertrt.load(path, device="cpu", kernels=kernels)
+def _engine(path, delay: float = 0.0, kernels: str = "auto"):
+    # batch-invariant kernels: a served text gets the bits it gets alone, whatever the precision
+    # (dtype "auto" is BF16 on AMX CPUs) and whatever batch the server put it in
+    engine = bertrt.load(path, device="cpu", kernels=kernels, batch_invariant=True)
     engine.runner = SlowRunner(engine.runner, delay)
     return engine
 
@@ -126,9 +128,9 @@ def test_worker_thread_budget_splits_the_cores():
     assert cpu_kernels._threads() == torch.get_num_threads()
     with cpu_kernels.thread_budget(lambda: 0):
         assert cpu_kernels._threads() == 1  # never below one
-    engine = bertrt.load(device="cpu")  # the bundled MiniLM on bertrt's CPU GEMM
-    if engine.runner.model.plan.gemm != "cpu":
-        pytest.skip("bertrt's CPU GEMM is not built here")
+    engine = bertrt.load(device="cpu", kernels="cpu")  # the bundled MiniLM on bertrt's CPU GEMM
+    if not engine.plan.shares_cores:
+        pytest.skip(f"bertrt's CPU GEMM does not run this engine's GEMMs: {engine.plan.gemm.reason}")
     state = ServerState(engine, ServeConfig(workers=2))
     assert state.workers == 2
     budgets = []
@@ -201,7 +203,7 @@ def test_v2_tritonclient_infer_text_and_token_ids(minilm, minilm_reference):
 
 def test_v2_classifier_outputs(classify_dir):
     engine = _engine(classify_dir)
-    reference = bertrt.load(classify_dir, device="cpu", kernels="torch")
+    reference = bertrt.load(classify_dir, device="cpu", batch_invariant=True)
     texts = [sentence(i) for i in range(4)]
     expected = reference.classify(texts)
     with LiveServer(engine) as server:
@@ -247,7 +249,7 @@ def test_classify_ner_qa_endpoints_match_engine(tiny_model_dirs):
     text = "John Smith lives in Paris and works for Acme Corporation in London."
     for task in ("classify", "ner", "qa"):
         path = tiny_model_dirs[task]
-        reference = bertrt.load(path, device="cpu", kernels="torch")
+        reference = bertrt.load(path, device="cpu", batch_invariant=True)
         with LiveServer(_engine(path)) as server:
             other = "ner" if task != "ner" else "classify"
             refused = httpx.post(f"{server.url}/v1/{other}", json={"input": "x"}, timeout=30)
@@ -286,10 +288,10 @@ def test_classify_ner_qa_endpoints_match_engine(tiny_model_dirs):
 def test_500_concurrent_mixed_requests_all_answered_correctly(classify_dir, workers):
     """With one batch at a time (torch kernels) and with two at once (bertrt's CPU kernels, which
     the workers split the cores for)."""
-    reference = bertrt.load(classify_dir, device="cpu", kernels="torch")
-    engine = _engine(classify_dir, delay=0.002 * (workers - 1), kernels="torch" if workers == 1 else "auto")
-    if workers == 2 and engine.runner.model.plan.gemm != "cpu":
-        pytest.skip("bertrt's CPU GEMM is not built here")
+    reference = bertrt.load(classify_dir, device="cpu", batch_invariant=True)
+    engine = _engine(classify_dir, delay=0.002 * (workers - 1))
+    if workers == 2 and not engine.plan.shares_cores:
+        pytest.skip(f"bertrt's CPU GEMM does not run this engine's GEMMs: {engine.plan.gemm.reason}")
     count = 500
     texts = [sentence(i, words=3 + i % 20) for i in range(count)]
     expected_embed = reference.embed(texts)

@@ -17,9 +17,10 @@ import torch
 
 from . import onnxruntime_backend, openvino_backend, tensorrt_backend, torch_backend
 from .base import Backend, BackendUnavailable, Runner
-from .torch_backend import TorchRunner
+from .torch_backend import TORCH_OPTIONS, TorchRunner
 
-__all__ = ["AUTO_ORDER", "BACKENDS", "Backend", "BackendUnavailable", "Runner", "TorchRunner", "create_runner",
+__all__ = ["AUTO_ORDER", "BACKENDS", "TORCH_OPTIONS", "Backend", "BackendUnavailable", "Runner", "TorchRunner",
+           "create_runner",
            "register", "select_backend"]
 
 log = logging.getLogger("bertrt.runtime")
@@ -87,9 +88,9 @@ def create_runner(checkpoint, device: str, candidates: list[tuple[str, str]], ex
         reason = f"unknown backend {name!r}" if backend is None else backend.unavailable(kind, precision)
         if reason is None:
             try:
-                # torch takes only its kernel choice; the graph backends ignore options they do not know
-                own = ({k: v for k, v in options.items() if k == "kernels"} if name == "torch"
-                       else {k: v for k, v in options.items() if k != "kernels"})
+                # torch takes only its kernel plan options; the graph backends ignore options they do not know
+                own = ({k: v for k, v in options.items() if k in TORCH_OPTIONS} if name == "torch"
+                       else {k: v for k, v in options.items() if k not in TORCH_OPTIONS})
                 return backend.create(checkpoint, device, precision, **own), name, precision
             except Exception as exc:  # a failed export/build: fall back, saying why
                 if explicit:
