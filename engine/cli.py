@@ -14,6 +14,12 @@ import logging
 import sys
 from collections.abc import Iterable
 
+from .api import load
+from .errors import BertrtError
+from .model import load_checkpoint
+from .ops import doctor, plan
+from .runtime import policy, probe
+
 # Modules that add subcommands through register(subparsers), and the subcommands each adds. A plugin
 # that cannot be imported (an optional dependency missing) leaves stubs that explain why, so the core
 # commands always work.
@@ -64,9 +70,7 @@ def _emit(records: Iterable[dict]) -> None:
 
 
 def _engine(args, task: str | None):
-    import bertrt
-
-    return bertrt.load(args.model, task=task, device=args.device, backend=args.backend, dtype=args.dtype,
+    return load(args.model, task=task, device=args.device, backend=args.backend, dtype=args.dtype,
                        kernels=args.kernels, batch_invariant=getattr(args, "batch_invariant", False))
 
 
@@ -104,8 +108,6 @@ def cmd_qa(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .runtime import probe
-
     report = probe.report()
     # the kernel plan bertrt.load would run here (measured once per machine, cached)
     engine = _engine(args, None)
@@ -116,10 +118,6 @@ def cmd_info(args) -> int:
 
 def cmd_doctor(args) -> int:
     """Self-check and time every candidate implementation of every op on this machine."""
-    from .model import load_checkpoint
-    from .ops import doctor, plan
-    from .runtime import policy
-
     checkpoint = load_checkpoint(args.model)
     precisions = tuple(dict.fromkeys(["float32", policy.choose_precision("cpu", args.dtype)]))
     table = doctor.rows(plan.model_shape_of(checkpoint.config), precisions)
@@ -203,7 +201,6 @@ def _unavailable(command: str, module_name: str, exc: Exception):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
-    from .errors import BertrtError
 
     try:
         return args.func(args) or 0

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tokenizers import Encoding, Tokenizer
+from tokenizers.implementations import BertWordPieceTokenizer
 
 from .errors import InputError, ModelLoadError
 
@@ -78,7 +79,6 @@ class BertTokenizer:
         config = model_dir / "tokenizer_config.json"
         if config.exists():
             lowercase = bool(json.loads(config.read_text()).get("do_lower_case", True))
-        from tokenizers.implementations import BertWordPieceTokenizer
 
         wordpiece = BertWordPieceTokenizer(str(vocab), lowercase=lowercase)
         return cls(wordpiece._tokenizer, max_length)

@@ -113,3 +113,16 @@ def round_to(y, dtype: tl.constexpr):
         return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
     else:
         return y.to(dtype)
+
+
+def check_ids(name: str, ids: torch.Tensor, table: torch.Tensor) -> None:
+    """ids: (tokens,) int32/int64, each a row of ``table`` (the dispatcher checks the same; the kernel
+    checks again because a bad id would read outside the table on the GPU)."""
+    if ids.dim() != 1:
+        raise ValueError(f"{name} must be (tokens,), got {tuple(ids.shape)}")
+    if ids.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"{name} must be int32 or int64, got {ids.dtype}")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= table.shape[0]):
+        raise ValueError(
+            f"{name} out of range: min {int(ids.min())}, max {int(ids.max())}, table has {table.shape[0]} rows"
+        )

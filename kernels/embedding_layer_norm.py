@@ -25,7 +25,6 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from bertrt.ops.embedding_layer_norm import check_ids
 
 from ._utils import (
     FLOAT_DTYPES,
@@ -33,6 +32,7 @@ from ._utils import (
     bucket,
     check_device,
     check_dtype,
+    check_ids,
     check_rows,
     check_vector,
     next_pow2,

@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import time
 from pathlib import Path
 
+import bertrt
+import torch
+
 from ..errors import InputError
+from ..quant.api import quantize_
+from ..quant.configs import Int8DynamicConfig
+from ..runtime import probe
+from .models import resolve_model
 from .names import DEFAULT_SHAPES, INT8_PRECISIONS, PEER_NAMES, PRECISIONS
+from .profile import format_profile, profile_run
+from .report import print_table, write_files
+from .runner import BenchConfig, run_bench
+from .shapes import make_inputs, parse_shapes
 
 
 def default_precisions() -> str:
-    """fp32,bf16 plus int8 when bertrt.quant imports."""
-    try:
-        from ..quant.api import quantize_  # noqa: F401
-
-        return "fp32,bf16,int8"
-    except Exception:
-        return "fp32,bf16"
+    """fp32, bf16 and int8 (bertrt.quant)."""
+    return "fp32,bf16,int8"
 
 
 def default_cache() -> Path:
@@ -65,11 +73,6 @@ def register(subparsers) -> None:
 
 
 def cmd_bench(args) -> int:
-    from .models import resolve_model
-    from .report import print_table, write_files
-    from .runner import BenchConfig, run_bench
-    from .shapes import parse_shapes
-
     if args.repeats < 1 or args.warmup < 0 or args.threads < 0:
         raise InputError("--repeats must be >= 1, --warmup and --threads >= 0")
     cache = Path(args.cache_dir) if args.cache_dir else default_cache()
@@ -92,20 +95,9 @@ def cmd_bench(args) -> int:
 
 
 def _profile(config, out_dir: Path) -> int:
-    import json
-
-    import bertrt
-    import torch
-
-    from ..runtime import probe
-    from .profile import format_profile, profile_run
-    from .shapes import make_inputs
-
     threads = config.threads or probe.cpu().cores
     torch.set_num_threads(threads)
     cpu = probe.cpu()
-    import time
-
     # One thread: CPU time (process_time) measures the work and not the other processes sharing the CPU.
     clock, clock_name = (time.process_time, "CPU time") if threads == 1 else (time.perf_counter, "wall time")
     print(f"bertrt profile: {config.model_name} | {cpu.model} | ISA {cpu.isa} | {threads} threads | {clock_name}")
@@ -114,9 +106,6 @@ def _profile(config, out_dir: Path) -> int:
         engine = bertrt.load(config.model_dir, device="cpu", kernels=config.kernels,
                              dtype="bfloat16" if precision == "bf16" else "float32")
         if precision in INT8_PRECISIONS:
-            from ..quant.api import quantize_
-            from ..quant.configs import Int8DynamicConfig
-
             quantize_(engine, Int8DynamicConfig(**INT8_PRECISIONS[precision]))
         for spec in config.shapes:
             inputs = make_inputs(spec, config.model_dir / "vocab.txt", config.seed,

@@ -7,6 +7,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import torch
+
 from ..errors import InputError
 from ..model.loader import default_model_dir
 
@@ -27,7 +29,6 @@ def random_checkpoint(name: str, cache_dir: Path, seed: int = 0) -> Path:
     if (target / "model.safetensors").exists() and (target / "vocab.txt").exists():
         return target
     try:
-        import torch
         import transformers
     except ImportError as exc:
         raise InputError("--config needs transformers to write the random checkpoint (pip install "

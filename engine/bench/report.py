@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from .runner import COLUMNS, BenchResult, Row
+from .runner import COLUMNS, BenchResult, Row, _ratios
 
 
 def header(result: BenchResult) -> str:
@@ -105,8 +105,6 @@ def write_files(result: BenchResult, out_dir: Path, stem: str | None = None, plo
 
 def load_json(path: Path) -> BenchResult:
     """A BenchResult back from its JSON (to re-print or re-plot a run)."""
-    from .runner import _ratios
-
     data = json.loads(Path(path).read_text())
     fields = set(Row.__dataclass_fields__)
     rows = [Row(**{k: v for k, v in row.items() if k in fields}) for row in data["rows"]]

@@ -21,9 +21,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import bertrt
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from ..model.config import EncoderConfig
+from ..model.loader import read_pooling
 from ..runtime import probe
 from . import peers as peers_mod
 from .shapes import BenchInputs, ShapeSpec, make_inputs
@@ -115,8 +119,6 @@ def cosine_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def versions() -> dict[str, str | None]:
-    import bertrt
-
     out = {"bertrt": bertrt.__version__, "python": platform.python_version()}
     for name in ("torch", "transformers", "onnxruntime", "openvino", "onnx", "numpy"):
         found = peers_mod.version(name)
@@ -141,9 +143,6 @@ def subjects_for(config: BenchConfig) -> list[peers_mod.Subject]:
 
 
 def run_bench(config: BenchConfig, log: Callable[[str], None] = print, progress: bool = True) -> BenchResult:
-    from ..model.config import EncoderConfig
-    from ..model.loader import read_pooling
-
     threads = config.threads or probe.cpu().cores
     torch.set_num_threads(threads)
     encoder_config = EncoderConfig.from_file(config.model_dir / "config.json")
@@ -252,6 +251,5 @@ class _NoBar:
 def _progress(total: int, enabled: bool):
     if not enabled:
         return _NoBar()
-    from tqdm import tqdm
 
     return tqdm(total=total, unit="row", leave=False, dynamic_ncols=True)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from ..errors import ModelLoadError
 from .config import EncoderConfig
@@ -23,12 +24,8 @@ def read_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
     legacy = model_dir / "pytorch_model.bin"
     try:
         if single.exists():
-            from safetensors.torch import load_file
-
             return load_file(str(single))
         if index.exists():
-            from safetensors.torch import load_file
-
             shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
             state: dict[str, torch.Tensor] = {}
             for shard in shards:

@@ -26,6 +26,9 @@ from collections.abc import Callable, Iterator
 import torch
 from bertrt import _C
 
+from .int8_linear import PackedInt8Weight
+from .linear import PackedWeight, pack_weight
+
 _DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _ACTIVATION_CODES = {"none": 0, "gelu": 1, "gelu_tanh": 2}
 
@@ -377,8 +380,6 @@ def int8_linear(x_q, x_scale, w_q, w_scale, bias=None, activation="none", out_dt
 
 def linear(x, weight, bias=None, activation="none") -> torch.Tensor:
     """act(x (tokens, K) @ weight^T + bias) in float32; weight (N, K) or a PackedWeight (see ops/linear.py)."""
-    from .linear import PackedWeight, pack_weight
-
     if activation not in _ACTIVATION_CODES:
         raise ValueError(f"activation must be one of {tuple(_ACTIVATION_CODES)}, got {activation!r}")
     if not isinstance(x, torch.Tensor) or not x.is_cpu:
@@ -418,8 +419,6 @@ def linear(x, weight, bias=None, activation="none") -> torch.Tensor:
 def int8_linear_packed(x, packed, activation="none", input_scale=None, input_zero_point=0) -> torch.Tensor:
     """x (tokens, K) float32 -> int8 GEMM with a PackedInt8Weight -> (tokens, N) float32; see
     ``bertrt.ops.int8_linear.int8_linear_packed_ref`` for the exact computation."""
-    from .int8_linear import PackedInt8Weight
-
     if activation not in _ACTIVATION_CODES:
         raise ValueError(f"activation must be one of {tuple(_ACTIVATION_CODES)}, got {activation!r}")
     if not isinstance(packed, PackedInt8Weight):

@@ -33,7 +33,8 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__, paths
+from .. import paths
+from .._version import __version__
 from . import registry
 
 log = logging.getLogger("bertrt.ops")

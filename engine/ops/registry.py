@@ -25,6 +25,8 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+
 IMPLEMENTATIONS = ("ref", "torch", "cpu", "cuda", "triton")
 
 
@@ -76,13 +78,9 @@ def _source(op: str, impl: str) -> KernelSource:
 def _precondition(impl: str) -> str | None:
     """Return why ``impl`` cannot run on this machine at all, or None."""
     if impl == "cuda":
-        import torch
-
         if not torch.cuda.is_available():
             return "no CUDA device is visible to torch"
     if impl == "triton":
-        import torch
-
         if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
             return "no CUDA device, and TRITON_INTERPRET=1 is not set (the CPU interpreter is for tests)"
     return None

@@ -18,7 +18,16 @@ from torch import nn
 from ..errors import InputError
 from ..model.bert import BertModel
 from . import calibration as calib
-from .configs import Bf16Config, Fp16Config, Int8DynamicConfig, Int8StaticConfig, QuantConfig, expand_pattern, matches
+from .configs import (
+    Bf16Config,
+    Fp16Config,
+    Int8DynamicConfig,
+    Int8StaticConfig,
+    QuantConfig,
+    config_from_dict,
+    expand_pattern,
+    matches,
+)
 from .modules import Int8Linear, KeepPrecision, onednn_available, packed_available
 
 log = logging.getLogger("bertrt.quant")
@@ -239,8 +248,6 @@ def _int8_static(model: BertModel, config: Int8StaticConfig, context: Context) -
 def restore_structure(model: BertModel, meta: dict) -> BertModel:
     """Rebuild the module structure ``meta`` (``model.quantization``) describes on a fresh fp32 model,
     with placeholder values: what loading a quantized checkpoint does before reading its tensors."""
-    from .configs import config_from_dict
-
     config = config_from_dict(meta["config"])
     modules = dict(model.named_modules())
     if isinstance(config, (Bf16Config, Fp16Config)):

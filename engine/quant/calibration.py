@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..batching import PackedBatch, pack, plan_batches
 from ..errors import InputError
@@ -225,8 +226,6 @@ def as_batches(data, tokenizer, batch_tokens: int = 4096) -> list[PackedBatch]:
 @torch.inference_mode()
 def run_batches(model: nn.Module, batches: list[PackedBatch], progress: bool = False,
                 desc: str = "calibrating") -> None:
-    from tqdm.auto import tqdm
-
     device = next(model.parameters()).device
     for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress):
         b = batch.to(device)

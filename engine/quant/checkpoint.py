@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from ..errors import BertrtError, ModelLoadError
 from ..model.bert import BertModel
@@ -39,8 +40,6 @@ def is_quantized_dir(path: str | Path) -> bool:
 
 def save_quantized(model: BertModel, out_dir: str | Path, source_dir: str | Path | None = None) -> Path:
     """Write ``model`` (after ``quantize_``) to ``out_dir``; side files are copied from ``source_dir``."""
-    from safetensors.torch import save_file
-
     meta = getattr(model, "quantization", None)
     if not meta:
         raise BertrtError("model is not quantized: run bertrt.quantize_(model, config) first")
@@ -84,8 +83,6 @@ def read_metadata(model_dir: Path) -> dict:
 
 def load_quantized(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     """Load a directory written by ``save_quantized`` -> Checkpoint (model quantized, eval mode)."""
-    from safetensors.torch import load_file
-
     model_dir = Path(path)
     if not model_dir.is_dir():
         raise ModelLoadError(f"model directory not found: {model_dir}")

@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
+
+from ..errors import InputError
+from ..model import load_checkpoint
+from . import report as rep
+from .api import quantize_
+from .calibration import read_texts
+from .checkpoint import save_quantized
+from .configs import Bf16Config, Fp16Config, Int8DynamicConfig, Int8StaticConfig
 
 
 def register(subparsers) -> None:
@@ -33,8 +42,6 @@ def register(subparsers) -> None:
 
 
 def build_config(args):
-    from .configs import Bf16Config, Fp16Config, Int8DynamicConfig, Int8StaticConfig
-
     keep = tuple(args.keep)
     if args.config == "bf16":
         return Bf16Config(keep=keep)
@@ -47,15 +54,6 @@ def build_config(args):
 
 
 def cmd_quantize(args) -> int:
-    import copy
-
-    from ..errors import InputError
-    from ..model import load_checkpoint
-    from . import report as rep
-    from .api import quantize_
-    from .calibration import read_texts
-    from .checkpoint import save_quantized
-
     config = build_config(args)
     if args.config != "int8-static" and (args.smoothquant is not None or args.method != "minmax"):
         raise InputError("--method and --smoothquant apply to --config int8-static only")

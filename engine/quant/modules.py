@@ -34,6 +34,7 @@ from .. import ops
 from ..ops.gemm_choice import has_int8_dot, onednn_available, packed_available
 from ..ops.int8_linear import (
     check_act_bits,
+    pack_int8_weight,
     quantize_per_token,
     quantize_per_token_u8,
     quantize_static_u8,
@@ -59,7 +60,6 @@ def quantize_weight_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, tor
 
 class Int8Linear(nn.Module):
     """W8A8 linear. Buffers (what a quantized checkpoint stores):
-
     weight (N, K) int8, weight_scale (N,) fp32, bias (N,) fp32 (when the source had one);
     static mode adds input_scale (1,) fp32 and input_zero_point (1,) int32 (x_q = round(x / s) + z in
     [-128, 127]); input_multiplier (K,) fp32 when SmoothQuant divided the activations (x -> x * m).
@@ -184,8 +184,7 @@ class Int8Linear(nn.Module):
         return y.to(x.dtype).view(*shape[:-1], self.out_features)
 
     def _forward_packed(self, x: torch.Tensor, activation: str) -> torch.Tensor:
-        from ..ops import cpu_kernels
-        from ..ops.int8_linear import pack_int8_weight
+        from ..ops import cpu_kernels  # imports bertrt._C, an optional build (packed_available said it is there)
 
         key = ("packed", self._key())
         if key not in self._cache:

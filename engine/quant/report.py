@@ -22,7 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..batching import PackedBatch, pack
+from .api import quantize_
 from .calibration import text_batches
+from .configs import Bf16Config
 
 
 def sqnr_db(reference: torch.Tensor, test: torch.Tensor) -> float:
@@ -142,9 +144,6 @@ def latency_ms(model: nn.Module, batch: PackedBatch, task: str = "embed", repeat
 
 
 def latencies(fp_model, q_model, batch: PackedBatch, task: str, repeats: int = 10) -> dict:
-    from .api import quantize_
-    from .configs import Bf16Config
-
     bf16 = copy.deepcopy(fp_model)
     quantize_(bf16, Bf16Config())
     result = {"batch": len(batch.indices), "seq_len": batch.max_seqlen, "threads": torch.get_num_threads(),

@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .._version import __version__
 from .config import ServeConfig
 from .protocol import ApiError, dumps
 from .routes_v1 import router as v1_router
@@ -189,6 +190,4 @@ def create_app(engine, config: ServeConfig | None = None) -> FastAPI:
 
 
 def _version() -> str:
-    from .. import __version__
-
     return __version__

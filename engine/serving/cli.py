@@ -11,6 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+import bertrt
+import torch
+
+from .app import create_app
 from .config import ServeConfig
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
@@ -84,12 +88,7 @@ def build_server(
 def cmd_serve(args) -> int:
     configure_logging(args.log_format, args.log_level)
     if args.threads:
-        import torch
-
         torch.set_num_threads(args.threads)
-    import bertrt
-
-    from .app import create_app
 
     api_key = args.api_key if args.api_key is not None else os.environ.get("BERTRT_API_KEY") or None
     config = ServeConfig(

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from .. import tasks
+from .._version import __version__
 from .protocol import ApiError, dumps, encode_v2_response, parse_v2_infer
 from .state import ServerState, read_body
 
@@ -73,8 +74,6 @@ async def ready(request: Request) -> Response:
 
 @router.get("")
 async def server_metadata() -> Response:
-    from .. import __version__
-
     return _json({"name": "bertrt", "version": __version__, "extensions": ["binary_tensor_data"]})
 
 

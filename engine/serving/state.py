@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import torch
 
 from .. import tasks
 from ..errors import InputError
@@ -24,8 +25,6 @@ def batch_workers(engine, requested: int) -> tuple[int, int]:
     """(workers, cores): concurrent batches for ``engine`` and the threads they share. Several
     workers only where bertrt's CPU kernels run the GEMMs (their thread count is set per call; torch's
     GEMMs would oversubscribe the cores)."""
-    import torch
-
     cores = torch.get_num_threads()
     reason = _why_not_shared(engine) if requested > 1 else None
     if reason is not None:

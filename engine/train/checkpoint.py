@@ -10,6 +10,7 @@ import os
 import random
 from pathlib import Path
 
+import numpy
 import torch
 
 CHECKPOINT_DIR = "checkpoint"
@@ -21,22 +22,13 @@ def checkpoint_path(out_dir: str | Path) -> Path:
 
 
 def rng_states() -> dict:
-    states = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    try:
-        import numpy
-
-        states["numpy"] = numpy.random.get_state()
-    except ImportError:
-        pass
-    return states
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": numpy.random.get_state()}
 
 
 def restore_rng_states(states: dict) -> None:
     torch.set_rng_state(states["torch"])
     random.setstate(states["python"])
     if "numpy" in states:
-        import numpy
-
         numpy.random.set_state(states["numpy"])
 
 

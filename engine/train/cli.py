@@ -10,7 +10,12 @@ import json
 import logging
 import sys
 
+from ..errors import ModelLoadError
 from .data import Columns
+from .distill import DistillConfig, LossWeights, distill
+from .finetune import FinetuneConfig, finetune
+from .loop import TrainConfig, TrainingInterrupted
+from .models import default_model_dir
 
 
 def _add_training_arguments(parser: argparse.ArgumentParser, learning_rate: float) -> None:
@@ -38,8 +43,6 @@ def _add_training_arguments(parser: argparse.ArgumentParser, learning_rate: floa
 
 
 def _train_config(args):
-    from .loop import TrainConfig
-
     return TrainConfig(
         out_dir=args.out, seed=args.seed, batch_size=args.batch_size, learning_rate=args.lr,
         weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, epochs=args.epochs,
@@ -59,17 +62,12 @@ def _setup_logging() -> None:
 
 def _default_model() -> str | None:
     try:
-        from .models import default_model_dir
-
         return default_model_dir()
-    except ImportError:
+    except ModelLoadError:  # the bundled model's package is not installed
         return None
 
 
 def run_finetune(args) -> int:
-    from .finetune import FinetuneConfig, finetune
-    from .loop import TrainingInterrupted
-
     _setup_logging()
     model_dir = args.model or _default_model()
     if model_dir is None:
@@ -91,9 +89,6 @@ def run_finetune(args) -> int:
 
 
 def run_distill(args) -> int:
-    from .distill import DistillConfig, LossWeights, distill
-    from .loop import TrainingInterrupted
-
     _setup_logging()
     layer_map = [int(x) for x in args.layer_map.split(",")] if args.layer_map else None
     teacher = args.teacher or _default_model()

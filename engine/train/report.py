@@ -22,10 +22,11 @@ import statistics
 import time
 from pathlib import Path
 
+import bertrt
 import torch
 
-from .data import Columns, load_examples
-from .models import Pooling, classification_accuracy, count_parameters, load_model, load_tokenizer, predict
+from .data import Columns, SequenceExample, load_examples, load_sequence_data, load_token_data, read_records
+from .models import Pooling, classification_accuracy, count_parameters, detect_task, load_model, load_tokenizer, predict
 
 log = logging.getLogger("bertrt.train")
 
@@ -72,8 +73,6 @@ def latency_texts(tokenizer, texts: list[str], tokens: int = LATENCY_TOKENS, bat
 
 def _engine_runner(model_dir: str, task: str, texts: list[str]):
     """A no-argument callable running the bertrt engine (CPU) on ``texts``, or raise with the reason."""
-    import bertrt
-
     if not hasattr(bertrt, "load"):
         raise RuntimeError("bertrt.load does not exist")
     engine = bertrt.load(model_dir, device="cpu", max_length=LATENCY_TOKENS)  # threads: torch.set_num_threads
@@ -176,15 +175,11 @@ def compare(teacher_dir: str, student_dir: str, data_file: str, task: str, max_l
 
 
 def _has_labels(task, data_file, columns) -> bool:
-    from .data import read_records
-
     column = columns.tags if task == "token" else columns.label
     return column in read_records(data_file, [])[0].fields
 
 
 def _texts(data_file, columns, task):
-    from .data import SequenceExample, load_sequence_data, load_token_data
-
     if task == "token":
         return [SequenceExample(" ".join(e.tokens), None, None, e.source)
                 for e in load_token_data(data_file, columns.tokens, None)]
@@ -255,7 +250,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-latency", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from .models import detect_task
 
     task = args.task or detect_task(args.teacher)
     report = compare(args.teacher, args.student, args.data, task, args.max_length, Columns(text=args.text_column),

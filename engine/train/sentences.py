@@ -13,13 +13,12 @@ import argparse
 import csv
 import re
 from pathlib import Path
+from pydoc_data.topics import topics
 
 _CODE_LIKE = re.compile(r"[>{}\[\]=_*|`]")
 
 
 def pydoc_sentences(min_chars: int = 40, max_chars: int = 300) -> list[str]:
-    from pydoc_data.topics import topics
-
     text = re.sub(r"\s+", " ", " ".join(topics[key] for key in sorted(topics)))
     seen, out = set(), []
     for sentence in re.split(r"(?<=[.!?])\s+", text):

@@ -9,6 +9,9 @@ import json
 import random
 from pathlib import Path
 
+import torch
+from tokenizers import BertWordPieceTokenizer
+
 WORDS = {
     "animal": "dog cat horse cow sheep goat lion tiger wolf bear fox deer".split(),
     "food": "bread cheese apple rice soup bean salt sugar honey milk egg meat".split(),
@@ -21,8 +24,6 @@ SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 def make_tiny_model(directory: Path, layers: int = 4, hidden: int = 32, heads: int = 2, seed: int = 0) -> Path:
     """A random BertModel with a word-level vocabulary of the test words, saved HF-style, plus the
     sentence-transformers pooling files (mean pooling, normalized) so it also serves as an embedder."""
-    import torch
-    from tokenizers import BertWordPieceTokenizer
     from transformers import BertConfig, BertModel
 
     directory.mkdir(parents=True, exist_ok=True)
