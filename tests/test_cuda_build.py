@@ -2,7 +2,7 @@
 
 * the module imports without a GPU and reports that none is present instead of crashing;
 * it holds SASS for every target architecture (75, 80, 86, 89, 90, or $BERTRT_CUDA_ARCHS), read from the
-  ELF's .nv_fatbin section by tools/cuda_inspect.py (cross-checked with cuobjdump when one is on PATH);
+  ELF's .nv_fatbin section by csrc/cuda/cuda_inspect.py (cross-checked with cuobjdump when one is on PATH);
 * ptxas reports zero spill stores and zero spill loads for every kernel on every architecture. The
   report is the _cuda.ptxas.log written beside the module at build time; if it is missing or older than
   the module, the .cu files are recompiled here with the build's flags to get it.
@@ -34,7 +34,7 @@ KERNELS = (
     "embedding_layer_norm_kernel",
 )
 
-_spec = importlib.util.spec_from_file_location("cuda_inspect", ROOT / "tools" / "cuda_inspect.py")
+_spec = importlib.util.spec_from_file_location("cuda_inspect", ROOT / "csrc" / "cuda" / "cuda_inspect.py")
 cuda_inspect = importlib.util.module_from_spec(_spec)
 sys.modules["cuda_inspect"] = cuda_inspect
 _spec.loader.exec_module(cuda_inspect)

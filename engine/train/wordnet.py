@@ -7,7 +7,7 @@ Glosses that occur more than once are kept once (first seen), so no text is in t
 a seeded permutation, written to ``train.csv``/``dev.csv``/``test.csv`` (columns ``text,label``) with
 ``labels.txt`` (one label a line, in id order) beside them.
 
-Run: ``python -m bertrt.train.wordnet --out out/wordnet`` (or ``scripts/wordnet_supersense.py``).
+Run: ``make wordnet`` (or ``python -m bertrt.train.wordnet --out out/wordnet``).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Static checks of CUDA build products: which SASS architectures a binary holds, and ptxas' per-kernel
 register / spill report. No GPU and no CUDA binary utilities are needed.
 
-    python tools/cuda_inspect.py sass PATH.so          # the sm_XX of every cubin (and PTX) embedded
-    python tools/cuda_inspect.py ptxas LOG [LOG ...]   # table of registers / spills per kernel and arch
+    python csrc/cuda/cuda_inspect.py sass PATH.so          # the sm_XX of every cubin (and PTX) embedded
+    python csrc/cuda/cuda_inspect.py ptxas LOG [LOG ...]   # table of registers / spills per kernel and arch
 
 SASS: the ELF's ``.nv_fatbin`` section holds one or more fatbins, each a 16-byte header
 (magic 0xBA55ED50, version, header size, payload size) followed by entries whose headers give the kind
