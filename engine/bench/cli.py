@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from ..errors import InputError
 from ..quant.api import quantize_
 from ..quant.configs import Int8DynamicConfig
 from ..runtime import probe
+from ..runtime.cache import cache_dir
 from .models import resolve_model
 from .names import DEFAULT_SHAPES, INT8_PRECISIONS, PEER_NAMES, PRECISIONS
 from .profile import format_profile, profile_run
@@ -30,7 +30,9 @@ def default_precisions() -> str:
 
 
 def default_cache() -> Path:
-    return Path(os.environ.get("BERTRT_CACHE", Path.home() / ".cache" / "bertrt")) / "bench"
+    """bertrt's cache (``$BERTRT_CACHE_DIR``, else ~/.cache/bertrt): the peers read the same ONNX
+    exports as the onnxruntime/openvino backends; random checkpoints go to its bench/ folder."""
+    return cache_dir()
 
 
 def _list(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
@@ -64,7 +66,9 @@ def register(subparsers) -> None:
     p.add_argument("--e2e", action="store_true", help="also time engine.embed(texts): tokenize + batch + run")
     p.add_argument("--seed", type=int, default=0, help="seed for token ids, lengths and random weights")
     p.add_argument("--out", default="bench-results", help="directory for CSV / JSON / PNG")
-    p.add_argument("--cache-dir", default=None, help="exports and random checkpoints (default ~/.cache/bertrt/bench)")
+    p.add_argument("--cache-dir", default=None,
+                   help="ONNX exports (<dir>/onnx) and random checkpoints (<dir>/bench); default: bertrt's cache, "
+                        "$BERTRT_CACHE_DIR or ~/.cache/bertrt")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     p.add_argument("--profile", action="store_true",
                    help="instead of comparing: per-op time breakdown of bertrt (GEMMs, attention, norms, python)")
@@ -76,7 +80,7 @@ def cmd_bench(args) -> int:
     if args.repeats < 1 or args.warmup < 0 or args.threads < 0:
         raise InputError("--repeats must be >= 1, --warmup and --threads >= 0")
     cache = Path(args.cache_dir) if args.cache_dir else default_cache()
-    model_dir, name = resolve_model(args.model, args.config, cache, args.seed)
+    model_dir, name = resolve_model(args.model, args.config, cache / "bench", args.seed)
     config = BenchConfig(
         model_dir=model_dir, model_name=name, shapes=parse_shapes(args.shapes),
         precisions=_list(default_precisions() if args.precisions == "auto" else args.precisions, PRECISIONS,

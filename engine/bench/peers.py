@@ -3,24 +3,18 @@
 Every subject has ``available() -> reason | None``, ``prepare(ctx)`` (load, export, compile: not
 timed), ``run(inputs)`` (the timed call) and ``embed(inputs, output) -> (batch, hidden) fp32`` (the
 pooled sentence embedding, for fidelity). bertrt gets the padding-free packed batch; peers get the
-padded tensors, as their callers would give them. Peers return the last hidden state; pooling
-happens outside the timed call (it is a few microseconds).
+padded tensors, as their callers would give them. transformers returns the last hidden state and is
+pooled outside the timed call (a few microseconds); the ONNX graphs pool in the graph, as bertrt does.
 
-ONNX export: the transformers model is traced with a *padded* attention mask turned into the
-classic additive (batch, 1, 1, len) mask, with attention written as matmul / sqrt(d) + mask ->
-softmax -> matmul, the pattern ONNX Runtime's BERT optimizer fuses into its ``Attention`` op. Every
-exported, optimized and quantized model is checked on a padded batch against transformers run on
-each sequence alone (real tokens only), and cached under ``<cache>/onnx/<key>/``.
+ONNX graphs: bertrt's one exporter (``bertrt.runtime.onnx_export``: the classic additive-mask BERT
+graph ONNX Runtime's optimizer fuses into its ``Attention`` op), from the cache the backends share
+(``<cache>/onnx/<model hash>/``). Every plain, optimized and quantized graph is checked on a padded
+batch against transformers run on each sequence alone.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib
-import json
-import math
-import shutil
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,13 +22,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..api import load
 from ..errors import BertrtError
-from ..model.heads import PoolingConfig, pool
+from ..model import load_checkpoint
+from ..model.heads import PoolingConfig, pool_padded
+from ..quant.api import quantize_
+from ..quant.configs import Int8DynamicConfig
+from ..runtime import onnx_export
 from .names import INT8_PRECISIONS, PEER_NAMES
 from .shapes import BenchInputs
 
 __all__ = ["PEER_NAMES", "BenchError", "Context", "Subject", "make_peer"]
-EXPORT_VERSION = "1"  # bump when the export recipe changes, to invalidate cached models
 # Max |difference| on real tokens between an exported FP32 model and transformers
 EXPORT_ATOL = 1e-3
 
@@ -70,15 +68,6 @@ def version(module: str) -> str | None:
         return importlib.import_module(module).__version__
     except Exception:
         return None
-
-
-def pool_padded(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: PoolingConfig) -> torch.Tensor:
-    """(batch, len, hidden) padded hidden states -> pooled (batch, hidden) fp32, real tokens only."""
-    valid = attention_mask.bool()
-    lengths = valid.sum(1).to(torch.int32)
-    cu = torch.zeros(lengths.numel() + 1, dtype=torch.int32)
-    cu[1:] = torch.cumsum(lengths, 0)
-    return pool(hidden.float()[valid], cu, pooling)
 
 
 class Subject:
@@ -128,24 +117,10 @@ class Bertrt(Subject):
         self.kernels = kernels
         self.model = None
 
-    def available(self) -> str | None:
-        if self.precision in INT8_PRECISIONS:
-            try:
-                from ..quant.api import quantize_  # noqa: F401
-                from ..quant.configs import Int8DynamicConfig  # noqa: F401
-            except Exception as exc:
-                return f"bertrt.quant is unavailable: {exc}"
-        return None
-
     def prepare(self, ctx: Context) -> None:
-        import bertrt
-
-        self.model = bertrt.load(ctx.model_dir, device="cpu", dtype=self.DTYPES[self.precision],
+        self.model = load(ctx.model_dir, device="cpu", dtype=self.DTYPES[self.precision],
                                  kernels=self.kernels)
         if self.precision in INT8_PRECISIONS:
-            from ..quant.api import quantize_
-            from ..quant.configs import Int8DynamicConfig
-
             quantize_(self.model, Int8DynamicConfig(**INT8_PRECISIONS[self.precision]))
         self.notes["backend"] = self.model.backend
 
@@ -176,7 +151,7 @@ class BertrtEndToEnd(Bertrt):
 
 def _load_transformers(model_dir: Path, dtype: torch.dtype, attn: str = "sdpa"):
     """BertModel without its pooler (bertrt and the ONNX graphs do not compute it either)."""
-    import transformers
+    import transformers  # optional dependency (bertrt[bench])
 
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # the unused pooler weights are reported otherwise
@@ -213,46 +188,10 @@ class Transformers(Subject):
                           token_type_ids=inputs.token_type_ids).last_hidden_state
 
     def embed(self, inputs: BenchInputs, output) -> torch.Tensor:
-        return pool_padded(output, inputs.attention_mask, self.pooling)
+        return pool_padded(output.float(), inputs.attention_mask, self.pooling)
 
 
-# -- ONNX export (shared by ONNX Runtime and OpenVINO) ------------------------------------------------
-
-
-def _classic_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """BERT attention as transformers 4.x traced it (Div by sqrt(d), additive mask): the subgraph
-    onnxruntime.transformers' FusionAttention recognises."""
-    scores = torch.matmul(query, key.transpose(-1, -2)) / math.sqrt(query.shape[-1])
-    if attention_mask is not None:
-        scores = scores + attention_mask
-    probs = torch.softmax(scores, dim=-1)
-    return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
-
-
-class _ExportWrapper(torch.nn.Module):
-    """(input_ids, attention_mask, token_type_ids) -> last_hidden_state, with the padded 0/1 mask
-    made into the additive (batch, 1, 1, len) mask inside the graph, so masking is traced, not folded."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, attention_mask, token_type_ids):
-        hidden = self.model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
-        extended = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
-        return self.model.encoder(hidden, attention_mask=extended).last_hidden_state
-
-
-def _export_key(model_dir: Path) -> str:
-    digest = hashlib.sha1()
-    digest.update(str(model_dir.resolve()).encode())
-    digest.update((model_dir / "config.json").read_bytes())
-    for name in sorted(p.name for p in model_dir.iterdir()):
-        if name.endswith((".safetensors", ".bin")):
-            stat = (model_dir / name).stat()
-            digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    digest.update(f"{EXPORT_VERSION}:{version('torch')}:{version('transformers')}:{version('onnxruntime')}".encode())
-    return f"{model_dir.name}-{digest.hexdigest()[:12]}"
+# -- ONNX graphs (shared by ONNX Runtime and OpenVINO) -----------------------------------------------
 
 
 def _check_batch(vocab: int = 30522) -> dict[str, np.ndarray]:
@@ -268,29 +207,26 @@ def _check_batch(vocab: int = 30522) -> dict[str, np.ndarray]:
     return {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": np.zeros_like(ids.numpy())}
 
 
-def _reference_rows(model, feed) -> list[np.ndarray]:
-    """transformers on each sequence alone (no padding at all)."""
+def _reference_rows(model, feed, pooling: PoolingConfig) -> np.ndarray:
+    """transformers on each sequence alone (no padding at all), pooled: (batch, hidden) fp32."""
     rows = []
     with torch.inference_mode():
         for ids, mask in zip(feed["input_ids"], feed["attention_mask"]):
             n = int(mask.sum())
             x = torch.from_numpy(ids[None, :n])
-            rows.append(model(input_ids=x, token_type_ids=torch.zeros_like(x)).last_hidden_state[0].numpy())
-    return rows
+            hidden = model(input_ids=x, token_type_ids=torch.zeros_like(x)).last_hidden_state.float()
+            rows.append(pool_padded(hidden, torch.ones(1, n, dtype=torch.int64), pooling)[0].numpy())
+    return np.stack(rows)
 
 
-def _compare(out: np.ndarray, feed, rows: list[np.ndarray]) -> dict[str, float]:
-    diffs, cosines = [], []
-    for row, ref in enumerate(rows):
-        got = out[row, :ref.shape[0]]
-        diffs.append(float(np.abs(got - ref).max()))
-        cos = (got * ref).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(ref, axis=-1) + 1e-12)
-        cosines.append(float(cos.min()))
-    return {"max_abs_diff": max(diffs), "min_token_cosine": min(cosines)}
+def _compare(out: np.ndarray, rows: np.ndarray) -> dict[str, float]:
+    out = np.asarray(out, dtype=np.float32)
+    cosines = (out * rows).sum(-1) / (np.linalg.norm(out, axis=-1) * np.linalg.norm(rows, axis=-1) + 1e-12)
+    return {"max_abs_diff": float(np.abs(out - rows).max()), "min_cosine": float(cosines.min())}
 
 
 def _ort_session(path: Path, threads: int):
-    import onnxruntime as ort
+    import onnxruntime as ort  # optional dependency (bertrt[onnx])
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -301,108 +237,55 @@ def _ort_session(path: Path, threads: int):
 
 
 def onnx_models(ctx: Context, int8: bool = False) -> dict:
-    """Export + optimize (+ quantize when ``int8``), once per checkpoint, cached on disk; returns
-    {"plain": Path, "optimized": Path, "int8": Path, "info": {checks, fused op counts}}."""
+    """bertrt's own ONNX export of the checkpoint's sentence embedding (``runtime.onnx_export``,
+    pooled in the graph), from the cache every backend shares (``<cache dir>/onnx/<model hash>/``):
+    {"plain": the standard-op graph, "optimized": ONNX Runtime's fused graph, "int8": its dynamic
+    INT8 (when ``int8``), "info": checks and fused-op counts}. Each graph is checked on a padded
+    batch against transformers run on each sequence alone."""
     reason = missing("transformers", "onnx", "onnxruntime")
     if reason:
         raise BenchError(reason)
     models = ctx.artifacts.get("onnx")
     if models is None:
-        folder = ctx.cache_dir / "onnx" / _export_key(ctx.model_dir)
-        paths = {"plain": folder / "model.onnx", "optimized": folder / "model-opt.onnx",
-                 "int8": folder / "model-int8.onnx"}
-        info_file = folder / "info.json"
-        if info_file.exists() and paths["plain"].exists() and paths["optimized"].exists():
-            info = json.loads(info_file.read_text())
-            ctx.log(f"onnx: cached models in {folder}")
-        else:
-            info = _build_onnx(ctx, folder, paths)
-            info_file.write_text(json.dumps(info, indent=2))
-        models = ctx.artifacts["onnx"] = {**paths, "info": info, "info_file": info_file}
-    if int8 and not (models["int8"].exists() and "int8_check" in models["info"]):
-        _quantize_onnx(ctx, models)
-        models["info_file"].write_text(json.dumps(models["info"], indent=2))
+        checkpoint = load_checkpoint(ctx.model_dir, torch.float32, "cpu")
+        ctx.log(f"onnx: {ctx.model_dir.name} from bertrt's export cache in {ctx.cache_dir / 'onnx'}")
+        paths = {"plain": onnx_export.cached_onnx(checkpoint, "embed", "fp32", root=ctx.cache_dir),
+                 "optimized": onnx_export.cached_onnx(checkpoint, "embed", "fp32-ort", root=ctx.cache_dir)}
+        info: dict[str, Any] = {"export": "bertrt.runtime.onnx_export (TorchScript tracer, opset 17, padded mask, "
+                                          "pooled in the graph)",
+                                "check": "padded batch of lengths 7/20/13 vs transformers on each sequence alone"}
+        feed = _check_batch(checkpoint.config.vocab_size)
+        rows = _reference_rows(_load_transformers(ctx.model_dir, torch.float32), feed, ctx.pooling)
+        for key in ("plain", "optimized"):
+            check = info[f"{key}_check"] = _compare(_ort_session(paths[key], ctx.threads).run(None, feed)[0], rows)
+            if check["max_abs_diff"] > EXPORT_ATOL:
+                raise BenchError(f"{key} ONNX graph differs from transformers on a padded batch (max |diff| "
+                                 f"{check['max_abs_diff']:.3g} > {EXPORT_ATOL}): masking did not survive export")
+        stats = info["fused_ops"] = onnx_export.fused_operators(paths["optimized"])
+        layers = checkpoint.config.num_hidden_layers
+        if stats.get("Attention", 0) != layers:
+            info["fusion_warning"] = f"Attention fused {stats.get('Attention', 0)} of {layers} layers"
+            ctx.log(f"onnx: warning: {info['fusion_warning']}")
+        ctx.log(f"onnx: fused {stats}; max |diff| vs transformers: plain {info['plain_check']['max_abs_diff']:.2g}, "
+                f"optimized {info['optimized_check']['max_abs_diff']:.2g}")
+        models = ctx.artifacts["onnx"] = {**paths, "info": info, "checkpoint": checkpoint, "feed": feed,
+                                          "rows": rows}
+    if int8 and "int8" not in models:
+        models["int8"] = onnx_export.cached_onnx(models["checkpoint"], "embed", "int8-dynamic", root=ctx.cache_dir)
+        info = models["info"]
+        info["int8"] = "quantize_dynamic(weight_type=QInt8, per_channel=True) of the optimized graph"
+        info["int8_check"] = _compare(_ort_session(models["int8"], ctx.threads).run(None, models["feed"])[0],
+                                      models["rows"])
     return models
-
-
-def _build_onnx(ctx: Context, folder: Path, paths: dict[str, Path]) -> dict:
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    model = _load_transformers(ctx.model_dir, torch.float32, attn="eager")
-    feed = _check_batch(model.config.vocab_size)
-    rows = _reference_rows(model, feed)
-    try:
-        from transformers import AttentionInterface
-
-        AttentionInterface.register("bertrt_classic", _classic_attention)
-        model.config._attn_implementation = "bertrt_classic"
-    except ImportError:  # older transformers: eager attention already traces as the classic pattern
-        pass
-    ctx.log(f"onnx: exporting {ctx.model_dir.name} (padded mask, dynamic batch and length)")
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    example = tuple(torch.from_numpy(feed[n]) for n in names)
-    export_kwargs = dict(input_names=names, output_names=["last_hidden_state"],
-                         dynamic_axes={n: {0: "batch", 1: "sequence"} for n in [*names, "last_hidden_state"]},
-                         opset_version=17)
-    wrapper = _ExportWrapper(model).eval()  # eval: export restores the wrapper's mode onto the model
-    with warnings.catch_warnings():
-        # the TorchScript exporter is deprecated; tracer warnings are about head_dim becoming a constant
-        warnings.simplefilter("ignore", category=DeprecationWarning)
-        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
-        try:
-            torch.onnx.export(wrapper, example, str(paths["plain"]), dynamo=False, **export_kwargs)
-        except TypeError:  # torch without the dynamo argument
-            torch.onnx.export(wrapper, example, str(paths["plain"]), **export_kwargs)
-    info: dict[str, Any] = {"export": "torch.onnx.export (TorchScript tracer), opset 17, padded additive mask",
-                            "check": "padded batch of lengths 7/20/13 vs transformers on each sequence alone"}
-    plain = _compare(_ort_session(paths["plain"], ctx.threads).run(None, feed)[0], feed, rows)
-    info["plain_check"] = plain
-    if plain["max_abs_diff"] > EXPORT_ATOL:
-        raise BenchError(f"exported ONNX model differs from transformers on real tokens of a padded batch "
-                         f"(max |diff| {plain['max_abs_diff']:.3g} > {EXPORT_ATOL}): masking did not survive export")
-    ctx.log("onnx: optimizing (onnxruntime.transformers.optimizer, model_type=bert)")
-    optimized = optimize_model(str(paths["plain"]), model_type="bert", num_heads=ctx.num_heads,
-                               hidden_size=ctx.hidden_size, opt_level=0)
-    stats = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
-    optimized.save_model_to_file(str(paths["optimized"]))
-    info["fused_ops"] = stats
-    layers = model.config.num_hidden_layers
-    if stats.get("Attention", 0) != layers:
-        info["fusion_warning"] = f"Attention fused {stats.get('Attention', 0)} of {layers} layers"
-        ctx.log(f"onnx: warning: {info['fusion_warning']}")
-    opt_check = _compare(_ort_session(paths["optimized"], ctx.threads).run(None, feed)[0], feed, rows)
-    info["optimized_check"] = opt_check
-    if opt_check["max_abs_diff"] > EXPORT_ATOL:
-        raise BenchError(f"optimized ONNX model differs from transformers (max |diff| "
-                         f"{opt_check['max_abs_diff']:.3g} > {EXPORT_ATOL})")
-    ctx.log(f"onnx: fused {stats}; max |diff| on real tokens: plain {plain['max_abs_diff']:.2g}, "
-            f"optimized {opt_check['max_abs_diff']:.2g}")
-    return info
-
-
-def _quantize_onnx(ctx: Context, models: dict) -> None:
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    ctx.log("onnx: dynamic INT8 (quantize_dynamic, per-channel QInt8 weights)")
-    quantize_dynamic(str(models["optimized"]), str(models["int8"]), weight_type=QuantType.QInt8, per_channel=True,
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    feed = _check_batch()
-    rows = _reference_rows(_load_transformers(ctx.model_dir, torch.float32), feed)
-    info = models["info"]
-    info["int8"] = "quantize_dynamic(weight_type=QInt8, per_channel=True) of the optimized model"
-    info["int8_check"] = _compare(_ort_session(models["int8"], ctx.threads).run(None, feed)[0], feed, rows)
 
 
 # -- ONNX Runtime ----------------------------------------------------------------------------------
 
 
 class OnnxRuntime(Subject):
-    """ONNX Runtime CPUExecutionProvider; fp32 = the transformers-optimizer model (fused Attention,
-    SkipLayerNorm, BiasGelu, EmbedLayerNorm), int8 = its dynamic quantization."""
+    """ONNX Runtime CPUExecutionProvider on bertrt's ONNX export; fp32 = the graph fused by ORT's
+    transformers optimizer (Attention, SkipLayerNorm, BiasGelu, EmbedLayerNorm), int8 = its dynamic
+    quantization. The graph pools in its last nodes, as bertrt's own run does."""
 
     engine = "onnxruntime"
     requires = ("onnxruntime", "onnx", "transformers")
@@ -415,22 +298,23 @@ class OnnxRuntime(Subject):
         key = {"fp32": "optimized", "int8": "int8"}[self.precision]
         models = onnx_models(ctx, int8=key == "int8")
         self.session = _ort_session(models[key], ctx.threads)
-        self.pooling = ctx.pooling
-        self.notes["fused_ops"] = models["info"].get("fused_ops")
-        self.notes["check"] = models["info"].get(f"{key}_check")
+        info = models["info"]
+        self.notes.update({k: info[k] for k in ("fused_ops", "fusion_warning", "plain_check") if k in info})
+        self.notes["check"] = info.get(f"{key}_check")
+        self.notes["graph"] = str(models[key])
 
     def run(self, inputs: BenchInputs):
         return self.session.run(None, inputs.feed())[0]
 
     def embed(self, inputs: BenchInputs, output) -> torch.Tensor:
-        return pool_padded(torch.from_numpy(output), inputs.attention_mask, self.pooling)
+        return torch.from_numpy(output).float()
 
 
 # -- OpenVINO --------------------------------------------------------------------------------------
 
 
 class OpenVino(Subject):
-    """OpenVINO CPU plugin, converted from the plain ONNX export, compiled with the default precision
+    """OpenVINO CPU plugin, converted from bertrt's plain (standard-op) ONNX export, compiled with the default precision
     hint (f32 on AVX2, bf16 where the CPU has AMX/AVX512-BF16) and INFERENCE_NUM_THREADS fixed."""
 
     engine = "openvino"
@@ -441,7 +325,7 @@ class OpenVino(Subject):
         self.precision = "default"
 
     def prepare(self, ctx: Context) -> None:
-        import openvino as ov
+        import openvino as ov  # optional dependency (bertrt[openvino])
 
         models = onnx_models(ctx)
         core = ov.Core()
@@ -452,17 +336,13 @@ class OpenVino(Subject):
         self.notes["performance_hint"] = str(self.compiled.get_property("PERFORMANCE_HINT"))
         self.notes["inference_precision"] = str(hint)
         self.request = self.compiled.create_infer_request()
-        self.pooling = ctx.pooling
-        feed = _check_batch()
-        out = self.request.infer(feed)[0]
-        rows = _reference_rows(_load_transformers(ctx.model_dir, torch.float32, attn="sdpa"), feed)
-        self.notes["check"] = _compare(np.asarray(out), feed, rows)
+        self.notes["check"] = _compare(np.asarray(self.request.infer(models["feed"])[0]), models["rows"])
 
     def run(self, inputs: BenchInputs):
         return self.request.infer(inputs.feed())[0]
 
     def embed(self, inputs: BenchInputs, output) -> torch.Tensor:
-        return pool_padded(torch.from_numpy(np.array(output)), inputs.attention_mask, self.pooling)
+        return torch.from_numpy(np.array(output)).float()
 
 
 def make_peer(name: str) -> Subject:

@@ -51,6 +51,21 @@ def pool(hidden: torch.Tensor, cu_seqlens: torch.Tensor, config: PoolingConfig) 
     return F.normalize(out, dim=-1) if config.normalize else out
 
 
+def pool_padded(hidden: torch.Tensor, attention_mask: torch.Tensor, config: PoolingConfig,
+                normalize: bool | None = None) -> torch.Tensor:
+    """The padded twin of ``pool``: hidden (batch, seq, hidden), attention_mask (batch, seq) 0/1 ->
+    (batch, hidden) in hidden's dtype, real tokens only. Written with masked reductions so that it
+    traces into ONNX and keeps gradients (training); ``normalize`` overrides ``config.normalize``."""
+    valid = attention_mask[:, :, None].to(hidden.dtype)
+    if config.mode == "cls":
+        out = hidden[:, 0]
+    elif config.mode == "mean":
+        out = (hidden * valid).sum(1) / valid.sum(1).clamp(min=1.0)
+    else:
+        out = hidden.masked_fill(valid == 0, float("-inf")).amax(1)
+    return F.normalize(out, dim=-1) if (config.normalize if normalize is None else normalize) else out
+
+
 class Pooler(nn.Module):
     """BERT's pooler: tanh(dense(hidden of [CLS]))."""
 

@@ -3,7 +3,7 @@
 Inputs (all int64, dynamic axes ``batch`` and ``sequence``):
     input_ids (batch, sequence), attention_mask (batch, sequence), token_type_ids (batch, sequence)
 Output, by task:
-    embed:    embeddings (batch, hidden), pooled in the graph exactly as ``heads.pool`` (fp32)
+    embed:    embeddings (batch, hidden), pooled in the graph by ``heads.pool_padded`` (fp32)
     classify: logits (batch, num_labels)
     ner, qa:  logits (batch, sequence, num_labels | 2); values at padding positions are meaningless
 
@@ -16,7 +16,12 @@ Variants: ``fp32`` (standard ONNX ops only: what TensorRT and OpenVINO read), ``
 in fp16 with fp32 inputs and outputs), ``fp32-ort`` (fused com.microsoft ops, ONNX Runtime only),
 ``fp16-ort`` (fused, fp16 weights and math, fp32 inputs and outputs), ``int8`` (QDQ on the
 standard graph: per-channel int8 weights, calibrated int8 activations; MatMuls with a constant
-weight only), ``fp8`` (QDQ with float8 e4m3, opset 19, for TensorRT on sm89+).
+weight only), ``fp8`` (QDQ with float8 e4m3, opset 19, for TensorRT on sm89+), ``int8-dynamic``
+(ONNX Runtime's dynamic INT8 of the fused graph, CPU only: the ``bertrt bench`` peer).
+
+This module is bertrt's one ONNX exporter, quantizer (static QDQ, dynamic) and calibrator: the
+backends, ``bertrt.quant.onnx_qdq`` and ``bertrt bench``'s peers call it and share its cache
+(``cached_onnx``, layout in ``runtime/cache.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import copy
 import io
 import logging
 import math
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +41,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._version import __version__
 from ..model.bert import BertModel
+from ..model.heads import pool_padded
 from . import cache
 
 log = logging.getLogger("bertrt.runtime")
@@ -44,7 +52,7 @@ OPSET = 17
 # Bump when the exported graph changes: cached exports made by an older revision become stale.
 EXPORT_REVISION = 2
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
-VARIANTS = ("fp32", "fp16", "fp32-ort", "fp16-ort", "int8", "fp8")
+VARIANTS = ("fp32", "fp16", "fp32-ort", "fp16-ort", "int8", "fp8", "int8-dynamic")
 # Fused operators the transformers optimizer must produce per encoder layer (and once per model)
 FUSED_PER_LAYER = ("Attention", "SkipLayerNormalization", "BiasGelu")
 
@@ -126,25 +134,13 @@ class ExportBert(nn.Module):
         for layer in self.layers:
             x = layer(x, mask_bias)
         if self.task == "embed":
-            return self.pool(x, attention_mask)
+            return pool_padded(x, attention_mask, self.pooling)  # the padded twin of heads.pool
         if self.task == "classify":
             pooled = torch.tanh(self.head.pooler.dense(x[:, 0]))
             return self.head.classifier(pooled)
         if self.task == "ner":
             return self.head.classifier(x)
         return self.head.qa_outputs(x)
-
-    def pool(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Masked pooling, the padded twin of ``heads.pool``."""
-        mode = self.pooling.mode
-        valid = attention_mask[:, :, None].to(x.dtype)
-        if mode == "cls":
-            out = x[:, 0]
-        elif mode == "mean":
-            out = (x * valid).sum(1) / valid.sum(1).clamp(min=1.0)
-        else:
-            out = x.masked_fill(valid == 0, float("-inf")).amax(1)
-        return F.normalize(out, dim=-1) if self.pooling.normalize else out
 
 
 def dummy_inputs(batch: int = 2, seq_len: int = 8, vocab: int = 100) -> tuple[torch.Tensor, ...]:
@@ -161,7 +157,7 @@ def to_onnx(model: BertModel, task: str, opset: int = OPSET):
     The TorchScript exporter (dynamo=False) is used because its graph is the one the ORT
     transformers optimizer's pattern matchers were written against.
     """
-    import onnx
+    import onnx  # optional dependency (bertrt[onnx])
 
     module = ExportBert(model, task)
     out = output_name(task)
@@ -179,8 +175,8 @@ def to_onnx(model: BertModel, task: str, opset: int = OPSET):
 
 def optimize(proto, config, use_gpu: bool = False):
     """Run ORT's transformers optimizer (model_type="bert") -> (OnnxModel, fused-op statistics)."""
-    from onnxruntime.transformers.fusion_options import FusionOptions
-    from onnxruntime.transformers.optimizer import optimize_model
+    from onnxruntime.transformers.fusion_options import FusionOptions  # optional dependency (bertrt[onnx])
+    from onnxruntime.transformers.optimizer import optimize_model  # optional dependency (bertrt[onnx])
 
     options = FusionOptions("bert")
     # our mask is (batch, seq) of 0/1 right-padded: let Attention take it as a mask index
@@ -216,9 +212,10 @@ CALIBRATION_TEXTS = (
 
 
 def calibration_batches(model: BertModel, texts: list[str] | None, tokenizer=None, rows: int = 4,
-                        seq_len: int = 64) -> list[dict[str, np.ndarray]]:
-    """Padded batches for static (QDQ) calibration, all of one shape (the histogram calibrators need
-    that): the given texts, else ``CALIBRATION_TEXTS``; random token ids without a tokenizer."""
+                        seq_len: int | None = 64) -> list[dict[str, np.ndarray]]:
+    """Padded batches of ``rows`` sequences for static (QDQ) calibration, all of one shape (the
+    histogram calibrators need that): the given texts (truncated to ``seq_len`` tokens; None keeps
+    the tokenizer's own truncation), else ``CALIBRATION_TEXTS``; random token ids without a tokenizer."""
     if tokenizer is not None:
         encodings = tokenizer.encode_batch(list(texts or CALIBRATION_TEXTS), "truncate")
         sequences = [(e.ids[:seq_len], e.type_ids[:seq_len]) for e in encodings]
@@ -226,7 +223,7 @@ def calibration_batches(model: BertModel, texts: list[str] | None, tokenizer=Non
         rng = np.random.default_rng(0)
         sequences = []
         for i in range(16):
-            length = 4 + (i * 37) % (seq_len - 3)
+            length = 4 + (i * 37) % ((seq_len or 64) - 3)
             ids = rng.integers(1, model.config.vocab_size, size=length).tolist()
             sequences.append((ids, [0] * length))
     width = max(len(ids) for ids, _ in sequences)
@@ -242,8 +239,38 @@ def calibration_batches(model: BertModel, texts: list[str] | None, tokenizer=Non
     return batches
 
 
+# Calibration methods by the names bertrt's CLI and quant API use (onnxruntime.quantization.CalibrationMethod)
+CALIBRATION_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy",
+                       "distribution": "Distribution"}
+
+
+def weighted_matmuls(proto, keep_float_rows: int | None = None) -> list[str]:
+    """Names of the MatMuls with a constant weight (the projections and FFN; attention's Q·K and P·V
+    have none), except those whose weight has ``keep_float_rows`` input rows."""
+    initializers = {init.name: init for init in proto.graph.initializer}
+    return [node.name for node in proto.graph.node
+            if node.op_type == "MatMul" and any(name in initializers for name in node.input)
+            and not (keep_float_rows and any(name in initializers and initializers[name].dims[0] == keep_float_rows
+                                             for name in node.input))]
+
+
+@contextlib.contextmanager
+def _quiet_quantizer():
+    """The quantizer prints calibration progress on stdout and advises pre-processing on the root logger."""
+    quiet = logging.Filter()
+    quiet.filter = lambda record: "pre-processing" not in record.getMessage()
+    root = logging.getLogger()
+    root.addFilter(quiet)
+    try:
+        with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
+            yield Path(tmp)
+    finally:
+        root.removeFilter(quiet)
+
+
 def quantize_qdq(proto, calibration: list[dict[str, np.ndarray]], float8: bool = False,
-                 keep_float_rows: int | None = None, method=None, symmetric: bool = True):
+                 keep_float_rows: int | None = None, method: str | None = None, symmetric: bool = True,
+                 per_channel: bool | None = None):
     """Static quantization in QDQ form: per-channel weights and calibrated activations of every
     MatMul with a constant weight (the projections and FFN; attention's Q·K and P·V stay float).
 
@@ -252,9 +279,11 @@ def quantize_qdq(proto, calibration: list[dict[str, np.ndarray]], float8: bool =
     long one-sided tail that symmetric per-tensor int8 cannot hold (on all-MiniLM-L6-v2 the worst
     embedding cosine vs fp32 goes from 0.86 to 0.98 with it). symmetric: int8 activations with zero
     point 0, which TensorRT requires; False gives uint8 activations (ONNX Runtime CPU only).
+    method: a ``CALIBRATION_METHODS`` name (default minmax, distribution for float8). per_channel:
+    per-channel weight scales (default: yes for int8, no for float8).
     """
-    import onnx
-    from onnxruntime.quantization import (
+    import onnx  # optional dependency (bertrt[onnx])
+    from onnxruntime.quantization import (  # optional dependency (bertrt[onnx])
         CalibrationDataReader,
         CalibrationMethod,
         QuantFormat,
@@ -269,32 +298,36 @@ def quantize_qdq(proto, calibration: list[dict[str, np.ndarray]], float8: bool =
         def get_next(self):
             return next(self.items, None)
 
-    initializers = {init.name: init for init in proto.graph.initializer}
-    weighted = [node.name for node in proto.graph.node
-                if node.op_type == "MatMul" and any(name in initializers for name in node.input)
-                and not (keep_float_rows and any(name in initializers and initializers[name].dims[0] == keep_float_rows
-                                                 for name in node.input))]
-    import tempfile
+    method = method or ("distribution" if float8 else "minmax")
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"calibration method must be one of {sorted(CALIBRATION_METHODS)}, got {method!r}")
+    with _quiet_quantizer() as tmp:
+        src, dst = tmp / "in.onnx", tmp / "out.onnx"
+        onnx.save(proto, str(src))
+        kind = QuantType.QFLOAT8E4M3FN if float8 else QuantType.QInt8
+        activation = kind if symmetric else QuantType.QUInt8
+        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
+                        per_channel=not float8 if per_channel is None else per_channel,
+                        activation_type=activation, weight_type=kind,
+                        nodes_to_quantize=weighted_matmuls(proto, keep_float_rows), op_types_to_quantize=["MatMul"],
+                        calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
+                        extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True})
+        return onnx.load(str(dst))
 
-    # the quantizer prints calibration progress on stdout and advises pre-processing on the root logger
-    quiet = logging.Filter()
-    quiet.filter = lambda record: "pre-processing" not in record.getMessage()
-    root = logging.getLogger()
-    root.addFilter(quiet)
-    try:
-        with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
-            src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
-            onnx.save(proto, str(src))
-            kind = QuantType.QFLOAT8E4M3FN if float8 else QuantType.QInt8
-            activation = kind if symmetric else QuantType.QUInt8
-            method = method or (CalibrationMethod.Distribution if float8 else CalibrationMethod.MinMax)
-            quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=not float8,
-                            activation_type=activation, weight_type=kind, nodes_to_quantize=weighted,
-                            op_types_to_quantize=["MatMul"], calibrate_method=method,
-                            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True})
-            return onnx.load(str(dst))
-    finally:
-        root.removeFilter(quiet)
+
+def quantize_dynamic_int8(proto):
+    """ONNX Runtime's dynamic INT8 (MatMulInteger / DynamicQuantizeMatMul: per-tensor u8 activations
+    quantized at run time, per-channel int8 weights), of a standard or an optimizer-fused graph
+    (``DefaultTensorType`` lets the quantizer type the com.microsoft ops it cannot shape-infer)."""
+    import onnx  # optional dependency (bertrt[onnx])
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # optional dependency (bertrt[onnx])
+
+    with _quiet_quantizer() as tmp:
+        src, dst = tmp / "in.onnx", tmp / "out.onnx"
+        onnx.save(proto, str(src))
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        return onnx.load(str(dst))
 
 
 @dataclass
@@ -314,6 +347,9 @@ def build_variant(model: BertModel, task: str, variant: str, calibration_texts: 
     opset = 19 if variant == "fp8" else OPSET  # float8 QuantizeLinear needs opset 19
     proto = to_onnx(model, task, opset)
     fused: dict[str, int] = {}
+    if variant == "int8-dynamic":  # ONNX Runtime's own INT8 of the fused graph (the bench peer)
+        optimized, fused = optimize(proto, model.config, use_gpu=use_gpu)
+        return quantize_dynamic_int8(optimized.model), fused
     if variant in ("int8", "fp8"):
         calibration = calibration_batches(model, calibration_texts, tokenizer)
         config = model.config
@@ -325,7 +361,7 @@ def build_variant(model: BertModel, task: str, variant: str, calibration_texts: 
             optimized.convert_float_to_float16(keep_io_types=True)
         proto = optimized.model
     elif variant == "fp16":
-        from onnxruntime.transformers.float16 import convert_float_to_float16
+        from onnxruntime.transformers.float16 import convert_float_to_float16  # optional (bertrt[onnx])
 
         proto = convert_float_to_float16(proto, keep_io_types=True)
     return proto, fused
@@ -358,7 +394,7 @@ def export(checkpoint, output: str | Path, task: str | None = None, variant: str
 
 def check_against_torch(path: Path, model: BertModel, task: str, seed: int = 0) -> float:
     """Max |ORT - torch| over real tokens of a padded batch with lengths 3, 11 and 17 (CPU, fp32 ref)."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # optional dependency (bertrt[onnx])
 
     generator = torch.Generator().manual_seed(seed)
     lengths = [17, 3, 11]
@@ -384,24 +420,24 @@ def check_against_torch(path: Path, model: BertModel, task: str, seed: int = 0) 
 
 def versions() -> dict[str, str]:
     """Versions an exported graph depends on; a cached file made under others is stale."""
-    import onnx
-    import onnxruntime
-
-    from .. import __version__
+    import onnx  # optional dependency (bertrt[onnx])
+    import onnxruntime  # optional dependency (bertrt[onnx])
 
     return {"bertrt": __version__, "export_revision": str(EXPORT_REVISION), "torch": torch.__version__,
             "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
 
 
-def cached_onnx(checkpoint, task: str, variant: str, use_gpu: bool = False) -> Path:
+def cached_onnx(checkpoint, task: str, variant: str, use_gpu: bool = False, root: Path | None = None) -> Path:
     """The path of ``variant`` for ``task`` in bertrt's cache, exported now if missing, corrupt or stale.
 
-    Key: cache_dir()/onnx/<model hash>/<task>-<variant>[-gpu].onnx; the sidecar records the
-    versions that made it (a changed torch / onnx / onnxruntime / bertrt makes it stale).
+    Key: <root>/onnx/<model hash>/<task>-<variant>[-gpu].onnx, root = cache_dir() unless given (the
+    backends, ``bertrt bench``'s peers and ``bertrt export`` all read this one cache); the sidecar
+    records the versions that made it (a changed torch / onnx / onnxruntime / bertrt makes it stale)
+    and the fused-operator statistics (``fused_operators``).
     """
     digest = cache.model_hash(checkpoint.model_dir)
     suffix = "-gpu" if use_gpu and variant.endswith("-ort") else ""
-    path = cache.cache_dir() / "onnx" / digest / f"{task}-{variant}{suffix}.onnx"
+    path = Path(root or cache.cache_dir()) / "onnx" / digest / f"{task}-{variant}{suffix}.onnx"
     expect = {"model_hash": digest, "task": task, "variant": variant, "versions": versions()}
     if cache.verified_artifact(path, expect) is not None:
         return path
@@ -411,3 +447,10 @@ def cached_onnx(checkpoint, task: str, variant: str, use_gpu: bool = False) -> P
                   "num_heads": checkpoint.config.num_attention_heads, "hidden_size": checkpoint.config.hidden_size})
     cache.write_artifact(path, proto.SerializeToString(), {**expect, "fused": fused})
     return path
+
+
+def fused_operators(path: Path) -> dict[str, int]:
+    """The optimizer's fused-operator counts recorded beside a ``cached_onnx`` file ({} for graphs
+    the optimizer did not run on)."""
+    record = cache.read_record(cache.sidecar(Path(path))) or {}
+    return {name: int(count) for name, count in record.get("fused", {}).items() if count}

@@ -16,7 +16,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..model.heads import PoolingConfig, pool_padded
 from ..model.loader import default_model_dir as bundled_model_dir
+from ..model.loader import read_pooling
 from .data import EncodedExample, collate
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -102,35 +104,18 @@ def save_model(model, tokenizer, source_dir: str | Path, out_dir: str | Path, ta
 
 
 @dataclass(frozen=True)
-class Pooling:
-    mode: str = "mean"  # "mean", "cls" or "max"
-    normalize: bool = False
+class Pooling(PoolingConfig):
+    """The checkpoint's sentence-transformers pooling (read by ``bertrt.model.loader.read_pooling``),
+    applied to padded hidden states before normalization (the losses and ``predict`` normalize)."""
 
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> Pooling:
-        model_dir = Path(model_dir)
-        config_path = model_dir / "1_Pooling" / "config.json"
-        mode = "mean"
-        if config_path.is_file():
-            config = json.loads(config_path.read_text())
-            if config.get("pooling_mode_cls_token"):
-                mode = "cls"
-            elif config.get("pooling_mode_max_tokens"):
-                mode = "max"
-        normalize = False
-        modules = model_dir / "modules.json"
-        if modules.is_file():
-            normalize = any(m.get("type", "").endswith("Normalize") for m in json.loads(modules.read_text()))
-        return cls(mode, normalize)
+        config, _ = read_pooling(Path(model_dir))
+        return cls(config.mode, config.normalize)
 
     def __call__(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """hidden: (batch, seq, hidden), attention_mask: (batch, seq) -> (batch, hidden), before normalization."""
-        if self.mode == "cls":
-            return hidden[:, 0]
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        if self.mode == "max":
-            return hidden.masked_fill(mask == 0, float("-inf")).max(dim=1).values
-        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        return pool_padded(hidden, attention_mask, self, normalize=False)
 
 
 # ----------------------------------------------------------------------------------------------------
