@@ -322,6 +322,10 @@ def quantize_dynamic_int8(proto):
     import onnx  # optional dependency (bertrt[onnx])
     from onnxruntime.quantization import QuantType, quantize_dynamic  # optional dependency (bertrt[onnx])
 
+    if any(node.domain == "com.microsoft" for node in proto.graph.node) and not any(
+            opset.domain == "com.microsoft" for opset in proto.opset_import):
+        proto = copy.deepcopy(proto)  # the optimizer's in-memory graph uses the fused ops without importing them
+        proto.opset_import.add(domain="com.microsoft", version=1)
     with _quiet_quantizer() as tmp:
         src, dst = tmp / "in.onnx", tmp / "out.onnx"
         onnx.save(proto, str(src))
