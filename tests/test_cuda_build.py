@@ -197,7 +197,7 @@ def _recompile_ptxas_report(archs: list[int]) -> str:
     with tempfile.TemporaryDirectory() as tmp:
 
         def compile_one(src: Path) -> str:
-            cmd = [NVCC, "-std=c++17", "-O3", "-Xptxas=-v", "-I", str(CSRC), *gencode,
+            cmd = [NVCC, "-std=c++17", "-O3", "-Xptxas=-v", "-I", str(CSRC), "-I", str(CSRC.parent), *gencode,
                    "-c", str(src), "-o", str(Path(tmp) / f"{src.name}.o")]
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
             assert done.returncode == 0, f"{' '.join(cmd)}\n{done.stdout}\n{done.stderr}"

@@ -271,14 +271,8 @@ void run(const AttentionArgs& a) {
 }  // namespace
 
 void attention(const AttentionArgs& a) {
-  switch (a.dtype) {
-    case DType::F32:
-      return run<float>(a);
-    case DType::BF16:
-      return run<bf16>(a);
-    case DType::F16:
-      return run<f16>(a);
-  }
+  return dispatch_dtype<float, bf16, f16>(a.dtype,
+                                          [&](auto tag) { return run<typename decltype(tag)::type>(a); });
 }
 
 }  // namespace bertrt::cpu::BERTRT_NS

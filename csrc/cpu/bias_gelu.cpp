@@ -57,14 +57,8 @@ void run_typed(const BiasGeluArgs& a) {
 }  // namespace
 
 void bias_gelu(const BiasGeluArgs& a) {
-  switch (a.dtype) {
-    case DType::F32:
-      return run_typed<float>(a);
-    case DType::BF16:
-      return run_typed<bf16>(a);
-    case DType::F16:
-      return run_typed<f16>(a);
-  }
+  return dispatch_dtype<float, bf16, f16>(
+      a.dtype, [&](auto tag) { return run_typed<typename decltype(tag)::type>(a); });
 }
 
 void vector_exp(const float* x, float* out, int64_t n) {

@@ -55,14 +55,8 @@ void run_typed(const LayerNormArgs& a) {
 }  // namespace
 
 void bias_residual_layer_norm(const LayerNormArgs& a) {
-  switch (a.dtype) {
-    case DType::F32:
-      return run_typed<float>(a);
-    case DType::BF16:
-      return run_typed<bf16>(a);
-    case DType::F16:
-      return run_typed<f16>(a);
-  }
+  return dispatch_dtype<float, bf16, f16>(
+      a.dtype, [&](auto tag) { return run_typed<typename decltype(tag)::type>(a); });
 }
 
 }  // namespace bertrt::cpu::BERTRT_NS

@@ -194,14 +194,8 @@ void run(const Int8LinearArgs& a) {
 
 template <class O>
 void run_out(const Int8LinearArgs& a) {
-  switch (a.bias_dtype) {
-    case DType::F32:
-      return run<O, float>(a);
-    case DType::BF16:
-      return run<O, bf16>(a);
-    case DType::F16:
-      return run<O, f16>(a);
-  }
+  return dispatch_dtype<float, bf16, f16>(a.bias_dtype,
+                                          [&](auto tag) { return run<O, typename decltype(tag)::type>(a); });
 }
 
 // ---- packed dynamic/static path: float x in, weights packed once ---------------------------------
@@ -440,14 +434,8 @@ void run_packed(const Int8PackedLinearArgs& a) {
 }  // namespace
 
 void int8_linear(const Int8LinearArgs& a) {
-  switch (a.out_dtype) {
-    case DType::F32:
-      return run_out<float>(a);
-    case DType::BF16:
-      return run_out<bf16>(a);
-    case DType::F16:
-      return run_out<f16>(a);
-  }
+  return dispatch_dtype<float, bf16, f16>(a.out_dtype,
+                                          [&](auto tag) { return run_out<typename decltype(tag)::type>(a); });
 }
 
 void int8_linear_packed(const Int8PackedLinearArgs& a) {

@@ -6,10 +6,11 @@
 
 #include <cstdint>
 
+#include "common/dtype.h"
+
 namespace bertrt::cpu {
 
-// Element type codes shared with engine/ops/cpu_kernels.py.
-enum class DType : int { F32 = 0, BF16 = 1, F16 = 2 };
+using bertrt::DType;  // codes shared with engine/ops/cpu_kernels.py (csrc/common/dtype.h)
 
 // Variants, best last; the Python side lists them best first.
 enum class Isa : int { Scalar = 0, Avx2 = 1, Avx512 = 2, Amx = 3 };

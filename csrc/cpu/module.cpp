@@ -33,9 +33,10 @@ Isa checked_isa(int isa) {
 }
 
 DType checked_dtype(const char* what, int code) {
-  if (code < 0 || code > 2)
+  DType dtype;
+  if (!bertrt::dtype_from_code(code, &dtype))
     throw py::value_error(std::string(what) + ": unknown dtype code " + std::to_string(code));
-  return DType(code);
+  return dtype;
 }
 
 void require_pointer(const char* what, uintptr_t p) {

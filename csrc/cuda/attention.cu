@@ -20,8 +20,7 @@
 
 #include "common.cuh"
 
-namespace bertrt {
-namespace cuda {
+namespace bertrt::cuda {
 namespace {
 
 constexpr float kLog2e = 1.4426950408889634f;
@@ -461,8 +460,8 @@ cudaError_t dispatch_simt(const void* qkv, const int32_t* cu, void* out, int bat
 }  // namespace
 
 AttentionPath attention_auto_path(DType dtype, int sm) {
-  if (dtype == DType::kFloat16 && sm >= 75) return AttentionPath::kTensorCore;
-  if (dtype == DType::kBFloat16 && sm >= 80) return AttentionPath::kTensorCore;
+  if (dtype == DType::F16 && sm >= 75) return AttentionPath::kTensorCore;
+  if (dtype == DType::BF16 && sm >= 80) return AttentionPath::kTensorCore;
   return AttentionPath::kSimt;
 }
 
@@ -476,24 +475,16 @@ cudaError_t launch_attention(const void* qkv, const int32_t* cu_seqlens, void* o
   if (path == AttentionPath::kTensorCore && best != AttentionPath::kTensorCore) return cudaErrorNotSupported;
   const float scale_log2 = scale * kLog2e;
   if (path == AttentionPath::kTensorCore) {
-    if (dtype == DType::kFloat16)
+    if (dtype == DType::F16)
       return dispatch_mma<__half>(qkv, cu_seqlens, out, batch, heads, head_dim, max_seqlen, scale_log2,
                                   stream);
     return dispatch_mma<__nv_bfloat16>(qkv, cu_seqlens, out, batch, heads, head_dim, max_seqlen, scale_log2,
                                        stream);
   }
-  switch (dtype) {
-    case DType::kFloat32:
-      return dispatch_simt<float>(qkv, cu_seqlens, out, batch, heads, head_dim, max_seqlen, scale_log2,
-                                  stream);
-    case DType::kFloat16:
-      return dispatch_simt<__half>(qkv, cu_seqlens, out, batch, heads, head_dim, max_seqlen, scale_log2,
-                                   stream);
-    case DType::kBFloat16:
-      return dispatch_simt<__nv_bfloat16>(qkv, cu_seqlens, out, batch, heads, head_dim, max_seqlen,
-                                          scale_log2, stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch_dtype<float, __nv_bfloat16, __half>(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    return dispatch_simt<T>(qkv, cu_seqlens, out, batch, heads, head_dim, max_seqlen, scale_log2, stream);
+  });
 }
 
 int current_device_sm() {
@@ -511,5 +502,4 @@ int current_device_sm() {
   return major * 10 + minor;
 }
 
-}  // namespace cuda
-}  // namespace bertrt
+}  // namespace bertrt::cuda

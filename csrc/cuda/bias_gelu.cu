@@ -3,8 +3,7 @@
 // bias are 16-byte aligned and features % VEC == 0 (so a pack never crosses a row), else VEC = 1.
 #include "common.cuh"
 
-namespace bertrt {
-namespace cuda {
+namespace bertrt::cuda {
 namespace {
 
 template <bool TANH>
@@ -72,16 +71,9 @@ cudaError_t launch_approx(const void* x, const void* bias, void* out, int64_t to
 cudaError_t launch_bias_gelu(const void* x, const void* bias, void* out, int64_t tokens, int64_t features,
                              bool tanh_approx, DType dtype, cudaStream_t stream) {
   if (tokens == 0 || features == 0) return cudaSuccess;
-  switch (dtype) {
-    case DType::kFloat32:
-      return launch_approx<float>(x, bias, out, tokens, features, tanh_approx, stream);
-    case DType::kFloat16:
-      return launch_approx<__half>(x, bias, out, tokens, features, tanh_approx, stream);
-    case DType::kBFloat16:
-      return launch_approx<__nv_bfloat16>(x, bias, out, tokens, features, tanh_approx, stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch_dtype<float, __nv_bfloat16, __half>(dtype, [&](auto tag) {
+    return launch_approx<typename decltype(tag)::type>(x, bias, out, tokens, features, tanh_approx, stream);
+  });
 }
 
-}  // namespace cuda
-}  // namespace bertrt
+}  // namespace bertrt::cuda

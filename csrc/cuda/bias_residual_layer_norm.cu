@@ -4,8 +4,7 @@
 
 #include "layer_norm.cuh"
 
-namespace bertrt {
-namespace cuda {
+namespace bertrt::cuda {
 namespace {
 
 template <typename T, int VEC>
@@ -66,16 +65,10 @@ cudaError_t launch_bias_residual_layer_norm(const void* x, const void* bias, con
                                             const void* weight, const void* beta, void* out, int64_t tokens,
                                             int64_t hidden, float eps, DType dtype, cudaStream_t stream) {
   if (tokens == 0) return cudaSuccess;
-  switch (dtype) {
-    case DType::kFloat32:
-      return launch_typed<float>(x, bias, residual, weight, beta, out, tokens, hidden, eps, stream);
-    case DType::kFloat16:
-      return launch_typed<__half>(x, bias, residual, weight, beta, out, tokens, hidden, eps, stream);
-    case DType::kBFloat16:
-      return launch_typed<__nv_bfloat16>(x, bias, residual, weight, beta, out, tokens, hidden, eps, stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch_dtype<float, __nv_bfloat16, __half>(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    return launch_typed<T>(x, bias, residual, weight, beta, out, tokens, hidden, eps, stream);
+  });
 }
 
-}  // namespace cuda
-}  // namespace bertrt
+}  // namespace bertrt::cuda

@@ -10,8 +10,7 @@
 
 #include "kernels.h"
 
-namespace bertrt {
-namespace cuda {
+namespace bertrt::cuda {
 
 // ---------------------------------------------------------------------------------------------
 // Conversions. All arithmetic is done in fp32; storage types are float, __half and __nv_bfloat16.
@@ -146,5 +145,4 @@ inline bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(
 
 inline int ceil_div(long long a, long long b) { return static_cast<int>((a + b - 1) / b); }
 
-}  // namespace cuda
-}  // namespace bertrt
+}  // namespace bertrt::cuda

@@ -7,8 +7,7 @@
 
 #include "layer_norm.cuh"
 
-namespace bertrt {
-namespace cuda {
+namespace bertrt::cuda {
 namespace {
 
 struct IdArray {
@@ -88,19 +87,11 @@ cudaError_t launch_embedding_layer_norm(const void* input_ids, bool input_ids_64
   const IdArray ids{input_ids, vocab, input_ids_64};
   const IdArray types{token_type_ids, type_vocab, token_type_ids_64};
   const IdArray positions{position_ids, max_positions, position_ids_64};
-  switch (dtype) {
-    case DType::kFloat32:
-      return launch_typed<float>(ids, types, positions, word, position, token_type, weight, bias, out, tokens,
-                                 hidden, eps, stream);
-    case DType::kFloat16:
-      return launch_typed<__half>(ids, types, positions, word, position, token_type, weight, bias, out,
-                                  tokens, hidden, eps, stream);
-    case DType::kBFloat16:
-      return launch_typed<__nv_bfloat16>(ids, types, positions, word, position, token_type, weight, bias, out,
-                                         tokens, hidden, eps, stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch_dtype<float, __nv_bfloat16, __half>(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    return launch_typed<T>(ids, types, positions, word, position, token_type, weight, bias, out, tokens,
+                           hidden, eps, stream);
+  });
 }
 
-}  // namespace cuda
-}  // namespace bertrt
+}  // namespace bertrt::cuda

@@ -7,10 +7,11 @@
 
 #include <cstdint>
 
-namespace bertrt {
-namespace cuda {
+#include "common/dtype.h"
 
-enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+namespace bertrt::cuda {
+
+using bertrt::DType;  // one enum for both extensions (csrc/common/dtype.h)
 
 // Device capability used for dispatch: major * 10 + minor of the current device (0 if unknown).
 int current_device_sm();
@@ -43,5 +44,4 @@ cudaError_t launch_embedding_layer_norm(const void* input_ids, bool input_ids_64
                                         int64_t tokens, int64_t hidden, float eps, DType dtype,
                                         cudaStream_t stream);
 
-}  // namespace cuda
-}  // namespace bertrt
+}  // namespace bertrt::cuda

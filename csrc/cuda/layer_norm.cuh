@@ -12,8 +12,7 @@
 
 #include "common.cuh"
 
-namespace bertrt {
-namespace cuda {
+namespace bertrt::cuda {
 
 constexpr int kLayerNormMaxThreads = 512;
 
@@ -128,5 +127,4 @@ inline void dispatch_layer_norm_config(const LayerNormConfig& cfg, F&& f) {
   return f(IV{}, std::integral_constant<int, 4>{});
 }
 
-}  // namespace cuda
-}  // namespace bertrt
+}  // namespace bertrt::cuda

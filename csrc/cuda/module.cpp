@@ -39,10 +39,10 @@ void require(bool ok, const std::string& op, const std::string& msg) {
 }
 
 DType parse_dtype(const std::string& op, const std::string& name) {
-  if (name == "float32") return DType::kFloat32;
-  if (name == "float16") return DType::kFloat16;
-  if (name == "bfloat16") return DType::kBFloat16;
-  fail(op, "dtype must be 'float32', 'float16' or 'bfloat16', got '" + name + "'");
+  DType dtype;
+  if (!bertrt::dtype_from_name(name, &dtype))
+    fail(op, "dtype must be 'float32', 'float16' or 'bfloat16', got '" + name + "'");
+  return dtype;
 }
 
 bool parse_id_dtype(const std::string& op, const std::string& what, const std::string& name) {
