@@ -29,7 +29,7 @@ def random_checkpoint(name: str, cache_dir: Path, seed: int = 0) -> Path:
     if (target / "model.safetensors").exists() and (target / "vocab.txt").exists():
         return target
     try:
-        import transformers
+        import transformers  # optional dependency (bertrt[bench])
     except ImportError as exc:
         raise InputError("--config needs transformers to write the random checkpoint (pip install "
                          "'bertrt[bench]')") from exc

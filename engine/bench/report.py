@@ -53,7 +53,7 @@ TABLE_HEADINGS = ["shape", "engine", "precision", "median ms", "p90 ms", "cpu ms
 def print_table(result: BenchResult, file=None) -> None:
     file = file or sys.stdout
     try:
-        from rich.console import Console
+        from rich.console import Console  # optional dependency (bertrt[bench])
         from rich.table import Table
     except ImportError:
         Console = None
@@ -124,7 +124,7 @@ def _label(r: Row) -> str:
 
 def plot_png(result: BenchResult, path: Path) -> Path:
     """One panel per shape: horizontal bars of median latency (p90 as the whisker), ours highlighted."""
-    import matplotlib
+    import matplotlib  # optional dependency (bertrt[bench])
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

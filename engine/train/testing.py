@@ -24,7 +24,7 @@ SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 def make_tiny_model(directory: Path, layers: int = 4, hidden: int = 32, heads: int = 2, seed: int = 0) -> Path:
     """A random BertModel with a word-level vocabulary of the test words, saved HF-style, plus the
     sentence-transformers pooling files (mean pooling, normalized) so it also serves as an embedder."""
-    from transformers import BertConfig, BertModel
+    from transformers import BertConfig, BertModel  # optional dependency (training, tests)
 
     directory.mkdir(parents=True, exist_ok=True)
     vocab = SPECIAL + sorted({w for words in WORDS.values() for w in words} | set(FILLER))
