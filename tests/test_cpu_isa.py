@@ -180,6 +180,7 @@ def test_amx_attention_tiling_in_software_emulation(tmp_path):
             "-fopenmp",
             "-DBERTRT_ISA_AMX",
             "-DBERTRT_AMX_EMULATE",
+            f"-I{source.parent}",  # csrc/: common/dtype.h, as CMakeLists.txt sets it
             str(source / "amx_emulation_test.cpp"),
             str(source / "attention_amx.cpp"),
             "-o",
