@@ -25,19 +25,7 @@ httpx = pytest.importorskip("httpx")
 import bertrt  # noqa: E402
 from bertrt.serving.batcher import DynamicBatcher, QueueFull  # noqa: E402
 
-from .serving_helpers import LiveServer, SlowRunner  # noqa: E402
-
-WORDS = (
-    "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
-    "quebec romeo sierra tango uniform victor whiskey xray yankee zulu river stone cloud garden"
-).split()
-
-
-def sentence(i: int, words: int = 8) -> str:
-    """Distinct text for each i (its digits are spelled into the words)."""
-    picked = [WORDS[(i * 7 + k * 13 + (i // (k + 1))) % len(WORDS)] for k in range(words)]
-    return f"item {i} " + " ".join(picked)
-
+from .serving_helpers import LiveServer, SlowRunner, sentence  # noqa: E402
 
 @pytest.fixture(scope="module")
 def minilm(minilm_dir):

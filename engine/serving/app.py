@@ -142,6 +142,11 @@ def create_app(engine, config: ServeConfig | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app):
         await state.start()
+        grpc = None
+        if state.config.grpc_port is not None:
+            from . import grpc_server  # grpcio + tritonclient[grpc]: only when gRPC is asked for
+
+            grpc, app.state.grpc_port = await grpc_server.start(state, state.config.grpc_host, state.config.grpc_port)
         log.info(
             "ready", extra={"fields": {"model": state.model_name, "tasks": list(state.tasks), "engine": repr(engine)}}
         )
@@ -149,6 +154,8 @@ def create_app(engine, config: ServeConfig | None = None) -> FastAPI:
             yield
         finally:
             log.info("draining", extra={"fields": {"queued": state.batcher.depth}})
+            if grpc is not None:
+                await grpc.stop(grace=state.config.timeout_s)
             await state.stop()
             log.info("stopped", extra={"fields": {}})
 
