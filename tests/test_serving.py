@@ -27,6 +27,7 @@ from bertrt.serving.batcher import DynamicBatcher, QueueFull  # noqa: E402
 
 from .serving_helpers import LiveServer, SlowRunner, sentence  # noqa: E402
 
+
 @pytest.fixture(scope="module")
 def minilm(minilm_dir):
     return bertrt.load(minilm_dir, device="cpu", batch_invariant=True)
