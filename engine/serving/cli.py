@@ -83,6 +83,10 @@ def build_server(
 
 def cmd_serve(args) -> int:
     configure_logging(args.log_format, args.log_level)
+    if args.otel:
+        from .tracing import configure
+
+        configure()
     if args.threads:
         import torch
 
@@ -105,6 +109,7 @@ def cmd_serve(args) -> int:
         api_key=api_key,
         grpc_port=args.grpc_port,
         grpc_host=args.host,
+        otel=args.otel,
     )
     engine = bertrt.load(
         args.model_dir,
@@ -156,6 +161,8 @@ def register(subparsers) -> None:
                    help="kernels whose result for a text does not depend on the batch the server puts it in")
     p.add_argument("--grpc-port", type=int, default=None,
                    help="also serve KServe v2 gRPC (inference.GRPCInferenceService) on this port")
+    p.add_argument("--otel", action="store_true", help="OpenTelemetry spans (needs opentelemetry-sdk; OTLP exporter "
+                   "when opentelemetry-exporter-otlp is installed)")
     p.add_argument("--default-prompt-name", default=None,
                    help="prompt (config_sentence_transformers.json) used when a request names none")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
