@@ -11,6 +11,7 @@ import argparse
 import importlib
 import json
 import logging
+import math
 import sys
 from collections.abc import Iterable
 
@@ -58,9 +59,24 @@ class _nullcontext:
         return False
 
 
+def _finite(value):
+    """NaN and infinities -> None: JSON has no NaN (json.dumps would write a bare NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _emit(records: Iterable[dict]) -> None:
     for record in records:
-        sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+        try:
+            line = json.dumps(record, ensure_ascii=False, allow_nan=False)
+        except ValueError:
+            line = json.dumps(_finite(record), ensure_ascii=False, allow_nan=False)
+        sys.stdout.write(line + "\n")
 
 
 def _engine(args, task: str | None):

@@ -16,6 +16,9 @@ TRUNCATION_MODES = ("truncate", "error")
 # Truncation settings come from callers (a server's QA requests choose max_length and stride), so the
 # configured copies are kept in a small LRU rather than one per setting ever seen.
 MAX_TRUNCATING_COPIES = 8
+# Pre-truncation: a text longer than max_length * PROBE_CHARS_PER_TOKEN characters is first tokenized
+# on a prefix of that many characters (doubled while too short), never on all of a 4 MB string.
+PROBE_CHARS_PER_TOKEN = 16
 
 
 def check_texts(texts, what: str = "texts") -> list[str]:
@@ -101,25 +104,85 @@ class BertTokenizer:
         decoder = self._tok.decoder
         return decoder.decode(tokens) if decoder is not None else " ".join(tokens)
 
+    def with_max_length(self, max_length: int) -> BertTokenizer:
+        """The same tokenizer (shared, never reconfigured) with another default max_length."""
+        return BertTokenizer(self._tok, max_length)
+
+    def num_special_tokens(self, pair: bool = False) -> int:
+        return self._tok.num_special_tokens_to_add(pair)
+
+    def exact_prefixes(self, texts: list[str], tokens: int) -> list[str]:
+        """Each text, or a prefix of it whose first ``tokens + 1`` tokens (no special tokens) are
+        exactly the whole text's: the work of tokenizing a text is then bounded by ``tokens``, not by
+        its length. A prefix is cut at a character budget and kept only when more than ``tokens`` of
+        its tokens lie in words before its last (possibly cut) word; pre-tokenizers split words
+        locally, so those tokens and their offsets are the full text's. Otherwise the budget doubles
+        (whitespace runs and long [UNK] words have many characters per token)."""
+        out = list(texts)
+        budget = max(256, (tokens + 1) * PROBE_CHARS_PER_TOKEN)
+        pending = [i for i, t in enumerate(texts) if len(t) > budget]
+        while pending:
+            probes = self._tok.encode_batch([texts[i][:budget] for i in pending], add_special_tokens=False)
+            still = []
+            for i, encoding in zip(pending, probes):
+                words = encoding.word_ids
+                if len(words) > tokens + 1 and words[tokens] is not None and words[tokens] < words[-1]:
+                    out[i] = texts[i][:budget]
+                else:
+                    still.append(i)
+            budget *= 2
+            pending = [i for i in still if len(texts[i]) > budget]
+        return out
+
+    def count_tokens(self, text: str, limit: int) -> int:
+        """Tokens of ``text`` without special tokens, or ``limit + 1`` when there are more than limit
+        (found on a bounded prefix: exact_prefixes)."""
+        (prefix,) = self.exact_prefixes([text], limit)
+        count = len(self._tok.encode(prefix, add_special_tokens=False).ids)
+        return min(count, limit + 1) if len(prefix) < len(text) else count
+
     def encode_batch(self, texts: list[str], truncation: str = "truncate",
                      max_length: int | None = None) -> list[Encoding]:
         if truncation not in TRUNCATION_MODES:
             raise InputError(f"truncation must be one of {TRUNCATION_MODES}, got {truncation!r}")
         limit = max_length or self.max_length
-        encodings = self._tok.encode_batch(texts) if texts else []
+        cut = self.exact_prefixes(texts, limit)
+        encodings = self._tok.encode_batch(cut) if texts else []
         long_ones = [i for i, e in enumerate(encodings) if len(e.ids) > limit]
         if long_ones and truncation == "error":
             i = long_ones[0]
+            length = f"{len(encodings[i].ids)} tokens" if cut[i] is texts[i] else f"more than {limit} tokens"
             raise InputError(
-                f"text {i} is {len(encodings[i].ids)} tokens long, over the limit of {limit} "
+                f"text {i} is {length} long, over the limit of {limit} "
                 "(pass truncation='truncate' to cut it)"
             )
+        texts = cut
         if long_ones:
             # Re-encode only the long texts with truncation so special tokens stay in place.
             redone = self._truncating_copy(limit).encode_batch([texts[i] for i in long_ones])
             for i, enc in zip(long_ones, redone):
                 encodings[i] = enc
         return encodings
+
+    def qa_windows(self, question: str, context: str, max_length: int, stride: int, max_windows: int) -> int:
+        """How many (question, context) windows of max_length tokens overlapping by ``stride`` the pair
+        needs, computed from token counts on bounded prefixes before any window is encoded; an
+        InputError when the question leaves no room or the stride no step, and ``max_windows + 1``
+        when more than max_windows are needed (the context is never tokenized past that)."""
+        question_tokens = self.count_tokens(question, max_length)
+        room = max_length - self.num_special_tokens(pair=True) - question_tokens
+        if room < 1:
+            raise InputError(f"the question takes {question_tokens} tokens: no room for the context in "
+                             f"max_length {max_length}")
+        if stride >= room:
+            raise InputError(f"doc_stride {stride} must be smaller than the {room} context tokens a window of "
+                             f"max_length {max_length} holds beside this question")
+        step = room - stride
+        most = room + (max_windows - 1) * step  # context tokens that max_windows windows cover
+        context_tokens = self.count_tokens(context, most)
+        if context_tokens > most:
+            return max_windows + 1
+        return 1 if context_tokens <= room else 1 + -(-(context_tokens - room) // step)
 
     def encode_pairs_with_stride(self, question: str, context: str, max_length: int, stride: int) -> list[Encoding]:
         """(question, context) windows over a long context: the first window plus its overflow windows."""

@@ -123,13 +123,13 @@ def test_worker_thread_budget_splits_the_cores():
     state = ServerState(engine, ServeConfig(workers=2))
     assert state.workers == 2
     budgets = []
-    engine_run = engine.run_encodings
+    engine_run = engine.run_batch
 
-    def recording_run(ids, types, task):
+    def recording_run(batch, task):
         budgets.append(cpu_kernels._threads())
-        return engine_run(ids, types, task)
+        return engine_run(batch, task)
 
-    engine.run_encodings = recording_run
+    engine.run_batch = recording_run
     try:
         state.batcher.active = 2
         state._run([[101, 102]], [[0, 0]], "embed")
@@ -137,7 +137,7 @@ def test_worker_thread_budget_splits_the_cores():
         state._run([[101, 102]], [[0, 0]], "embed")
     finally:
         state.batcher.active = 0
-        engine.run_encodings = engine_run
+        engine.run_batch = engine_run
     assert budgets == [max(1, state._cores // 2), state._cores]
     torch_engine = bertrt.load(device="cpu", kernels="torch")
     assert batch_workers(torch_engine, 1)[0] == 1
@@ -397,7 +397,7 @@ def test_bad_requests_get_4xx_with_a_message_naming_the_problem(classify_dir):
         ("/v1/embeddings", b"{not json", 400, "not valid JSON"),
         ("/v1/embeddings", b'{"model": "m"}', 400, "missing field 'input'"),
         ("/v1/embeddings", b'{"input": {"a": 1}}', 400, "'input' must be"),
-        ("/v1/embeddings", b'{"input": ["a", 3]}', 400, "input[0]"),
+        ("/v1/embeddings", b'{"input": ["a", 3]}', 400, "input[1]"),
         ("/v1/embeddings", b'{"input": [[1, 2], [99999999]]}', 400, "outside the vocabulary"),
         ("/v1/embeddings", b'{"input": "a", "dimensions": 7000}', 400, "'dimensions'"),
         ("/v1/embeddings", json.dumps({"input": ["x"] * 300}).encode(), 413, "limit of 256"),

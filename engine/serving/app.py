@@ -13,8 +13,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from .config import ServeConfig
+from .guard import CLIENT_CLOSED, BodyTimeout, run_bounded
 from .protocol import ApiError, dumps
 from .routes_tei import TeiError, tei_error_body
 from .routes_tei import router as tei_router
@@ -111,7 +113,13 @@ class Gate:
                     f"{state.config.max_body_bytes} bytes",
                 )
             else:
-                await self.app(scope, receive, send_with_id)
+                state.in_flight += 1
+                try:
+                    ended = await run_bounded(self.app, scope, receive, send_with_id, state, refuse)
+                finally:
+                    state.in_flight -= 1
+                if ended is not None:
+                    status = ended
         finally:
             state.metrics.in_flight.dec()
             seconds = time.perf_counter() - start
@@ -199,6 +207,14 @@ def create_app(engine, config: ServeConfig | None = None) -> FastAPI:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
         return error_response(request, 422, f"{where}: {first.get('msg', 'invalid request')}")
+
+    @app.exception_handler(BodyTimeout)
+    async def body_timeout(request: Request, exc: BodyTimeout):
+        return error_response(request, 408, f"request body stalled: {exc}")
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect):  # nobody reads it; counted as 499
+        return error_response(request, CLIENT_CLOSED, "client closed the request")
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):

@@ -59,14 +59,44 @@ def build_server(
     log_level: str = "warning",
     graceful_timeout: float | None = 30.0,
 ):
-    """A uvicorn.Server whose shutdown first marks the app draining (new requests 503, readiness
-    fails), then lets accepted requests finish and the batcher drain in the lifespan shutdown."""
+    """A uvicorn.Server with the app's connection limits (header / idle timeouts, max connections)
+    whose shutdown drains first: on SIGTERM/SIGINT the app answers 503 to new requests (readiness
+    too) while the listening socket stays open, accepted requests finish and the queue empties
+    (up to ``graceful_timeout`` s); only then does uvicorn close. ``clean`` tells whether the drain
+    finished in time; the process then exits 0 (1 otherwise), not by re-raising the signal."""
+    import asyncio
+
     import uvicorn
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    from .guard import header_timeout_protocol
+
+    state = app.state.bertrt
+    limits = state.config
 
     class DrainingServer(uvicorn.Server):
+        clean = True
+
+        async def serve(self, sockets=None):
+            self._loop = asyncio.get_running_loop()
+            await super().serve(sockets)
+
         def handle_exit(self, sig, frame):
-            app.state.bertrt.draining = True
-            super().handle_exit(sig, frame)
+            if state.draining or not hasattr(self, "_loop"):  # a second signal: stop now
+                self.force_exit = state.draining
+                self.should_exit = True
+                return
+            state.draining = True
+            self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._drain()))
+
+        async def _drain(self):
+            deadline = self._loop.time() + (graceful_timeout or 0)
+            while state.in_flight or state.batcher.depth or state.batcher.busy:
+                if self._loop.time() > deadline:
+                    self.clean = False
+                    break
+                await asyncio.sleep(0.02)
+            self.should_exit = True
 
     config = uvicorn.Config(
         app,
@@ -77,6 +107,9 @@ def build_server(
         lifespan="on",
         timeout_graceful_shutdown=graceful_timeout,
         log_config=None,
+        http=header_timeout_protocol(AutoHTTPProtocol, limits.header_timeout_s),
+        timeout_keep_alive=limits.idle_timeout_s,
+        limit_concurrency=limits.max_connections,
     )
     return DrainingServer(config)
 
@@ -106,6 +139,12 @@ def cmd_serve(args) -> int:
         timeout_s=args.timeout,
         max_body_bytes=args.max_body_bytes,
         max_inputs=args.max_inputs,
+        max_queue_tokens=args.max_queue_tokens,
+        tokenizer_workers=args.tokenizer_workers,
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+        idle_timeout_s=args.idle_timeout,
+        max_connections=args.max_connections,
         api_key=api_key,
         grpc_port=args.grpc_port,
         grpc_host=args.host,
@@ -134,7 +173,7 @@ def cmd_serve(args) -> int:
         "listening", extra={"fields": {"url": f"http://{args.host}:{args.port}", "model": config.model_name}}
     )
     server.run()
-    return 0
+    return 0 if server.clean else 1
 
 
 def register(subparsers) -> None:
@@ -183,6 +222,19 @@ def register(subparsers) -> None:
     p.add_argument("--timeout", type=float, default=defaults.timeout_s, help="per-request seconds (504 after)")
     p.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes)
     p.add_argument("--max-inputs", type=int, default=defaults.max_inputs, help="texts per request")
+    p.add_argument("--max-queue-tokens", type=int, default=defaults.max_queue_tokens,
+                   help="tokens admitted and not yet running (tokenizing or queued); over it 503, a request "
+                   "that alone needs more 413")
+    p.add_argument("--tokenizer-workers", type=int, default=defaults.tokenizer_workers,
+                   help="threads tokenizing requests, in parallel with inference")
+    p.add_argument("--header-timeout", type=float, default=defaults.header_timeout_s,
+                   help="seconds for a request's headers to arrive (408 and close after)")
+    p.add_argument("--body-timeout", type=float, default=defaults.body_timeout_s,
+                   help="longest pause, in seconds, within a request body (408 after)")
+    p.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout_s,
+                   help="seconds an idle keep-alive connection is kept open")
+    p.add_argument("--max-connections", type=int, default=defaults.max_connections,
+                   help="concurrent connections; beyond them new requests get 503")
     p.add_argument("--api-key", default=None, help="require this key (default: $BERTRT_API_KEY, else none)")
     p.add_argument("--log-format", default="json", choices=("json", "text"))
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))

@@ -31,10 +31,12 @@ def _json(obj, status: int = 200) -> Response:
     return Response(dumps(obj), status_code=status, media_type="application/json")
 
 
-def _model(request: Request, name: str) -> ServerState:
+def _model(request: Request, name: str, version: str = "1") -> ServerState:
     state = _state(request)
     if name != state.model_name:
         raise ApiError(404, f"unknown model {name!r}; this server serves {state.model_name!r}")
+    if version != "1":
+        raise ApiError(404, f"model {name!r} has no version {version!r}; its only version is '1'")
     return state
 
 
@@ -81,7 +83,7 @@ async def server_metadata() -> Response:
 @router.get("/models/{name}")
 @router.get("/models/{name}/versions/{version}")
 async def model_metadata(request: Request, name: str, version: str = "1") -> Response:
-    state = _model(request, name)
+    state = _model(request, name, version)
     return _json(
         {
             "name": state.model_name,
@@ -96,7 +98,7 @@ async def model_metadata(request: Request, name: str, version: str = "1") -> Res
 @router.get("/models/{name}/config")
 @router.get("/models/{name}/versions/{version}/config")
 async def model_config(request: Request, name: str, version: str = "1") -> Response:
-    state = _model(request, name)
+    state = _model(request, name, version)
     engine = state.engine
     return _json(
         {
@@ -122,7 +124,7 @@ async def model_config(request: Request, name: str, version: str = "1") -> Respo
 @router.get("/models/{name}/ready")
 @router.get("/models/{name}/versions/{version}/ready")
 async def model_ready(request: Request, name: str, version: str = "1") -> Response:
-    state = _model(request, name)
+    state = _model(request, name, version)
     ok = state.ready and not state.draining
     return _json({"name": state.model_name, "ready": ok}, 200 if ok else 503)
 
@@ -130,15 +132,16 @@ async def model_ready(request: Request, name: str, version: str = "1") -> Respon
 @router.post("/models/{name}/infer")
 @router.post("/models/{name}/versions/{version}/infer")
 async def infer(request: Request, name: str, version: str = "1") -> Response:
-    state = _model(request, name)
+    state = _model(request, name, version)
     config = state.config
     body = await read_body(request, config.max_body_bytes)
     header = request.headers.get("inference-header-content-length")
-    if header is not None and not header.isdigit():
+    if header is not None and not (header.isascii() and header.isdigit()):  # "²".isdigit() is True
         raise ApiError(400, f"Inference-Header-Content-Length must be an integer, got {header!r}")
-    parsed = parse_v2_infer(
-        body, int(header) if header is not None else None, max_elements=config.max_inputs * state.max_length
-    )
+    arguments = (body, int(header) if header is not None else None, config.max_inputs * state.max_length,
+                 config.max_inputs)
+    # big bodies (up to max_inputs x max_length ids, or BYTES) are parsed off the event loop
+    parsed = await state.off_loop(parse_v2_infer, *arguments) if len(body) > 65536 else parse_v2_infer(*arguments)
     wanted, arrays = await run_infer(state, parsed)
     response, header_length = encode_v2_response(
         state.model_name, parsed.id, [(n, arrays[n], binary) for n, binary in wanted]
