@@ -20,11 +20,10 @@ import pytest
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
 import bertrt  # noqa: E402
 from bertrt.serving.batcher import DynamicBatcher  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 from .serving_helpers import LiveServer, SlowRunner, sentence  # noqa: E402
 
