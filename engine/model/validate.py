@@ -263,8 +263,21 @@ def read_torch_file(path: Path, what: str = "file"):
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ModelLoadError(f"{path}: cannot read {what} safely (only tensors and plain values are "
-                             f"loaded): {exc}") from exc
+        raise ModelLoadError(f"{path}: cannot read {what}: {describe_load_error(exc)}") from exc
+
+
+_UNSAFE_GLOBAL = re.compile(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)")
+
+
+def describe_load_error(exc: BaseException) -> str:
+    """One line for a failed torch.load: for a refused pickle, the Python object it wanted to build."""
+    text = str(exc)
+    unsafe = _UNSAFE_GLOBAL.search(text)
+    if unsafe or "Weights only load failed" in text:
+        found = f" ({unsafe.group(1)})" if unsafe else ""
+        return (f"it holds a pickled Python object{found}, not only tensors and plain values; bertrt never "
+                "unpickles code")
+    return (text.strip().splitlines() or [type(exc).__name__])[0]
 
 
 def check_state_dict(state, source: str) -> dict[str, torch.Tensor]:
