@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,9 @@ import pytest
 import torch
 from bertrt import InputError, ModelLoadError
 from bertrt.model import load_checkpoint
+from bertrt.model.validate import BERT_CONFIG
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from .conftest import minilm_path
@@ -384,3 +388,70 @@ def test_tokenizer_panics_are_caught_in_one_place():
         guarded(InputError, "tokenizing", panics)
     with pytest.raises(KeyboardInterrupt):
         guarded(InputError, "tokenizing", lambda: (_ for _ in ()).throw(KeyboardInterrupt()))
+
+
+# -- property-based fuzzing of config.json ----------------------------------------------------------------------
+
+DELETE = object()
+FUZZ_KEYS = sorted(set(BERT_CONFIG) | {"hidden_act", "tie_word_embeddings", "no_such_field"})
+JSON_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(), st.text(max_size=6),
+                         st.sampled_from(["BertModel", "BertForQuestionAnswering", "gelu_new", "absolute", "bert"]))
+JSON_VALUES = st.recursive(JSON_SCALARS, lambda inner: st.lists(inner, max_size=3)
+                           | st.dictionaries(st.text(max_size=3), inner, max_size=3), max_leaves=5)
+
+
+@st.composite
+def mutated_configs(draw, base: dict):
+    """``base`` with 1-3 fields deleted, set to an arbitrary JSON value, or nudged near their valid value."""
+    if draw(st.integers(0, 30)) == 0:
+        return draw(JSON_VALUES)  # not even an object
+    config = dict(base)
+    for _ in range(draw(st.integers(1, 3))):
+        key = draw(st.sampled_from(FUZZ_KEYS))
+        current = config.get(key)
+        nudged = [] if not isinstance(current, int) or isinstance(current, bool) else [
+            current + 1, current - 1, current * 2, 0, -current, current**4, str(current), float(current), [current]]
+        value = draw(st.one_of(st.just(DELETE), JSON_VALUES, *(st.sampled_from(nudged),) if nudged else ()))
+        if value is DELETE:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    return config
+
+
+def _forward_once(checkpoint) -> torch.Tensor:
+    encoding = checkpoint.tokenizer.encode_batch(["the old dog and a red apple"])[0]
+    ids = torch.tensor(encoding.ids)
+    cu_seqlens = torch.tensor([0, len(encoding.ids)], dtype=torch.int32)
+    return checkpoint.model.forward_packed(ids, cu_seqlens, len(encoding.ids), torch.zeros_like(ids))
+
+
+@pytest.fixture(scope="module")
+def fuzz_dir(word_model, tmp_path_factory):
+    return Path(shutil.copytree(word_model, tmp_path_factory.mktemp("fuzz") / "model"))
+
+
+def test_fuzzed_config_loads_or_is_a_model_load_error(fuzz_dir, word_model):
+    base = json.loads((word_model / "config.json").read_text())
+    outcomes = {"loaded": 0, "refused": 0}
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+
+    @settings(max_examples=100, deadline=None, database=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(config=mutated_configs(base))
+    def check(config):
+        (fuzz_dir / "config.json").write_text(json.dumps(config))
+        try:
+            checkpoint = load_checkpoint(fuzz_dir)
+        except ModelLoadError as error:
+            assert "config.json" in str(error) or "weights" in str(error), error
+            outcomes["refused"] += 1
+            return
+        output = _forward_once(checkpoint)  # a config that loads must also run
+        assert output.shape[0] >= 1 and torch.isfinite(output).all()
+        outcomes["loaded"] += 1
+
+    check()
+    growth_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) / 1024
+    assert growth_mib < 512, f"peak memory grew {growth_mib:.0f} MiB while fuzzing config.json"
+    assert outcomes["loaded"] > 0 and outcomes["refused"] > 0, outcomes
