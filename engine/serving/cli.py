@@ -108,6 +108,8 @@ def cmd_serve(args) -> int:
         max_body_bytes=args.max_body_bytes,
         max_inputs=args.max_inputs,
         api_key=api_key,
+        grpc_port=args.grpc_port,
+        grpc_host=args.host,
     )
     engine = bertrt.load(
         args.model_dir,
@@ -117,7 +119,10 @@ def cmd_serve(args) -> int:
         dtype=args.dtype,
         kernels=args.kernels,
         max_length=args.max_length,
+        batch_invariant=args.batch_invariant,
     )
+    if args.default_prompt_name:
+        engine.set_default_prompt(args.default_prompt_name)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         logging.getLogger("bertrt.serving").warning(
             "listening on %s without an API key", args.host, extra={"fields": {"host": args.host}}
@@ -152,6 +157,12 @@ def register(subparsers) -> None:
     p.add_argument("--backend", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--kernels", default="auto")
+    p.add_argument("--batch-invariant", action="store_true",
+                   help="kernels whose result for a text does not depend on the batch the server puts it in")
+    p.add_argument("--grpc-port", type=int, default=None,
+                   help="also serve KServe v2 gRPC (inference.GRPCInferenceService) on this port")
+    p.add_argument("--default-prompt-name", default=None,
+                   help="prompt (config_sentence_transformers.json) used when a request names none")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--max-length", type=int, default=None, help="tokens per sequence (default: the model's)")
     defaults = ServeConfig()

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from .. import tasks
-from .protocol import ApiError, dumps, encode_v2_response, parse_v2_infer
+from .protocol import ApiError, V2Request, dumps, encode_v2_response, parse_v2_infer
 from .state import ServerState, read_body
 
 router = APIRouter(prefix="/v2")
@@ -139,6 +139,18 @@ async def infer(request: Request, name: str, version: str = "1") -> Response:
     parsed = parse_v2_infer(
         body, int(header) if header is not None else None, max_elements=config.max_inputs * state.max_length
     )
+    wanted, arrays = await run_infer(state, parsed)
+    response, header_length = encode_v2_response(
+        state.model_name, parsed.id, [(n, arrays[n], binary) for n, binary in wanted]
+    )
+    headers = {"Inference-Header-Content-Length": str(header_length)} if header_length is not None else None
+    media = "application/octet-stream" if header_length is not None else "application/json"
+    return Response(response, media_type=media, headers=headers)
+
+
+async def run_infer(state: ServerState, parsed: V2Request) -> tuple[list[tuple[str, bool]], dict]:
+    """The infer request on the batcher -> ([(output name, binary)], {name: array}); shared by the
+    HTTP route and the gRPC service."""
     truncate = parsed.parameters.get("truncate", True)
     if not isinstance(truncate, bool):
         raise ApiError(400, "parameter 'truncate' must be a boolean")
@@ -160,12 +172,7 @@ async def infer(request: Request, name: str, version: str = "1") -> Response:
             raise ApiError(400, f"unknown output {output_name!r}; this {task} model gives {sorted(available)}")
     rows = await state.infer(ids, type_ids, task)
     arrays = _outputs(state, task, rows)
-    response, header_length = encode_v2_response(
-        state.model_name, parsed.id, [(n, arrays[n], binary) for n, binary in wanted]
-    )
-    headers = {"Inference-Header-Content-Length": str(header_length)} if header_length is not None else None
-    media = "application/octet-stream" if header_length is not None else "application/json"
-    return Response(response, media_type=media, headers=headers)
+    return wanted, arrays
 
 
 async def _text_inputs(state: ServerState, inputs: dict, truncate: bool, task: str):

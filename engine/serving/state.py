@@ -34,18 +34,19 @@ def batch_workers(engine, requested: int) -> tuple[int, int]:
 
 
 def _why_not_shared(engine) -> str | None:
-    """None when the engine's GEMMs are bertrt's CPU kernels (FP32 packed GEMM or INT8 packed)."""
-    runner = getattr(engine, "runner", None)
-    model = getattr(runner, "model", None)
-    if getattr(engine, "device", None) != "cpu" or model is None or not hasattr(model, "plan"):
-        return f"the engine runs on {getattr(engine, 'device', '?')} with backend {getattr(engine, 'backend', '?')}"
-    if model.plan.gemm == "cpu":
-        return None
-    from ..quant.modules import Int8Linear, has_int8_dot, packed_available
-
-    int8 = [m for m in model.modules() if isinstance(m, Int8Linear)]
-    if int8 and packed_available() is None and all(m.kernel == "packed" or (m.kernel == "auto" and not has_int8_dot())
-                                                   for m in int8):
+    """None when the engine's kernel plan runs every GEMM in bertrt's CPU kernels (they take their
+    thread count per call; torch's would oversubscribe the cores)."""
+    plan = engine.plan
+    if plan.device != "cpu" or getattr(engine, "backend", "torch") != "torch":
+        return f"the engine runs on {engine.device} with backend {engine.backend}"
+    model = engine.runner.model
+    int8 = [m for m in model.modules() if hasattr(m, "kernel_for")]
+    if int8:
+        kernels = {m.kernel if m.kernel != "auto" else plan.int8 for m in int8}
+        if kernels == {"packed"}:
+            return None
+        return f"its INT8 GEMMs run {sorted(kernels)} (only bertrt's packed kernel shares cores)"
+    if plan.shares_cores:
         return None
     return "its GEMMs run in torch (oneDNN/MKL threads)"
 
