@@ -513,7 +513,6 @@ def test_cli_serve_process_logs_json_and_exits_on_sigterm(classify_dir):
         assert reply.status_code == 200 and len(reply.json()["data"]) == 2
         assert httpx.get(f"{url}/v2/models/classify", headers={"x-api-key": "k"}).status_code == 200
         process.send_signal(signal.SIGTERM)
-        # uvicorn drains, then re-raises the signal so the process ends the way SIGTERM ends it
         assert process.wait(30) == 0  # a clean drain exits 0, not by re-raising SIGTERM (143)
     finally:
         if process.poll() is None:

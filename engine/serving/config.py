@@ -54,3 +54,6 @@ class ServeConfig:
         for name in ("timeout_s", "header_timeout_s", "body_timeout_s", "idle_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.api_key is not None and not self.api_key.strip():
+            # fail closed: an empty key (think --api-key "$UNSET_VAR") must not silently turn authentication off
+            raise ValueError("the API key is empty or whitespace; give a real key, or none to serve without one")
