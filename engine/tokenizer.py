@@ -19,6 +19,7 @@ MAX_TRUNCATING_COPIES = 8
 # Pre-truncation: a text longer than max_length * PROBE_CHARS_PER_TOKEN characters is first tokenized
 # on a prefix of that many characters (doubled while too short), never on all of a 4 MB string.
 PROBE_CHARS_PER_TOKEN = 16
+EXACT_COUNT_CHARS = 65536  # truncation="error" counts texts up to this long exactly, for its message
 
 
 def _is_panic(exc: BaseException) -> bool:
@@ -190,6 +191,8 @@ class BertTokenizer:
         if long_ones and truncation == "error":
             i = long_ones[0]
             length = f"{len(encodings[i].ids)} tokens" if cut[i] is texts[i] else f"more than {limit} tokens"
+            if cut[i] is not texts[i] and len(texts[i]) <= EXACT_COUNT_CHARS:  # a bounded cost: say how long
+                length = f"{len(self._tok.encode(texts[i]).ids)} tokens"
             raise InputError(
                 f"text {i} is {length} long, over the limit of {limit} "
                 "(pass truncation='truncate' to cut it)"
