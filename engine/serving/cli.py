@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..integrations import ray_cli
 from .config import ServeConfig
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
@@ -104,15 +105,11 @@ def cmd_serve(args) -> int:
         max_inputs=args.max_inputs,
         api_key=api_key,
     )
-    engine = bertrt.load(
-        args.model_dir,
-        task=args.task,
-        device=args.device,
-        backend=args.backend,
-        dtype=args.dtype,
-        kernels=args.kernels,
-        max_length=args.max_length,
-    )
+    load_options = dict(task=args.task, device=args.device, backend=args.backend, dtype=args.dtype,
+                        kernels=args.kernels, max_length=args.max_length)
+    if args.ray:  # replicas of this server on a Ray cluster, each loading its own engine
+        return ray_cli.serve_on_ray(args, config, load_options)
+    engine = bertrt.load(args.model_dir, **load_options)
     if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         logging.getLogger("bertrt.serving").warning(
             "listening on %s without an API key", args.host, extra={"fields": {"host": args.host}}
@@ -168,4 +165,5 @@ def register(subparsers) -> None:
     p.add_argument("--api-key", default=None, help="require this key (default: $BERTRT_API_KEY, else none)")
     p.add_argument("--log-format", default="json", choices=("json", "text"))
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    ray_cli.add_serve_arguments(p)
     p.set_defaults(func=cmd_serve)
