@@ -83,12 +83,12 @@ def test_classify_dataset(cluster, tiny_model_dirs):
 
 
 def test_embed_cli_writes_shards_and_resumes(cluster, engine, minilm_dir, tmp_path):
-    texts = corpus(300, seed=2)
+    texts = corpus(150, seed=2)
     source = tmp_path / "corpus.jsonl"
     source.write_text("".join(json.dumps({"doc": i, "text": t}) + "\n" for i, t in enumerate(texts)))
     output = tmp_path / "out.parquet"
     argv = ["embed", "--ray", "--input", str(source), "--output", str(output), "--model", str(minilm_dir),
-            "--dtype", "float32", "--shard-rows", "128", "--batch-size", "50"]
+            "--dtype", "float32", "--shard-rows", "64", "--batch-size", "40"]
     assert cli.main(argv) == 0
     shards = sorted(output.glob("part-*.parquet"))
     assert [s.name for s in shards] == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
@@ -98,7 +98,7 @@ def test_embed_cli_writes_shards_and_resumes(cluster, engine, minilm_dir, tmp_pa
         return table.column("doc").to_pylist(), np.array(table.column("embedding").to_pylist(), dtype=np.float32)
 
     docs, vectors = read()
-    assert docs == list(range(300))
+    assert docs == list(range(150))
     expected = engine.embed(texts)
     np.testing.assert_allclose(vectors, expected, atol=ATOL)
     # resume: a lost shard is recomputed, the finished ones are left as they are
@@ -107,7 +107,7 @@ def test_embed_cli_writes_shards_and_resumes(cluster, engine, minilm_dir, tmp_pa
     assert cli.main(argv) == 0
     assert {s.name: s.stat().st_mtime_ns for s in output.glob("part-*.parquet") if s.name in kept} == kept
     docs, vectors = read()
-    assert docs == list(range(300))
+    assert docs == list(range(150))
     np.testing.assert_allclose(vectors, expected, atol=ATOL)
     # another job's settings in the same directory: refused, nothing mixed in
     assert cli.main([*argv[:-4], "--shard-rows", "100"]) == 2
