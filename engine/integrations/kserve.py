@@ -125,10 +125,9 @@ def _output(name: str, array: np.ndarray, datatype: str = "FP32") -> InferOutput
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """KServe's own server flags (--http_port, --grpc_port, --workers, ...) plus the model's."""
+    """KServe's own server flags (--http_port, --grpc_port, --workers, --model_name, ...) plus the model's."""
     parser = argparse.ArgumentParser(prog="python -m bertrt.integrations.kserve", parents=[kserve_model_server.parser])
     parser.add_argument("--model_dir", default=None, help="checkpoint directory (default: bundled MiniLM)")
-    parser.add_argument("--model_name", default="model", help="the name in /v1/models/NAME and /v2/models/NAME")
     parser.add_argument("--task", default=None, choices=("embed", "classify", "ner", "qa"))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--backend", default="auto")
