@@ -46,7 +46,6 @@ def time_engine_loop(engine, texts: list[str], batch_size: int) -> float:
 
 def time_embed_dataset(model, texts: list[str], batch_size: int, actors: int, cores: int, dtype: str) -> float:
     import ray
-
     from bertrt.integrations.ray import embed_dataset
 
     ds = ray.data.from_items([{"text": t} for t in texts]).materialize()  # in the object store before timing
@@ -60,9 +59,8 @@ def time_embed_dataset(model, texts: list[str], batch_size: int, actors: int, co
 
 
 def bench_data(args, cores: int) -> dict:
-    import torch
-
     import bertrt
+    import torch
 
     texts = make_texts(args.texts)
     torch.set_num_threads(cores)
@@ -95,9 +93,8 @@ def _free_port() -> int:
 
 def bench_serve(args, cores: int) -> dict:
     import httpx
-    from ray import serve
-
     from bertrt.integrations.ray import build_app
+    from ray import serve
 
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -110,7 +107,7 @@ def bench_serve(args, cores: int) -> dict:
         latencies: list[float] = []
         stop = threading.Event()
 
-        def client(seed: int) -> None:
+        def client(seed: int, stop: threading.Event, latencies: list[float]) -> None:
             rng = random.Random(seed)
             with httpx.Client(timeout=60) as http:
                 while not stop.is_set():
@@ -121,7 +118,7 @@ def bench_serve(args, cores: int) -> dict:
 
         for _ in range(2):  # warm-up
             httpx.post(url, json={"input": texts[:8]}, timeout=60)
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
+        threads = [threading.Thread(target=client, args=(i, stop, latencies)) for i in range(args.clients)]
         for thread in threads:
             thread.start()
         time.sleep(args.duration)
@@ -138,10 +135,9 @@ def bench_serve(args, cores: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    import bertrt
     import ray
     import torch
-
-    import bertrt
     from bertrt.integrations.ray import local_cores
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import asyncio
 
+import bertrt
 import numpy as np
 import pytest
 import torch
-
-import bertrt
 
 from .conftest import PARITY_ATOL
 

@@ -11,12 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+import bertrt
 import httpx
 import numpy as np
 import pytest
 import yaml
-
-import bertrt
 
 kserve = pytest.importorskip("kserve", reason="bertrt[kserve] is not installed")
 from bertrt.integrations.kserve import BertrtModel  # noqa: E402

@@ -10,19 +10,17 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import bertrt
 import httpx
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
-import bertrt
 from bertrt import cli
 
 ray = pytest.importorskip("ray", reason="bertrt[ray] is not installed")
-from ray import serve  # noqa: E402
-
 from bertrt.integrations import ray as bertrt_ray  # noqa: E402
 from bertrt.integrations import ray_cli  # noqa: E402
+from ray import serve  # noqa: E402
 
 ATOL = 1e-5  # FP32, different batch compositions (tests/test_serving.py uses the same)
 WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "

@@ -20,13 +20,12 @@ import asyncio
 import logging
 import uuid
 
+import bertrt
 import numpy as np
 import torch
 from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer  # optional: bertrt[kserve]
 from kserve import model_server as kserve_model_server
 from kserve.errors import InvalidInput
-
-import bertrt
 
 from ..errors import InputError
 

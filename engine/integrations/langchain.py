@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import asyncio
 
-from langchain_core.embeddings import Embeddings  # optional dependency: bertrt[langchain]
-
 import bertrt
+from langchain_core.embeddings import Embeddings  # optional dependency: bertrt[langchain]
 
 
 class BertrtEmbeddings(Embeddings):

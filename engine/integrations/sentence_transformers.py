@@ -19,11 +19,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import bertrt
 import numpy as np
 import torch
 from tqdm import tqdm
-
-import bertrt
 
 from ..errors import InputError
 
