@@ -76,6 +76,7 @@ class ServeBatchQueue:
         self.engine = engine
         self.active = 0
         self.depth = 0
+        self.queued_tokens = 0
         self.closing = False
         self._executor: ThreadPoolExecutor | None = None
         self._one = serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=max_wait_ms / 1000.0)(
@@ -118,6 +119,8 @@ class ServeBatchQueue:
         if self.closing:
             raise Draining("server is shutting down")
         self.depth += len(ids)
+        tokens = sum(len(seq) for seq in ids)
+        self.queued_tokens += tokens
         try:
             return await asyncio.wait_for(
                 asyncio.gather(*(self._one((seq, types, task)) for seq, types in zip(ids, type_ids))), timeout
@@ -126,6 +129,7 @@ class ServeBatchQueue:
             raise RequestTimeout(f"request did not finish within {timeout:g} s") from None
         finally:
             self.depth -= len(ids)
+            self.queued_tokens -= tokens
 
 
 class BertrtReplica:
@@ -167,8 +171,8 @@ def build_app(
 
     ray_actor_options: Ray resources of each replica; ``num_cpus`` defaults to this machine's cores
     split between the replicas, and the replica runs that many threads. batching: "bertrt" (the
-    token-budget DynamicBatcher of ``bertrt serve``, the default: it measured faster, see
-    docs/scale-out.md) or "serve" (``@serve.batch``). max_ongoing_requests: requests one replica takes
+    token-budget DynamicBatcher of ``bertrt serve``, the default; the two measured equal within
+    noise on 2 cores, see docs/scale-out.md) or "serve" (``@serve.batch``). max_ongoing_requests: requests one replica takes
     at once; batches form only from requests a replica holds, so keep it well above one batch.
     """
     if batching not in BATCHING:
