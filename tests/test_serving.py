@@ -25,18 +25,7 @@ httpx = pytest.importorskip("httpx")
 import bertrt  # noqa: E402
 from bertrt.serving.batcher import DynamicBatcher, QueueFull  # noqa: E402
 
-from .serving_helpers import LiveServer, SlowRunner  # noqa: E402
-
-WORDS = (
-    "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
-    "quebec romeo sierra tango uniform victor whiskey xray yankee zulu river stone cloud garden"
-).split()
-
-
-def sentence(i: int, words: int = 8) -> str:
-    """Distinct text for each i (its digits are spelled into the words)."""
-    picked = [WORDS[(i * 7 + k * 13 + (i // (k + 1))) % len(WORDS)] for k in range(words)]
-    return f"item {i} " + " ".join(picked)
+from .serving_helpers import LiveServer, SlowRunner, sentence  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -327,7 +316,7 @@ def test_500_concurrent_mixed_requests_all_answered_correctly(classify_dir, work
             np.testing.assert_allclose(got, expected_embed[rows], atol=1e-5)
     assert max(engine.runner.batches) > 1, "concurrent requests should have been batched"
     assert engine.runner.most_running == workers
-    assert 'bertrt_requests_total{code="200",endpoint="/v1/embeddings"}' in metrics
+    assert 'bertrt_requests_total{code="200",endpoint="/v1/embeddings",model="test-model"}' in metrics
     assert "bertrt_batch_size_bucket" in metrics and "bertrt_queue_depth" in metrics
 
 
@@ -358,7 +347,7 @@ def test_overload_answers_503_with_retry_after_then_recovers(classify_dir):
         too_big = httpx.post(f"{server.url}/v1/embeddings", json={"input": ["a"] * 5}, timeout=30)
         assert too_big.status_code == 413 and "queue holds (4)" in too_big.json()["error"]["message"]
         metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
-        assert 'bertrt_rejected_total{reason="queue_full"}' in metrics
+        assert 'bertrt_rejected_total{model="test-model",reason="queue_full"}' in metrics
 
 
 def test_request_timeout_answers_504(classify_dir):
@@ -410,7 +399,7 @@ def test_bad_requests_get_4xx_with_a_message_naming_the_problem(classify_dir):
         ("/v1/embeddings", b'{"input": {"a": 1}}', 400, "'input' must be"),
         ("/v1/embeddings", b'{"input": ["a", 3]}', 400, "input[0]"),
         ("/v1/embeddings", b'{"input": [[1, 2], [99999999]]}', 400, "outside the vocabulary"),
-        ("/v1/embeddings", b'{"input": "a", "dimensions": 7}', 400, "'dimensions'"),
+        ("/v1/embeddings", b'{"input": "a", "dimensions": 7000}', 400, "'dimensions'"),
         ("/v1/embeddings", json.dumps({"input": ["x"] * 300}).encode(), 413, "limit of 256"),
         ("/v1/embeddings", json.dumps({"input": long_text, "truncate": False}).encode(), 400, "over the limit"),
         ("/v1/classify", b'{"input": "a", "truncate": "yes"}', 400, "'truncate' must be a boolean"),

@@ -172,8 +172,9 @@ def build_app(
     ray_actor_options: Ray resources of each replica; ``num_cpus`` defaults to this machine's cores
     split between the replicas, and the replica runs that many threads. batching: "bertrt" (the
     token-budget DynamicBatcher of ``bertrt serve``, the default; the two measured equal within
-    noise on 2 cores, see docs/scale-out.md) or "serve" (``@serve.batch``). max_ongoing_requests: requests one replica takes
-    at once; batches form only from requests a replica holds, so keep it well above one batch.
+    noise on 2 cores, see docs/scale-out.md) or "serve" (``@serve.batch``). max_ongoing_requests:
+    requests one replica takes at once; batches form only from requests a replica holds, so keep it
+    well above one batch.
     """
     if batching not in BATCHING:
         raise ValueError(f"batching must be one of {BATCHING}, got {batching!r}")
