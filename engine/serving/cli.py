@@ -97,7 +97,12 @@ def cmd_serve(args) -> int:
 
     from .app import create_app
 
-    api_key = args.api_key if args.api_key is not None else os.environ.get("BERTRT_API_KEY") or None
+    api_key = args.api_key if args.api_key is not None else os.environ.get("BERTRT_API_KEY")
+    if api_key is not None and not api_key.strip():
+        source = "--api-key" if args.api_key is not None else "$BERTRT_API_KEY"
+        print(f"bertrt serve: error: {source} is empty or whitespace, which would turn authentication off; "
+              "give a real key, or leave it unset to serve without one", file=sys.stderr)
+        return 2
     config = ServeConfig(
         model_name=args.model_name or model_name_for(args.model_dir),
         max_batch_tokens=args.max_batch_tokens,
@@ -139,7 +144,7 @@ def cmd_serve(args) -> int:
                    [s.engine for s in served.states.values()]):
         if args.default_prompt_name:
             engine.set_default_prompt(args.default_prompt_name)
-    if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         logging.getLogger("bertrt.serving").warning(
             "listening on %s without an API key", args.host, extra={"fields": {"host": args.host}}
         )
