@@ -15,6 +15,8 @@ import math
 import sys
 from collections.abc import Iterable
 
+from .integrations import ray_cli
+
 # Modules that add subcommands through register(subparsers), and the subcommands each adds. A plugin
 # that cannot be imported (an optional dependency missing) leaves stubs that explain why, so the core
 # commands always work.
@@ -87,6 +89,9 @@ def _engine(args, task: str | None):
 
 
 def cmd_embed(args) -> int:
+    if args.ray:
+        ray_cli.embed_files(args)
+        return 0
     texts = _read_texts(args)
     vectors = _engine(args, "embed").embed(texts, truncation=args.truncation)
     _emit({"text": t, "embedding": [round(float(x), 7) for x in v]} for t, v in zip(texts, vectors))
@@ -177,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         _common(p)
         _text_inputs(p)
+        if name == "embed":
+            ray_cli.add_embed_arguments(p)
         if name == "ner":
             p.add_argument("--aggregation", default="simple", choices=("none", "simple", "first", "average", "max"))
         p.set_defaults(func=func)

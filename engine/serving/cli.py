@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..integrations import ray_cli
 from . import models as models_mod
 from .config import ServeConfig
 
@@ -158,6 +159,10 @@ def cmd_serve(args) -> int:
     )
     load_options = dict(task=args.task, device=args.device, backend=args.backend, dtype=args.dtype,
                         kernels=args.kernels, max_length=args.max_length, batch_invariant=args.batch_invariant)
+    if args.ray:  # replicas of this server on a Ray cluster, each loading its own engine
+        if args.model or args.model_repository or args.grpc_port is not None:
+            raise SystemExit("bertrt serve --ray: one model (positional MODEL_DIR), HTTP only")
+        return ray_cli.serve_on_ray(args, config, load_options)
     if args.model_repository:
         if args.model_dir or args.model:
             raise SystemExit("bertrt serve: give --model-repository or models (positional / --model), not both")
@@ -258,4 +263,5 @@ def register(subparsers) -> None:
     p.add_argument("--api-key", default=None, help="require this key (default: $BERTRT_API_KEY, else none)")
     p.add_argument("--log-format", default="json", choices=("json", "text"))
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    ray_cli.add_serve_arguments(p)
     p.set_defaults(func=cmd_serve)
