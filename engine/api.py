@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from . import tasks
-from .batching import pack, plan_batches
+from .batching import PackedBatch, pack, plan_batches
+from .embedding_options import Prompts, read_prompts, truncate_dimensions
 from .errors import InputError
 from .model import Checkpoint, load_checkpoint
 from .model.config import ARCHITECTURE_TASKS
@@ -21,6 +22,8 @@ from .tokenizer import check_texts
 
 log = logging.getLogger("bertrt")
 TASKS = ("embed", "classify", "ner", "qa")
+# runner tasks with one output row per sequence (the others give one per token)
+SEQUENCE_TASKS = ("embed", "embed_unnormalized", "classify")
 
 
 class Engine:
@@ -31,10 +34,15 @@ class Engine:
     """
 
     def __init__(self, checkpoint: Checkpoint, runner, task: str, device: str, precision: str,
-                 backend: str, max_batch_tokens: int = 16384, max_batch_size: int = 256):
+                 backend: str, max_batch_tokens: int = 16384, max_batch_size: int = 256,
+                 max_length: int | None = None):
         self.checkpoint = checkpoint
         self.config = checkpoint.config
-        self.tokenizer = checkpoint.tokenizer
+        # max_length: tokens per sequence (default: the checkpoint's); the checkpoint's tokenizer is
+        # shared, never reconfigured
+        tokenizer = checkpoint.tokenizer
+        same = max_length in (None, tokenizer.max_length)
+        self.tokenizer = tokenizer if same else tokenizer.with_max_length(max_length)
         self.runner = runner
         self.task = task
         self.device = device
@@ -42,6 +50,7 @@ class Engine:
         self.backend = backend
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
+        self._prompts: Prompts | None = None
 
     def __repr__(self) -> str:
         return (f"Engine(model={str(self.checkpoint.model_dir)!r}, task={self.task!r}, backend={self.backend!r}, "
@@ -63,21 +72,25 @@ class Engine:
 
     # -- running -------------------------------------------------------------------------------------
 
+    def run_batch(self, batch: PackedBatch, task: str) -> list[torch.Tensor]:
+        """Run exactly this packed batch (no re-sorting, no re-planning: the caller formed it, e.g. the
+        server's batcher); one fp32 CPU tensor per packed sequence, in the batch's order: (hidden,) for
+        embed, (num_labels,) for classify, (len, num_labels) for ner, (len, 2) for qa."""
+        out = self.runner.run(batch, task).float().cpu()
+        if task in SEQUENCE_TASKS:
+            return list(out.unbind(0))
+        cu = batch.cu_seqlens.tolist()
+        return [out[cu[row]:cu[row + 1]] for row in range(len(cu) - 1)]
+
     def run_encodings(self, ids: list[list[int]], type_ids: list[list[int]], task: str) -> list[torch.Tensor]:
-        """Run tokenized sequences; returns one fp32 CPU tensor per sequence, in the given order:
-        (hidden,) for embed, (num_labels,) for classify, (len, num_labels) for ner, (len, 2) for qa."""
+        """Run tokenized sequences in batches this engine plans (``max_batch_tokens``, ``max_batch_size``);
+        returns one output per sequence (see run_batch), in the given order."""
         results: list[torch.Tensor | None] = [None] * len(ids)
         lengths = [len(x) for x in ids]
         for group in plan_batches(lengths, self.max_batch_tokens, self.max_batch_size):
             batch = pack([ids[i] for i in group], [type_ids[i] for i in group], group)
-            out = self.runner.run(batch, task).float().cpu()
-            if task in ("embed", "classify"):
-                for row, index in enumerate(batch.indices):
-                    results[index] = out[row]
-            else:
-                cu = batch.cu_seqlens.tolist()
-                for row, index in enumerate(batch.indices):
-                    results[index] = out[cu[row]:cu[row + 1]]
+            for index, output in zip(batch.indices, self.run_batch(batch, task)):
+                results[index] = output
         return results  # type: ignore[return-value]
 
     def _require(self, task: str) -> None:
@@ -87,12 +100,27 @@ class Engine:
 
     # -- tasks ---------------------------------------------------------------------------------------
 
-    def embed(self, texts, truncation: str = "truncate", normalize: bool | None = None) -> np.ndarray:
+    @property
+    def prompts(self) -> Prompts:
+        """The checkpoint's sentence-transformers prompts (config_sentence_transformers.json)."""
+        if self._prompts is None:
+            self._prompts = read_prompts(self.checkpoint.model_dir)
+        return self._prompts
+
+    def set_default_prompt(self, name: str | None) -> None:
+        """Use prompt ``name`` when a call names none (``bertrt serve --default-prompt-name``)."""
+        self._prompts = read_prompts(self.checkpoint.model_dir, name)
+
+    def embed(self, texts, truncation: str = "truncate", normalize: bool | None = None,
+              prompt_name: str | None = None, prompt: str | None = None, dimensions: int | None = None) -> np.ndarray:
         """Sentence embeddings (n, hidden) float32 with the checkpoint's pooling (and normalization
-        when the sentence-transformers config has a Normalize module, unless ``normalize`` says)."""
-        texts = check_texts(texts)
+        when the sentence-transformers config has a Normalize module, unless ``normalize`` says).
+        prompt_name / prompt: prepended as sentence-transformers does (the model's default prompt
+        when it names one); dimensions: keep the first d values (Matryoshka), renormalized when the
+        output is normalized -> (n, d)."""
+        texts = self.prompts.apply(check_texts(texts), prompt_name, prompt)
         if not texts:
-            return np.zeros((0, self.hidden_size), dtype=np.float32)
+            return np.zeros((0, dimensions or self.hidden_size), dtype=np.float32)
         encodings = self.tokenizer.encode_batch(texts, truncation)
         rows = self.run_encodings([e.ids for e in encodings], [e.type_ids for e in encodings], "embed")
         out = torch.stack(rows)
@@ -100,7 +128,8 @@ class Engine:
             out = torch.nn.functional.normalize(out, dim=-1)
         elif normalize is False and self.checkpoint.model.pooling.normalize:
             raise InputError("this model's pooling normalizes; normalize=False cannot undo it")
-        return out.numpy()
+        normalized = normalize is True or (normalize is None and self.checkpoint.model.pooling.normalize)
+        return truncate_dimensions(out.numpy(), dimensions, normalized)
 
     def classify(self, texts, truncation: str = "truncate") -> list[dict]:
         """One {"label", "score", "scores"} per text (softmax, or sigmoid for multi-label models)."""
@@ -180,7 +209,7 @@ class Engine:
 
 
 def _check_task(checkpoint: Checkpoint, task: str | None, max_length: int | None) -> str:
-    """The task to run (the checkpoint's own when None); applies max_length to the tokenizer."""
+    """The task to run (the checkpoint's own when None); checks max_length (the Engine applies it)."""
     config = checkpoint.config
     task = config.task if task is None else task
     if task not in TASKS:
@@ -191,7 +220,6 @@ def _check_task(checkpoint: Checkpoint, task: str | None, max_length: int | None
     if max_length is not None:
         if not 2 <= max_length <= config.max_position_embeddings:
             raise InputError(f"max_length must be in [2, {config.max_position_embeddings}], got {max_length}")
-        checkpoint.tokenizer.max_length = max_length
     return task
 
 
@@ -205,7 +233,7 @@ def _load_quantized(path, task, device, backend, kernels, max_length, batch_inva
     task = _check_task(checkpoint, task, max_length)
     precision = checkpoint.model.quantization["compute_dtype"]
     runner = TorchRunner(checkpoint, device, precision, kernels=kernels, batch_invariant=batch_invariant)
-    engine = Engine(checkpoint, runner, task, device, precision, "torch")
+    engine = Engine(checkpoint, runner, task, device, precision, "torch", max_length=max_length)
     log.info("loaded quantized %r", engine)
     return engine
 
@@ -243,6 +271,6 @@ def load(path: str | Path | None = None, task: str | None = None, device: str = 
     runner, backend_name, precision = create_runner(checkpoint, device, choice.candidates, explicit=choice.explicit,
                                                     kernels=kernels, batch_invariant=batch_invariant,
                                                     **backend_options)
-    engine = Engine(checkpoint, runner, task, device, precision, backend_name)
+    engine = Engine(checkpoint, runner, task, device, precision, backend_name, max_length=max_length)
     log.info("loaded %r: %s", engine, choice.reason)
     return engine

@@ -11,11 +11,13 @@ import argparse
 import importlib
 import json
 import logging
+import math
 import sys
 from collections.abc import Iterable
 
 from .api import load
 from .errors import BertrtError
+from .integrations import ray_cli
 from .model import load_checkpoint
 from .ops import doctor, plan
 from .runtime import policy, probe
@@ -64,9 +66,24 @@ class _nullcontext:
         return False
 
 
+def _finite(value):
+    """NaN and infinities -> None: JSON has no NaN (json.dumps would write a bare NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _emit(records: Iterable[dict]) -> None:
     for record in records:
-        sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+        try:
+            line = json.dumps(record, ensure_ascii=False, allow_nan=False)
+        except ValueError:
+            line = json.dumps(_finite(record), ensure_ascii=False, allow_nan=False)
+        sys.stdout.write(line + "\n")
 
 
 def _engine(args, task: str | None):
@@ -75,6 +92,9 @@ def _engine(args, task: str | None):
 
 
 def cmd_embed(args) -> int:
+    if args.ray:
+        ray_cli.embed_files(args)
+        return 0
     texts = _read_texts(args)
     vectors = _engine(args, "embed").embed(texts, truncation=args.truncation)
     _emit({"text": t, "embedding": [round(float(x), 7) for x in v]} for t, v in zip(texts, vectors))
@@ -159,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         _common(p)
         _text_inputs(p)
+        if name == "embed":
+            ray_cli.add_embed_arguments(p)
         if name == "ner":
             p.add_argument("--aggregation", default="simple", choices=("none", "simple", "first", "average", "max"))
         p.set_defaults(func=func)

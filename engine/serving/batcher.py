@@ -2,8 +2,10 @@
 
 Worker tasks (``workers``, one by default) share the queue. An idle worker takes the oldest waiting
 sequence, waits until the queue holds ``max_batch_tokens`` tokens of that task or ``max_wait`` has
-passed since that sequence arrived, then runs every waiting sequence of the task that fits the
-budget as one packed batch in an executor thread of its own, so the event loop never blocks on
+passed since that sequence arrived, then fills one packed batch with waiting sequences of that task
+up to the budget, shortest first, except that a sequence waiting longer than ``max_age`` goes ahead
+of all younger ones (oldest first): small requests are not held behind big ones, and nothing
+starves. The batch runs in an executor thread of its own, so the event loop never blocks on
 inference. While batches run, new arrivals queue and form the next batch, so under load batches
 grow by themselves and an idle server adds at most ``max_wait`` to a request's latency.
 
@@ -71,6 +73,7 @@ class DynamicBatcher:
         on_batch: Callable[[BatchStats], None] | None = None,
         on_queue_depth: Callable[[int], None] | None = None,
         workers: int = 1,
+        max_age_ms: float = 200.0,
     ):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
@@ -80,6 +83,7 @@ class DynamicBatcher:
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
+        self.max_age = max_age_ms / 1000.0
         self._on_batch = on_batch or (lambda stats: None)
         self._on_queue_depth = on_queue_depth or (lambda depth: None)
         self._queue: deque[_Item] = deque()
@@ -121,6 +125,10 @@ class DynamicBatcher:
     @property
     def depth(self) -> int:
         return len(self._queue)
+
+    @property
+    def queued_tokens(self) -> int:
+        return sum(self._tokens.values())
 
     @property
     def closing(self) -> bool:
@@ -231,11 +239,11 @@ class DynamicBatcher:
         self._on_queue_depth(len(self._queue))
 
     def _take(self, task: str, now: float) -> list[_Item]:
-        """Remove and return the queued sequences of ``task`` that fit the budget, oldest first;
-        drop the ones already cancelled or past their deadline."""
-        batch: list[_Item] = []
+        """Remove and return the queued sequences of ``task`` that fit the budget: those older than
+        max_age first (oldest first), then the shortest; drop the ones already cancelled or past their
+        deadline."""
+        live: list[_Item] = []
         kept: deque[_Item] = deque()
-        tokens = 0
         for item in self._queue:
             if item.future.done():
                 self._tokens[item.task] -= len(item.ids)
@@ -244,13 +252,21 @@ class DynamicBatcher:
                 self._tokens[item.task] -= len(item.ids)
                 item.future.set_exception(RequestTimeout("request timed out in the queue"))
                 continue
+            (live if item.task == task else kept).append(item)
+        aged = now - self.max_age
+        live.sort(key=lambda i: (0, i.enqueued) if i.enqueued <= aged else (1, len(i.ids), i.enqueued))
+        batch: list[_Item] = []
+        tokens = 0
+        for item in live:
             fits = not batch or (tokens + len(item.ids) <= self.max_batch_tokens and len(batch) < self.max_batch_size)
-            if item.task == task and fits:
+            if fits:
                 batch.append(item)
                 tokens += len(item.ids)
                 self._tokens[task] -= len(item.ids)
             else:
                 kept.append(item)
+        if len(kept) > 1 and live and len(batch) < len(live):
+            kept = deque(sorted(kept, key=lambda i: i.enqueued))  # the worker's next seed is the oldest
         self._queue = kept
         self._on_queue_depth(len(kept))
         return batch

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -14,8 +15,12 @@ from pathlib import Path
 import bertrt
 import torch
 
+from ..integrations import ray_cli
+from . import models as models_mod
 from .app import create_app
 from .config import ServeConfig
+from .guard import header_timeout_protocol
+from .tracing import configure
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 
@@ -63,14 +68,40 @@ def build_server(
     log_level: str = "warning",
     graceful_timeout: float | None = 30.0,
 ):
-    """A uvicorn.Server whose shutdown first marks the app draining (new requests 503, readiness
-    fails), then lets accepted requests finish and the batcher drain in the lifespan shutdown."""
+    """A uvicorn.Server with the app's connection limits (header / idle timeouts, max connections)
+    whose shutdown drains first: on SIGTERM/SIGINT the app answers 503 to new requests (readiness
+    too) while the listening socket stays open, accepted requests finish and the queue empties
+    (up to ``graceful_timeout`` s); only then does uvicorn close. ``clean`` tells whether the drain
+    finished in time; the process then exits 0 (1 otherwise), not by re-raising the signal."""
     import uvicorn  # optional dependency (bertrt[serve])
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol  # optional dependency (bertrt[serve])
+
+    state, models = app.state.bertrt, app.state.models  # the Gate counts requests on the default model
+    limits = state.config
 
     class DrainingServer(uvicorn.Server):
+        clean = True
+
+        async def serve(self, sockets=None):
+            self._loop = asyncio.get_running_loop()
+            await super().serve(sockets)
+
         def handle_exit(self, sig, frame):
-            app.state.bertrt.draining = True
-            super().handle_exit(sig, frame)
+            if state.draining or not hasattr(self, "_loop"):  # a second signal: stop now
+                self.force_exit = state.draining
+                self.should_exit = True
+                return
+            models.drain()
+            self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._drain()))
+
+        async def _drain(self):
+            deadline = self._loop.time() + (graceful_timeout or 0)
+            while state.in_flight or any(s.batcher.depth or s.batcher.busy for s in models.states.values()):
+                if self._loop.time() > deadline:
+                    self.clean = False
+                    break
+                await asyncio.sleep(0.02)
+            self.should_exit = True
 
     config = uvicorn.Config(
         app,
@@ -81,16 +112,26 @@ def build_server(
         lifespan="on",
         timeout_graceful_shutdown=graceful_timeout,
         log_config=None,
+        http=header_timeout_protocol(AutoHTTPProtocol, limits.header_timeout_s),
+        timeout_keep_alive=limits.idle_timeout_s,
+        limit_concurrency=limits.max_connections,
     )
     return DrainingServer(config)
 
 
 def cmd_serve(args) -> int:
     configure_logging(args.log_format, args.log_level)
+    if args.otel:
+        configure()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    api_key = args.api_key if args.api_key is not None else os.environ.get("BERTRT_API_KEY") or None
+    api_key = args.api_key if args.api_key is not None else os.environ.get("BERTRT_API_KEY")
+    if api_key is not None and not api_key.strip():
+        source = "--api-key" if args.api_key is not None else "$BERTRT_API_KEY"
+        print(f"bertrt serve: error: {source} is empty or whitespace, which would turn authentication off; "
+              "give a real key, or leave it unset to serve without one", file=sys.stderr)
+        return 2
     config = ServeConfig(
         model_name=args.model_name or model_name_for(args.model_dir),
         max_batch_tokens=args.max_batch_tokens,
@@ -101,29 +142,55 @@ def cmd_serve(args) -> int:
         timeout_s=args.timeout,
         max_body_bytes=args.max_body_bytes,
         max_inputs=args.max_inputs,
+        max_queue_tokens=args.max_queue_tokens,
+        tokenizer_workers=args.tokenizer_workers,
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+        idle_timeout_s=args.idle_timeout,
+        max_connections=args.max_connections,
         api_key=api_key,
+        grpc_port=args.grpc_port,
+        grpc_host=args.host,
+        otel=args.otel,
     )
-    engine = bertrt.load(
-        args.model_dir,
-        task=args.task,
-        device=args.device,
-        backend=args.backend,
-        dtype=args.dtype,
-        kernels=args.kernels,
-        max_length=args.max_length,
-    )
-    if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+    load_options = dict(task=args.task, device=args.device, backend=args.backend, dtype=args.dtype,
+                        kernels=args.kernels, max_length=args.max_length, batch_invariant=args.batch_invariant)
+    if args.ray:  # replicas of this server on a Ray cluster, each loading its own engine
+        if args.model or args.model_repository or args.grpc_port is not None:
+            raise SystemExit("bertrt serve --ray: one model (positional MODEL_DIR), HTTP only")
+        return ray_cli.serve_on_ray(args, config, load_options)
+    if args.model_repository:
+        if args.model_dir or args.model:
+            raise SystemExit("bertrt serve: give --model-repository or models (positional / --model), not both")
+        served = models_mod.from_repository(args.model_repository, config,
+                                            {k: v for k, v in load_options.items() if v not in (None, False)})
+    elif args.model:
+        served = models_mod.ModelSet(config)
+        for spec in args.model:
+            name, sep, path = spec.partition("=")
+            if not sep or not name or not path:
+                raise SystemExit(f"bertrt serve: --model takes NAME=DIR, got {spec!r}")
+            engine, batch = models_mod.load_model(Path(path), {k: v for k, v in load_options.items()
+                                                             if v not in (None, False)})
+            served.add(name, engine, batch)
+    else:
+        served = bertrt.load(args.model_dir, **load_options)
+    for engine in ([served] if not isinstance(served, models_mod.ModelSet) else
+                   [s.engine for s in served.states.values()]):
+        if args.default_prompt_name:
+            engine.set_default_prompt(args.default_prompt_name)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         logging.getLogger("bertrt.serving").warning(
             "listening on %s without an API key", args.host, extra={"fields": {"host": args.host}}
         )
     server = build_server(
-        create_app(engine, config), args.host, args.port, log_level="warning", graceful_timeout=args.timeout
+        create_app(served, config), args.host, args.port, log_level="warning", graceful_timeout=args.timeout
     )
     logging.getLogger("bertrt.serving").info(
         "listening", extra={"fields": {"url": f"http://{args.host}:{args.port}", "model": config.model_name}}
     )
     server.run()
-    return 0
+    return 0 if server.clean else 1
 
 
 def register(subparsers) -> None:
@@ -133,6 +200,10 @@ def register(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("model_dir", nargs="?", default=None, help="checkpoint directory (default: bundled MiniLM)")
+    p.add_argument("--model", action="append", default=[], metavar="NAME=DIR",
+                   help="serve this model under NAME (repeat for several; each its own batcher and queue)")
+    p.add_argument("--model-repository", default=None, metavar="DIR",
+                   help="serve every sub-directory of DIR (Triton-style; optional bertrt.json per model)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 exposes it)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument(
@@ -146,6 +217,14 @@ def register(subparsers) -> None:
     p.add_argument("--backend", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--kernels", default="auto")
+    p.add_argument("--batch-invariant", action="store_true",
+                   help="kernels whose result for a text does not depend on the batch the server puts it in")
+    p.add_argument("--grpc-port", type=int, default=None,
+                   help="also serve KServe v2 gRPC (inference.GRPCInferenceService) on this port")
+    p.add_argument("--otel", action="store_true", help="OpenTelemetry spans (needs opentelemetry-sdk; OTLP exporter "
+                   "when opentelemetry-exporter-otlp is installed)")
+    p.add_argument("--default-prompt-name", default=None,
+                   help="prompt (config_sentence_transformers.json) used when a request names none")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--max-length", type=int, default=None, help="tokens per sequence (default: the model's)")
     defaults = ServeConfig()
@@ -164,7 +243,21 @@ def register(subparsers) -> None:
     p.add_argument("--timeout", type=float, default=defaults.timeout_s, help="per-request seconds (504 after)")
     p.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes)
     p.add_argument("--max-inputs", type=int, default=defaults.max_inputs, help="texts per request")
+    p.add_argument("--max-queue-tokens", type=int, default=defaults.max_queue_tokens,
+                   help="tokens admitted and not yet running (tokenizing or queued); over it 503, a request "
+                   "that alone needs more 413")
+    p.add_argument("--tokenizer-workers", type=int, default=defaults.tokenizer_workers,
+                   help="threads tokenizing requests, in parallel with inference")
+    p.add_argument("--header-timeout", type=float, default=defaults.header_timeout_s,
+                   help="seconds for a request's headers to arrive (408 and close after)")
+    p.add_argument("--body-timeout", type=float, default=defaults.body_timeout_s,
+                   help="longest pause, in seconds, within a request body (408 after)")
+    p.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout_s,
+                   help="seconds an idle keep-alive connection is kept open")
+    p.add_argument("--max-connections", type=int, default=defaults.max_connections,
+                   help="concurrent connections; beyond them new requests get 503")
     p.add_argument("--api-key", default=None, help="require this key (default: $BERTRT_API_KEY, else none)")
     p.add_argument("--log-format", default="json", choices=("json", "text"))
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    ray_cli.add_serve_arguments(p)
     p.set_defaults(func=cmd_serve)

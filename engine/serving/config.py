@@ -27,14 +27,33 @@ class ServeConfig:
     max_inputs: int = 256  # texts or token-id rows in one request
     api_key: str | None = None
     retry_after_s: int = 1
+    # KServe v2 gRPC beside HTTP (same batcher, limits, key and metrics); None: HTTP only, 0: a free port
+    grpc_port: int | None = None
+    grpc_host: str = "127.0.0.1"
+    # Bounded work (docs/serving.md, "Limits"): tokens admitted and not yet running (being tokenized,
+    # or waiting for a batch); a request that could never fit answers 413, one that does not fit now 503
+    max_queue_tokens: int = 262144
+    tokenizer_workers: int = 2  # threads tokenizing requests, in parallel with inference
+    max_age_ms: float = 200.0  # a sequence waiting longer goes ahead of shorter ones (no starvation)
+    # HTTP hygiene: slow or stalled clients are cut off; beyond max_connections new ones get 503
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 10.0  # longest wait for the next piece of a request body (408 after)
+    idle_timeout_s: float = 5.0  # keep-alive connections idle this long are closed
+    max_connections: int = 1024
+    otel: bool = False  # OpenTelemetry spans for tokenization and inference (engine/serving/tracing.py)
 
     def __post_init__(self):
-        for name in ("max_batch_tokens", "max_batch_size", "max_queue", "max_body_bytes", "max_inputs"):
+        for name in ("max_batch_tokens", "max_batch_size", "max_queue", "max_body_bytes", "max_inputs",
+                     "max_queue_tokens", "tokenizer_workers", "max_connections"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
-        if self.timeout_s <= 0:
-            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+        for name in ("timeout_s", "header_timeout_s", "body_timeout_s", "idle_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.api_key is not None and not self.api_key.strip():
+            # fail closed: an empty key (think --api-key "$UNSET_VAR") must not silently turn authentication off
+            raise ValueError("the API key is empty or whitespace; give a real key, or none to serve without one")

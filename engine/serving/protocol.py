@@ -136,6 +136,10 @@ def parse_embeddings(obj: dict, max_inputs: int) -> EmbeddingsRequest:
             texts = value
         elif all(_is_int(v) for v in value):
             token_ids = [value]
+        elif isinstance(value[0], str):
+            index, bad = next((i, v) for i, v in enumerate(value) if not isinstance(v, str))
+            raise ApiError(400, f"input[{index}] must be a string like input[0] (all items of one kind), "
+                                f"got {_json_type(bad)}", param="input")
         else:
             for index, row in enumerate(value):
                 if not isinstance(row, list) or not all(_is_int(t) for t in row):
@@ -255,25 +259,29 @@ class V2Request:
     parameters: dict = field(default_factory=dict)
 
 
-def _flatten(data, name: str) -> list:
+def _flatten(data, name: str, shape: list[int]) -> list:
+    """'data' flat, or nested exactly as ``shape`` (row-major), as a flat list."""
     if not isinstance(data, list):
         raise ApiError(400, f"input '{name}': 'data' must be an array, got {_json_type(data)}")
     if not data or not isinstance(data[0], list):
+        bad = next((v for v in data if isinstance(v, list)), None)
+        if bad is not None:
+            raise ApiError(400, f"input '{name}': 'data' mixes arrays and values")
         return data
-    flat: list = []
-    stack = [data]
-    while stack:  # nested row-major arrays, flattened in order
-        item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(reversed(item))
-        else:
-            flat.append(item)
-    return flat
+    level = data
+    for depth, size in enumerate(shape[:-1]):  # nested: every level holds shape[depth] arrays
+        if len(level) != size or not all(isinstance(row, list) for row in level):
+            raise ApiError(400, f"input '{name}': nested 'data' does not match shape {shape} at depth {depth}")
+        level = [item for row in level for item in row]
+    if len(shape) < 1 or len(level) != int(np.prod(shape)) or any(isinstance(v, list) for v in level):
+        raise ApiError(400, f"input '{name}': nested 'data' does not match shape {shape}")
+    return level
 
 
-def _decode_binary_bytes(raw: bytes, name: str) -> list[bytes]:
+def _decode_binary_bytes(raw: bytes, name: str, count: int) -> list[bytes]:
+    """At most count + 1 elements are read (the shape says how many there are)."""
     items, offset = [], 0
-    while offset < len(raw):
+    while offset < len(raw) and len(items) <= count:
         if offset + 4 > len(raw):
             raise ApiError(400, f"input '{name}': truncated BYTES element length")
         (length,) = struct.unpack_from("<I", raw, offset)
@@ -285,7 +293,17 @@ def _decode_binary_bytes(raw: bytes, name: str) -> list[bytes]:
     return items
 
 
-def _parse_tensor(spec, binary: memoryview, offset: int, max_elements: int) -> tuple[V2Tensor, int]:
+def _element_count(name: str, shape: list[int], limit: int) -> int:
+    """The product of shape in Python integers (no int64 overflow), 413 as soon as it passes limit."""
+    count = 1
+    for size in shape:
+        count *= size
+        if count > limit:
+            raise ApiError(413, f"input '{name}': shape {shape} is over this server's limit of {limit} elements")
+    return count
+
+
+def _parse_tensor(spec, binary: memoryview, offset: int, max_elements: int, max_texts: int) -> tuple[V2Tensor, int]:
     if not isinstance(spec, dict):
         raise ApiError(400, f"each of 'inputs' must be an object, got {_json_type(spec)}")
     name = spec.get("name")
@@ -296,9 +314,7 @@ def _parse_tensor(spec, binary: memoryview, offset: int, max_elements: int) -> t
         raise ApiError(400, f"input '{name}': unknown datatype {datatype!r}")
     if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
         raise ApiError(400, f"input '{name}': 'shape' must be a list of non-negative integers, got {shape!r}")
-    count = int(np.prod(shape)) if shape else 1
-    if count > max_elements:
-        raise ApiError(413, f"input '{name}': {count} elements, over this server's limit of {max_elements}")
+    count = _element_count(name, shape, max_texts if datatype == "BYTES" else max_elements)
     parameters = spec.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise ApiError(400, f"input '{name}': 'parameters' must be an object")
@@ -309,7 +325,7 @@ def _parse_tensor(spec, binary: memoryview, offset: int, max_elements: int) -> t
         raw = bytes(binary[offset : offset + size])
         offset += size
         if datatype == "BYTES":
-            values: object = _decode_binary_bytes(raw, name)
+            values: object = _decode_binary_bytes(raw, name, count)
             got = len(values)  # type: ignore[arg-type]
         else:
             itemsize = np.dtype(NUMPY_DTYPES[datatype]).itemsize
@@ -322,7 +338,7 @@ def _parse_tensor(spec, binary: memoryview, offset: int, max_elements: int) -> t
     else:
         if "data" not in spec:
             raise ApiError(400, f"input '{name}': no 'data' and no binary_data_size parameter")
-        flat = _flatten(spec["data"], name)
+        flat = _flatten(spec["data"], name, shape)
         got = len(flat)
         if datatype == "BYTES":
             values = flat
@@ -342,21 +358,33 @@ def _parse_tensor(spec, binary: memoryview, offset: int, max_elements: int) -> t
     if got != count:
         raise ApiError(400, f"input '{name}': shape {shape} needs {count} elements, got {got}")
     if datatype == "BYTES":
-        texts = []
-        for index, item in enumerate(values):  # type: ignore[union-attr]
-            if isinstance(item, bytes):
-                try:
-                    item = item.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise ApiError(400, f"input '{name}': element {index} is not valid UTF-8") from None
-            if not isinstance(item, str):
-                raise ApiError(400, f"input '{name}': BYTES element {index} must be a string, got {_json_type(item)}")
-            texts.append(item)
-        values = texts
+        values = decode_texts(values, name)  # type: ignore[arg-type]
     return V2Tensor(name, datatype, shape, values), offset
 
 
-def parse_v2_infer(body: bytes, header_length: int | None, max_elements: int) -> V2Request:
+def decode_texts(values: list, name: str) -> list[str]:
+    """BYTES elements (bytes or str) -> str, 400 naming the element that is not UTF-8 text."""
+    texts = []
+    for index, item in enumerate(values):
+        if isinstance(item, bytes):
+            try:
+                item = item.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ApiError(400, f"input '{name}': element {index} is not valid UTF-8") from None
+        if not isinstance(item, str):
+            raise ApiError(400, f"input '{name}': BYTES element {index} must be a string, got {_json_type(item)}")
+        texts.append(item)
+    return texts
+
+
+def _get_flag(obj: dict, name: str, default: bool, where: str) -> bool:
+    value = obj.get(name, default)
+    if not isinstance(value, bool):
+        raise ApiError(400, f"{where} '{name}' must be a boolean (true or false), got {_json_type(value)} {value!r}")
+    return value
+
+
+def parse_v2_infer(body: bytes, header_length: int | None, max_elements: int, max_texts: int = 2**62) -> V2Request:
     """The infer request body; with header_length, body = JSON header + binary tensor data."""
     if header_length is not None:
         if header_length < 0 or header_length > len(body):
@@ -372,14 +400,16 @@ def parse_v2_infer(body: bytes, header_length: int | None, max_elements: int) ->
     inputs: dict[str, V2Tensor] = {}
     offset = 0
     for spec in specs:
-        tensor, offset = _parse_tensor(spec, binary, offset, max_elements)
+        tensor, offset = _parse_tensor(spec, binary, offset, max_elements, max_texts)
         if tensor.name in inputs:
             raise ApiError(400, f"input '{tensor.name}' is given twice")
         inputs[tensor.name] = tensor
+    if offset != len(binary):
+        raise ApiError(400, f"{len(binary) - offset} bytes of binary data after the last input's binary_data_size")
     parameters = obj.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise ApiError(400, "'parameters' must be an object")
-    binary_output = bool(parameters.get("binary_data_output", False))
+    binary_output = _get_flag(parameters, "binary_data_output", False, "parameter")
     outputs = None
     if obj.get("outputs") is not None:
         if not isinstance(obj["outputs"], list):
@@ -389,7 +419,9 @@ def parse_v2_infer(body: bytes, header_length: int | None, max_elements: int) ->
             if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
                 raise ApiError(400, "each of 'outputs' must be an object with a string 'name'")
             params = spec.get("parameters") or {}
-            outputs.append((spec["name"], bool(params.get("binary_data", binary_output))))
+            if not isinstance(params, dict):
+                raise ApiError(400, f"output '{spec['name']}': 'parameters' must be an object")
+            outputs.append((spec["name"], _get_flag(params, "binary_data", binary_output, f"output '{spec['name']}'")))
     request_id = obj.get("id")
     return V2Request(request_id if isinstance(request_id, str) else None, inputs, outputs, binary_output, parameters)
 

@@ -16,7 +16,7 @@ from fastapi.responses import Response
 
 from .. import tasks
 from .._version import __version__
-from .protocol import ApiError, dumps, encode_v2_response, parse_v2_infer
+from .protocol import ApiError, V2Request, dumps, encode_v2_response, loads_object, parse_v2_infer
 from .state import ServerState, read_body
 
 router = APIRouter(prefix="/v2")
@@ -32,10 +32,10 @@ def _json(obj, status: int = 200) -> Response:
     return Response(dumps(obj), status_code=status, media_type="application/json")
 
 
-def _model(request: Request, name: str) -> ServerState:
-    state = _state(request)
-    if name != state.model_name:
-        raise ApiError(404, f"unknown model {name!r}; this server serves {state.model_name!r}")
+def _model(request: Request, name: str, version: str = "1") -> ServerState:
+    state = request.app.state.models.named(name)
+    if version != "1":
+        raise ApiError(404, f"model {name!r} has no version {version!r}; its only version is '1'")
     return state
 
 
@@ -67,9 +67,33 @@ async def live() -> Response:
 
 @router.get("/health/ready")
 async def ready(request: Request) -> Response:
-    state = _state(request)
-    ok = state.ready and not state.draining
+    models = request.app.state.models
+    ok = models.started and all(s.ready and not s.draining for s in models.states.values())
     return _json({"ready": ok}, 200 if ok else 503)
+
+
+# -- repository extension (Triton's, which tritonclient speaks) ---------------------------------------
+
+
+@router.post("/repository/index")
+async def repository_index(request: Request) -> Response:
+    """{"ready": bool} -> [{"name", "version", "state", "reason"?}] of loaded and repository models."""
+    body = await read_body(request, _state(request).config.max_body_bytes)
+    ready = bool(loads_object(body).get("ready", False)) if body else False
+    entries = request.app.state.models.index()
+    return _json([e for e in entries if not ready or e["state"] == "READY"])
+
+
+@router.post("/repository/models/{name}/load")
+async def repository_load(request: Request, name: str) -> Response:
+    await request.app.state.models.load(name)
+    return _json({})
+
+
+@router.post("/repository/models/{name}/unload")
+async def repository_unload(request: Request, name: str) -> Response:
+    await request.app.state.models.unload(name)
+    return _json({})
 
 
 @router.get("")
@@ -80,7 +104,7 @@ async def server_metadata() -> Response:
 @router.get("/models/{name}")
 @router.get("/models/{name}/versions/{version}")
 async def model_metadata(request: Request, name: str, version: str = "1") -> Response:
-    state = _model(request, name)
+    state = _model(request, name, version)
     return _json(
         {
             "name": state.model_name,
@@ -95,7 +119,7 @@ async def model_metadata(request: Request, name: str, version: str = "1") -> Res
 @router.get("/models/{name}/config")
 @router.get("/models/{name}/versions/{version}/config")
 async def model_config(request: Request, name: str, version: str = "1") -> Response:
-    state = _model(request, name)
+    state = _model(request, name, version)
     engine = state.engine
     return _json(
         {
@@ -121,7 +145,7 @@ async def model_config(request: Request, name: str, version: str = "1") -> Respo
 @router.get("/models/{name}/ready")
 @router.get("/models/{name}/versions/{version}/ready")
 async def model_ready(request: Request, name: str, version: str = "1") -> Response:
-    state = _model(request, name)
+    state = _model(request, name, version)
     ok = state.ready and not state.draining
     return _json({"name": state.model_name, "ready": ok}, 200 if ok else 503)
 
@@ -129,15 +153,28 @@ async def model_ready(request: Request, name: str, version: str = "1") -> Respon
 @router.post("/models/{name}/infer")
 @router.post("/models/{name}/versions/{version}/infer")
 async def infer(request: Request, name: str, version: str = "1") -> Response:
-    state = _model(request, name)
+    state = _model(request, name, version)
     config = state.config
     body = await read_body(request, config.max_body_bytes)
     header = request.headers.get("inference-header-content-length")
-    if header is not None and not header.isdigit():
+    if header is not None and not (header.isascii() and header.isdigit()):  # "²".isdigit() is True
         raise ApiError(400, f"Inference-Header-Content-Length must be an integer, got {header!r}")
-    parsed = parse_v2_infer(
-        body, int(header) if header is not None else None, max_elements=config.max_inputs * state.max_length
+    arguments = (body, int(header) if header is not None else None, config.max_inputs * state.max_length,
+                 config.max_inputs)
+    # big bodies (up to max_inputs x max_length ids, or BYTES) are parsed off the event loop
+    parsed = await state.off_loop(parse_v2_infer, *arguments) if len(body) > 65536 else parse_v2_infer(*arguments)
+    wanted, arrays = await run_infer(state, parsed)
+    response, header_length = encode_v2_response(
+        state.model_name, parsed.id, [(n, arrays[n], binary) for n, binary in wanted]
     )
+    headers = {"Inference-Header-Content-Length": str(header_length)} if header_length is not None else None
+    media = "application/octet-stream" if header_length is not None else "application/json"
+    return Response(response, media_type=media, headers=headers)
+
+
+async def run_infer(state: ServerState, parsed: V2Request) -> tuple[list[tuple[str, bool]], dict]:
+    """The infer request on the batcher -> ([(output name, binary)], {name: array}); shared by the
+    HTTP route and the gRPC service."""
     truncate = parsed.parameters.get("truncate", True)
     if not isinstance(truncate, bool):
         raise ApiError(400, "parameter 'truncate' must be a boolean")
@@ -159,12 +196,7 @@ async def infer(request: Request, name: str, version: str = "1") -> Response:
             raise ApiError(400, f"unknown output {output_name!r}; this {task} model gives {sorted(available)}")
     rows = await state.infer(ids, type_ids, task)
     arrays = _outputs(state, task, rows)
-    response, header_length = encode_v2_response(
-        state.model_name, parsed.id, [(n, arrays[n], binary) for n, binary in wanted]
-    )
-    headers = {"Inference-Header-Content-Length": str(header_length)} if header_length is not None else None
-    media = "application/octet-stream" if header_length is not None else "application/json"
-    return Response(response, media_type=media, headers=headers)
+    return wanted, arrays
 
 
 async def _text_inputs(state: ServerState, inputs: dict, truncate: bool, task: str):
