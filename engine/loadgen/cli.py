@@ -3,7 +3,6 @@ or a running ``bertrt serve`` (``--url``). Everything is checked before LoadGen 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from pathlib import Path

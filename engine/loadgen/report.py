@@ -58,7 +58,8 @@ def plot_png(records: list[dict], path: Path, peak_tries: list[dict] | None = No
         axes[0].bar([i + k * width for i in range(len(records))], values, width, label=name)
     axes[0].set_xticks([i + 0.4 - width / 2 for i in range(len(records))], labels, fontsize=7)
     axes[0].set_ylabel("latency per query (ms)")
-    axes[0].set_yscale("log")
+    if any(r["latency_ms"].get(name, 0.0) > 0 for r in records for name in _PERCENTILES):
+        axes[0].set_yscale("log")  # accuracy runs log no latencies
     axes[0].legend(fontsize=7)
     axes[0].set_title("LoadGen latency percentiles")
     values = [throughput(r) or 0.0 for r in records]
