@@ -70,7 +70,8 @@ perf-analyzer:
 # MLPerf LoadGen: MiniLM on bertrt and on ONNX Runtime (same run) -> docs/results/loadgen-minilm/.
 loadgen-results:
 	$(MAKE) setup EXTRAS=test
-	$(BIN)/bertrt loadgen --scenario SingleStream,Offline,Server --find-peak --compare onnxruntime \
+	$(BIN)/bertrt loadgen --scenario SingleStream,Offline,Server --find-peak --compare onnxruntime --latency-bound-ms 1000 \
+		--latency-percentile 0.9 \
 		--dtype float32 --dataset examples/loadgen/pydoc-512.jsonl --out docs/results/loadgen-minilm
 
 # Knowledge distillation demo on real data: Debian's WordNet glosses -> 45 supersense classes.

@@ -62,6 +62,17 @@ def test_minilm_offline_server_singlestream_valid(tmp_path, short_texts):
     assert (tmp_path / "loadgen.png").stat().st_size > 10_000
 
 
+def test_find_peak_reports_the_highest_valid_target(tmp_path, short_texts, tiny_model_dirs):
+    report = _run(tmp_path, "--model", str(tiny_model_dirs["embed"]), "--dataset", str(short_texts), "--scenario",
+                  "Server", "--find-peak", "--max-tries", "2", *SHORT)
+    run = report["runs"][0]
+    assert [t["target_qps"] for t in run["tries"]] == pytest.approx([12, 18])
+    valid = [t["target_qps"] for t in run["tries"] if t["result"] == "VALID"]
+    assert run["peak_qps"] == (max(valid) if valid else None)
+    if valid:
+        assert "Result is : VALID" in (tmp_path / "mlperf_log_summary.txt").read_text()
+
+
 def _squad(path: Path, contexts: list[str], questions: list[list[str]], golds: list[list[str]]) -> Path:
     paragraphs, k = [], 0
     for context, qs in zip(contexts, questions):

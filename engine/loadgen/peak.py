@@ -8,6 +8,7 @@ bisects between the best VALID and the lowest INVALID target until they are with
 from __future__ import annotations
 
 import dataclasses
+import logging
 import shutil
 from pathlib import Path
 
@@ -16,16 +17,24 @@ from tqdm import tqdm
 from ..errors import BertrtError
 from .runner import RunConfig, run_loadgen, warm_up
 
+log = logging.getLogger("bertrt.loadgen")
+
 
 def find_peak(target, dataset, config: RunConfig, out_dir: str | Path, max_tries: int = 6,
-              tolerance: float = 0.05) -> tuple[dict, list[dict]]:
-    """(the best VALID record, every try's record). Its logs are copied to ``out_dir``."""
+              tolerance: float = 0.05, longest_try_s: float = 120.0) -> tuple[dict, list[dict]]:
+    """(the best VALID record, every try's record). Its logs are copied to ``out_dir``.
+
+    A target so low that ``min_query_count`` queries take longer than ``longest_try_s`` is not tried:
+    the search stops there (a SUT that misses the bound at such a rate misses it on latency alone)."""
     out_dir = Path(out_dir)
     config = dataclasses.replace(config, scenario="Server").validated()
     calibration = warm_up(target, dataset, config.batch_size)
     qps = config.target_qps or 0.6 * calibration["throughput_samples_per_s"]
     best, lowest_invalid, tries = None, None, []
+    floor = config.min_query_count / longest_try_s
     for _ in tqdm(range(max_tries), desc="find-peak", unit="run"):
+        if qps < floor:
+            break
         record = run_loadgen(target, dataset, dataclasses.replace(config, target_qps=qps),
                              out_dir / "peak" / f"qps-{qps:.2f}", calibration)
         record["target_qps"] = qps
@@ -41,12 +50,21 @@ def find_peak(target, dataset, config: RunConfig, out_dir: str | Path, max_tries
             break
         else:
             qps = (low + lowest_invalid) / 2 if best else lowest_invalid / 2
-    if best is None:
-        raise BertrtError(f"--find-peak: no VALID Server run in {len(tries)} tries (lowest target "
-                          f"{min(t['target_qps'] for t in tries):.2f} QPS); try a larger --latency-bound-ms")
+    if best is None:  # reported, not raised: the other scenarios of the run still count
+        lowest = min((t["target_qps"] for t in tries), default=qps)
+        message = (f"no VALID Server run in {len(tries)} tries (lowest target {lowest:.2f} QPS: "
+                   f"p{100 * config.latency_percentile:g} latency over the {config.latency_bound_ms:g} ms bound); "
+                   f"try a larger --latency-bound-ms")
+        log.warning("--find-peak: %s", message)
+        if not tries:
+            raise BertrtError(f"--find-peak: {message}")
+        return {**tries[-1], "peak_qps": None, "peak_error": message, "tries": _brief(tries)}, _brief(tries)
     for name in ("mlperf_log_summary.txt", "mlperf_log_detail.txt"):
         shutil.copy(Path(best["out"]) / name, out_dir / name)
-    best = {**best, "peak_qps": best["target_qps"], "tries": [
-        {"target_qps": t["target_qps"], "result": t["result"], "latency_ms": t["latency_ms"],
-         "completed_samples_per_s": t["metric"].get("completed_samples_per_s")} for t in tries]}
+    best = {**best, "peak_qps": best["target_qps"], "tries": _brief(tries)}
     return best, best["tries"]
+
+
+def _brief(tries: list[dict]) -> list[dict]:
+    return [{"target_qps": t["target_qps"], "result": t["result"], "latency_ms": t["latency_ms"],
+             "completed_samples_per_s": t["metric"].get("completed_samples_per_s")} for t in tries]

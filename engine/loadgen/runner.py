@@ -9,6 +9,7 @@ shorter runs). Server and MultiStream judge latency at ``latency_percentile`` (M
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -80,6 +81,17 @@ def warm_up(target, dataset: Dataset, batch_size: int) -> dict:
             "throughput_samples_per_s": batch_size / batch_seconds}
 
 
+def early_stopping_minimum(config: RunConfig) -> int:
+    """Fewest queries for which LoadGen's early stopping can pass at ``latency_percentile`` even with every
+    query under the bound: Server needs ceil(log(0.01) / log(p)) (44 at p90, 459 at p99); MultiStream's
+    estimator needs 64 up to p90 and 662 at p99 (LoadGen's own messages). Fewer queries make any run
+    INVALID, so the count is raised to it."""
+    p = config.latency_percentile
+    if config.scenario == "Server":
+        return math.ceil(math.log(0.01) / math.log(p))
+    return 64 if p <= 0.9 else 662
+
+
 def settings_for(config: RunConfig, calibration: dict):
     import mlperf_loadgen as lg  # optional: the loadgen extra
 
@@ -92,16 +104,20 @@ def settings_for(config: RunConfig, calibration: dict):
     single_ns = int(calibration["single_latency_ms"] * 1e6)
     if config.scenario == "SingleStream":
         # LoadGen pre-generates min_duration / expected latency queries and stops when they run out:
-        # too high an estimate ends the run before min_duration (INVALID); too low costs nothing.
-        settings.single_stream_expected_latency_ns = max(1, single_ns // 4)
+        # too high an estimate ends the run before min_duration (INVALID); too low costs only a
+        # longer list (it stops once min_duration and min_query_count are met).
+        settings.single_stream_expected_latency_ns = max(1, min(single_ns // 4, 1_000_000))
     elif config.scenario == "MultiStream":
         settings.multi_stream_samples_per_query = config.samples_per_query
-        settings.multi_stream_expected_latency_ns = max(1, int(0.25e9 * config.samples_per_query / throughput))
+        settings.multi_stream_expected_latency_ns = max(1, min(int(0.25e9 * config.samples_per_query / throughput),
+                                                               1_000_000))
+        settings.min_query_count = max(config.min_query_count, early_stopping_minimum(config))
         settings.multi_stream_target_latency_percentile = config.latency_percentile
     elif config.scenario == "Server":
         settings.server_target_qps = config.target_qps or 0.4 * throughput
         settings.server_target_latency_ns = int(config.latency_bound_ms * 1e6)
         settings.server_target_latency_percentile = config.latency_percentile
+        settings.min_query_count = max(config.min_query_count, early_stopping_minimum(config))
     else:
         settings.offline_expected_qps = config.expected_qps or 1.5 * throughput
     return settings
@@ -183,7 +199,9 @@ def run_loadgen(target, dataset: Dataset, config: RunConfig, out_dir: str | Path
         raise sut.error
     summary = parse_summary(out_dir / "mlperf_log_summary.txt")
     record = {"sut": target.name, "scenario": config.scenario, "mode": config.mode, "result": summary["result"],
-              "wall_s": wall, "settings": dataclasses.asdict(config), "calibration": calibration,
+              "wall_s": wall, "settings": {**dataclasses.asdict(config),
+                                           "effective_min_query_count": settings.min_query_count},
+              "calibration": calibration,
               "latency_ms": latency_percentiles_ms(summary), "metric": headline(config.scenario, summary),
               "summary": summary["values"], "dataset": {"path": str(dataset.path), "samples": count},
               "out": str(out_dir)}
