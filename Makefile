@@ -8,7 +8,7 @@ TORCH := torch==2.13.0
 EXTRAS ?= test
 NATIVE_SOURCES := $(shell find csrc -type f 2>/dev/null) CMakeLists.txt setup.py pyproject.toml
 
-.PHONY: setup run test lint format bench bench-ops bench-baseline perf-analyzer loadgen-results clean wordnet \
+.PHONY: setup run test lint format bench bench-ops bench-baseline perf-analyzer loadgen-results gpu-check gpu-kit clean wordnet \
 	distill-demo
 
 $(VENV)/.installed-$(EXTRAS): $(NATIVE_SOURCES)
@@ -73,6 +73,15 @@ loadgen-results:
 	$(BIN)/bertrt loadgen --scenario SingleStream,Offline,Server --find-peak --compare onnxruntime --latency-bound-ms 1000 \
 		--latency-percentile 0.9 \
 		--dtype float32 --dataset examples/loadgen/pydoc-512.jsonl --out docs/results/loadgen-minilm
+
+# GPU bring-up (tools/gpu_check.sh): one line and exit 0 without a GPU. Runs from a plain checkout with
+# the machine's python (PYTHON=...); `make gpu-kit` here makes out/gpu-kit/ to carry to an offline GPU.
+gpu-check:
+	bash tools/gpu_check.sh
+
+gpu-kit:
+	$(MAKE) setup EXTRAS=test
+	$(BIN)/python tools/gpu_kit.py --out out/gpu-kit
 
 # Knowledge distillation demo on real data: Debian's WordNet glosses -> 45 supersense classes.
 DEMO_THREADS ?= 2
