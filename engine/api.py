@@ -10,9 +10,11 @@ import torch
 
 from . import tasks
 from .batching import pack, plan_batches
+from .embedding_options import Prompts, read_prompts, truncate_dimensions
 from .errors import InputError
 from .model import Checkpoint, load_checkpoint
 from .model.config import ARCHITECTURE_TASKS
+from .ops.plan import KernelPlan, validate_kernels
 from .quant.checkpoint import is_quantized_dir, load_quantized
 from .runtime import policy
 from .runtime.backends import BackendUnavailable, TorchRunner, create_runner
@@ -20,6 +22,8 @@ from .tokenizer import check_texts
 
 log = logging.getLogger("bertrt")
 TASKS = ("embed", "classify", "ner", "qa")
+# runner tasks with one output row per sequence (the others give one per token)
+SEQUENCE_TASKS = ("embed", "embed_unnormalized", "classify")
 
 
 class Engine:
@@ -41,10 +45,21 @@ class Engine:
         self.backend = backend
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
+        self._prompts: Prompts | None = None
 
     def __repr__(self) -> str:
         return (f"Engine(model={str(self.checkpoint.model_dir)!r}, task={self.task!r}, backend={self.backend!r}, "
                 f"device={self.device!r}, precision={self.precision!r})")
+
+    @property
+    def plan(self) -> KernelPlan:
+        """The kernel plan this engine runs (``print(engine.plan)``); graph backends choose their own
+        kernels, which the plan says."""
+        plan = getattr(self.runner, "plan", None)
+        if plan is None:
+            plan = KernelPlan(torch.device(self.device).type, self.precision, "n/a",
+                              source=f"{self.backend} (chooses its own kernels)")
+        return plan
 
     @property
     def hidden_size(self) -> int:
@@ -60,7 +75,7 @@ class Engine:
         for group in plan_batches(lengths, self.max_batch_tokens, self.max_batch_size):
             batch = pack([ids[i] for i in group], [type_ids[i] for i in group], group)
             out = self.runner.run(batch, task).float().cpu()
-            if task in ("embed", "classify"):
+            if task in SEQUENCE_TASKS:
                 for row, index in enumerate(batch.indices):
                     results[index] = out[row]
             else:
@@ -76,12 +91,27 @@ class Engine:
 
     # -- tasks ---------------------------------------------------------------------------------------
 
-    def embed(self, texts, truncation: str = "truncate", normalize: bool | None = None) -> np.ndarray:
+    @property
+    def prompts(self) -> Prompts:
+        """The checkpoint's sentence-transformers prompts (config_sentence_transformers.json)."""
+        if self._prompts is None:
+            self._prompts = read_prompts(self.checkpoint.model_dir)
+        return self._prompts
+
+    def set_default_prompt(self, name: str | None) -> None:
+        """Use prompt ``name`` when a call names none (``bertrt serve --default-prompt-name``)."""
+        self._prompts = read_prompts(self.checkpoint.model_dir, name)
+
+    def embed(self, texts, truncation: str = "truncate", normalize: bool | None = None,
+              prompt_name: str | None = None, prompt: str | None = None, dimensions: int | None = None) -> np.ndarray:
         """Sentence embeddings (n, hidden) float32 with the checkpoint's pooling (and normalization
-        when the sentence-transformers config has a Normalize module, unless ``normalize`` says)."""
-        texts = check_texts(texts)
+        when the sentence-transformers config has a Normalize module, unless ``normalize`` says).
+        prompt_name / prompt: prepended as sentence-transformers does (the model's default prompt
+        when it names one); dimensions: keep the first d values (Matryoshka), renormalized when the
+        output is normalized -> (n, d)."""
+        texts = self.prompts.apply(check_texts(texts), prompt_name, prompt)
         if not texts:
-            return np.zeros((0, self.hidden_size), dtype=np.float32)
+            return np.zeros((0, dimensions or self.hidden_size), dtype=np.float32)
         encodings = self.tokenizer.encode_batch(texts, truncation)
         rows = self.run_encodings([e.ids for e in encodings], [e.type_ids for e in encodings], "embed")
         out = torch.stack(rows)
@@ -89,7 +119,8 @@ class Engine:
             out = torch.nn.functional.normalize(out, dim=-1)
         elif normalize is False and self.checkpoint.model.pooling.normalize:
             raise InputError("this model's pooling normalizes; normalize=False cannot undo it")
-        return out.numpy()
+        normalized = normalize is True or (normalize is None and self.checkpoint.model.pooling.normalize)
+        return truncate_dimensions(out.numpy(), dimensions, normalized)
 
     def classify(self, texts, truncation: str = "truncate") -> list[dict]:
         """One {"label", "score", "scores"} per text (softmax, or sigmoid for multi-label models)."""
@@ -184,7 +215,7 @@ def _check_task(checkpoint: Checkpoint, task: str | None, max_length: int | None
     return task
 
 
-def _load_quantized(path, task, device, backend, kernels, max_length) -> Engine:
+def _load_quantized(path, task, device, backend, kernels, max_length, batch_invariant) -> Engine:
     """A `bertrt quantize` output (quantization.json present): INT8 linears run on the torch backend;
     the precision is the one the checkpoint was quantized for."""
     if backend not in ("auto", "torch"):
@@ -193,7 +224,7 @@ def _load_quantized(path, task, device, backend, kernels, max_length) -> Engine:
     checkpoint = load_quantized(path, device=device)
     task = _check_task(checkpoint, task, max_length)
     precision = checkpoint.model.quantization["compute_dtype"]
-    runner = TorchRunner(checkpoint, device, precision, kernels=kernels)
+    runner = TorchRunner(checkpoint, device, precision, kernels=kernels, batch_invariant=batch_invariant)
     engine = Engine(checkpoint, runner, task, device, precision, "torch")
     log.info("loaded quantized %r", engine)
     return engine
@@ -205,17 +236,24 @@ def _architecture_for(task: str) -> str:
 
 def load(path: str | Path | None = None, task: str | None = None, device: str = "auto", backend: str = "auto",
          dtype: str | torch.dtype = "auto", kernels: str = "auto", max_length: int | None = None,
-         **backend_options) -> Engine:
+         batch_invariant: bool = False, **backend_options) -> Engine:
     """Load a local Hugging Face checkpoint directory (default: the bundled all-MiniLM-L6-v2).
 
     task: "embed" | "classify" | "ner" | "qa"; None takes the checkpoint's own (BertModel -> embed).
     device: "auto" | "cpu" | "cuda[:N]". dtype: "auto" | "float32" | "bfloat16" | "float16".
     backend: "auto" or a name from ``bertrt.runtime.backends.BACKENDS``. kernels: op implementation
-    for the torch backend ("auto", "torch", "cpu", "cuda", "triton", "ref").
+    for the torch backend ("auto": measured on this machine, see ``engine.plan``; "torch", "cpu",
+    "cpu:<isa>", "cuda", "triton", "ref"). batch_invariant: only kernels whose result for a text does
+    not depend on the other texts of its batch (bit-identical alone or batched; torch backend).
     """
+    validate_kernels(kernels)
     device = policy.choose_device(device)
+    if batch_invariant:
+        if backend not in ("auto", "torch"):
+            raise InputError(f"batch_invariant=True runs on the torch backend (bertrt's kernels), not {backend!r}")
+        backend = "torch"
     if path is not None and is_quantized_dir(path):
-        return _load_quantized(path, task, device, backend, kernels, max_length)
+        return _load_quantized(path, task, device, backend, kernels, max_length, batch_invariant)
     # The tuned winner for this device/model when `bertrt tune` stored one, else the policy table;
     # an explicit backend that cannot run raises BackendUnavailable.
     choice = policy.resolve(path, device, dtype, backend, task=task)
@@ -223,7 +261,8 @@ def load(path: str | Path | None = None, task: str | None = None, device: str = 
     checkpoint = load_checkpoint(path, dtype=load_dtype, device=load_device)
     task = _check_task(checkpoint, task, max_length)
     runner, backend_name, precision = create_runner(checkpoint, device, choice.candidates, explicit=choice.explicit,
-                                                    kernels=kernels, **backend_options)
+                                                    kernels=kernels, batch_invariant=batch_invariant,
+                                                    **backend_options)
     engine = Engine(checkpoint, runner, task, device, precision, backend_name)
     log.info("loaded %r: %s", engine, choice.reason)
     return engine

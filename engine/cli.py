@@ -64,11 +64,11 @@ def _emit(records: Iterable[dict]) -> None:
         sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
-def _engine(args, task: str):
+def _engine(args, task: str | None):
     import bertrt
 
     return bertrt.load(args.model, task=task, device=args.device, backend=args.backend, dtype=args.dtype,
-                       kernels=args.kernels)
+                       kernels=args.kernels, batch_invariant=getattr(args, "batch_invariant", False))
 
 
 def cmd_embed(args) -> int:
@@ -107,7 +107,31 @@ def cmd_qa(args) -> int:
 def cmd_info(args) -> int:
     from .runtime import probe
 
-    print(json.dumps(probe.report(), indent=2))
+    report = probe.report()
+    # the kernel plan bertrt.load would run here (measured once per machine, cached)
+    engine = _engine(args, None)
+    report["plan"] = {"model": str(engine.checkpoint.model_dir), "backend": engine.backend, **engine.plan.as_dict()}
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    """Self-check and time every candidate implementation of every op on this machine."""
+    from .model import load_checkpoint
+    from .ops import doctor, plan
+    from .runtime import policy
+
+    checkpoint = load_checkpoint(args.model)
+    precisions = tuple(dict.fromkeys(["float32", policy.choose_precision("cpu", args.dtype)]))
+    table = doctor.rows(plan.model_shape_of(checkpoint.config), precisions)
+    if args.json:
+        print(json.dumps(table, indent=2))
+    else:
+        print(doctor.format_table(table))
+    failed = [f"{r['op']}/{r['implementation']}{':' + r['isa'] if r['isa'] else ''}/{r['precision']}"
+              for r in table if r["result"] != "pass"]
+    if failed:
+        print(f"disabled on this machine (failed their self-check): {', '.join(failed)}", file=sys.stderr)
     return 0
 
 
@@ -116,8 +140,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--backend", default="auto", help="auto | torch | onnxruntime | tensorrt | openvino")
     p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
-    p.add_argument("--kernels", default="auto", help="op kernels for the torch backend: auto|torch|cpu|cuda|triton")
+    p.add_argument("--kernels", default="auto",
+                   help="op kernels for the torch backend: auto (measured here) | torch | cpu[:isa] | cuda | triton")
     p.add_argument("--truncation", default="truncate", choices=("truncate", "error"))
+    p.add_argument("--batch-invariant", action="store_true",
+                   help="only kernels whose result for a text does not depend on its batch (bit-identical)")
 
 
 def _text_inputs(p: argparse.ArgumentParser) -> None:
@@ -145,8 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context-file", default=None)
     p.add_argument("--doc-stride", type=int, default=None)
     p.set_defaults(func=cmd_qa)
-    p = sub.add_parser("info", help="device probe: CPU ISA, GPUs, backends and kernels available")
+    p = sub.add_parser("info", help="device probe: CPU ISA, GPUs, backends and kernels available, the kernel plan")
+    _common(p)
     p.set_defaults(func=cmd_info)
+    p = sub.add_parser("doctor", help="self-check and time every kernel candidate on this machine")
+    p.add_argument("--model", "-m", default=None, help="checkpoint whose shapes to time (default: bundled MiniLM)")
+    p.add_argument("--dtype", default="auto", help="precision besides float32: auto | bfloat16 | float16")
+    p.add_argument("--json", action="store_true", help="print the table as JSON")
+    p.set_defaults(func=cmd_doctor)
     for module_name, commands in PLUGINS.items():
         try:
             module = importlib.import_module(module_name)

@@ -15,7 +15,8 @@ class SlowRunner:
 
     def __init__(self, runner, delay: float = 0.0):
         self.runner = runner
-        self.model = getattr(runner, "model", None)  # the server reads model.plan to pick its workers
+        self.model = getattr(runner, "model", None)
+        self.plan = getattr(runner, "plan", None)  # the server reads the kernel plan to pick its workers
         self.name = runner.name
         self.delay = delay
         self.batches: list[int] = []  # sequences per batch run
@@ -66,3 +67,15 @@ class LiveServer:
         self.server.should_exit = True
         self.thread.join(30)
         self.sock.close()
+
+
+WORDS = (
+    "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
+    "quebec romeo sierra tango uniform victor whiskey xray yankee zulu river stone cloud garden"
+).split()
+
+
+def sentence(i: int, words: int = 8) -> str:
+    """Distinct text for each i (its digits are spelled into the words)."""
+    picked = [WORDS[(i * 7 + k * 13 + (i // (k + 1))) % len(WORDS)] for k in range(words)]
+    return f"item {i} " + " ".join(picked)

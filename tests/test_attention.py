@@ -45,7 +45,7 @@ def check(impl, dtype, lengths, heads, head_dim):
     exact = reference("attention", qkv, cu.cpu(), max_len, None)
     torch_out = registry.resolve("attention", "torch")(qkv.cpu(), cu.cpu(), max_len, None)
     out = run("attention", impl, qkv, cu, max_len, None)
-    assert_close("attention", impl, out, exact, torch_out, dtype)
+    assert_close("attention", impl, out, exact, torch_out, dtype, inputs=(qkv, cu, max_len, None))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])

@@ -11,6 +11,7 @@ import torch
 from bertrt.api import Engine
 from bertrt.batching import pack
 from bertrt.model import load_checkpoint
+from bertrt.ops.plan import plan_for
 from bertrt.runtime import backends
 from bertrt.runtime.backends import BACKENDS, Backend, BackendUnavailable, create_runner, select_backend
 
@@ -64,7 +65,7 @@ def reference_models(tiny_model_dirs):
     models = {}
     for task, path in tiny_model_dirs.items():
         model = load_checkpoint(path).model
-        model.plan.impl = "ref"
+        model.encoder.plan = plan_for("cpu", "float32", "ref")
         models[task] = model
     return models
 

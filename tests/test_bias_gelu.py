@@ -35,7 +35,7 @@ def test_bias_gelu_matches_reference(impl, shape, dtype, with_bias, approximate)
     torch_out = registry.resolve("bias_gelu", "torch")(x, bias, approximate)
     device = device_for(impl)
     out = run("bias_gelu", impl, x.to(device), None if bias is None else bias.to(device), approximate)
-    assert_close("bias_gelu", impl, out, exact, torch_out, dtype)
+    assert_close("bias_gelu", impl, out, exact, torch_out, dtype, inputs=(x, bias, approximate))
 
 
 def test_bias_gelu_rejects_bad_inputs():

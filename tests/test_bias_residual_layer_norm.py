@@ -41,7 +41,7 @@ def test_bias_residual_layer_norm_matches_reference(impl, shape, dtype, with_bia
     device = device_for(impl)
     moved = [None if a is None else a.to(device) for a in args[:5]]
     out = run("bias_residual_layer_norm", impl, *moved, 1e-12)
-    assert_close("bias_residual_layer_norm", impl, out, exact, torch_out, dtype)
+    assert_close("bias_residual_layer_norm", impl, out, exact, torch_out, dtype, inputs=args)
 
 
 def test_bias_residual_layer_norm_rejects_bad_inputs():

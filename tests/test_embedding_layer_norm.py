@@ -44,7 +44,7 @@ def test_embedding_layer_norm_matches_reference(impl, tokens, hidden, dtype, id_
     torch_out = registry.resolve("embedding_layer_norm", "torch")(*args, 1e-12)
     device = device_for(impl)
     out = run("embedding_layer_norm", impl, *[a.to(device) for a in args], 1e-12)
-    assert_close("embedding_layer_norm", impl, out, exact, torch_out, dtype)
+    assert_close("embedding_layer_norm", impl, out, exact, torch_out, dtype, inputs=(*args, 1e-12))
 
 
 @pytest.mark.parametrize("impl", implementation_params("embedding_layer_norm"))

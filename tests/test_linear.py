@@ -7,6 +7,7 @@ import torch
 from bertrt import ops
 from bertrt.model import load_checkpoint
 from bertrt.ops import registry
+from bertrt.ops.plan import KernelPlan, OpChoice
 
 from .op_harness import assert_close, implementation_params, reference, run
 
@@ -90,7 +91,7 @@ def test_encoder_with_packed_gemm_matches_torch_gemm_and_repacks(tiny_model_dirs
     cu = torch.tensor([0, 5, 6, 18], dtype=torch.int32)
 
     def forward(gemm):
-        model.plan.gemm = gemm
+        model.encoder.plan = KernelPlan(gemm=OpChoice("gemm", ((2048, gemm),), "test"))
         with torch.inference_mode():
             return model.forward_packed(ids, cu, max(lengths))
 

@@ -25,32 +25,23 @@ httpx = pytest.importorskip("httpx")
 import bertrt  # noqa: E402
 from bertrt.serving.batcher import DynamicBatcher, QueueFull  # noqa: E402
 
-from .serving_helpers import LiveServer, SlowRunner  # noqa: E402
-
-WORDS = (
-    "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
-    "quebec romeo sierra tango uniform victor whiskey xray yankee zulu river stone cloud garden"
-).split()
-
-
-def sentence(i: int, words: int = 8) -> str:
-    """Distinct text for each i (its digits are spelled into the words)."""
-    picked = [WORDS[(i * 7 + k * 13 + (i // (k + 1))) % len(WORDS)] for k in range(words)]
-    return f"item {i} " + " ".join(picked)
+from .serving_helpers import LiveServer, SlowRunner, sentence  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def minilm(minilm_dir):
-    return bertrt.load(minilm_dir, device="cpu", kernels="torch")
+    return bertrt.load(minilm_dir, device="cpu", batch_invariant=True)
 
 
 @pytest.fixture(scope="module")
 def minilm_reference(minilm_dir):
-    return bertrt.load(minilm_dir, device="cpu", kernels="torch")
+    return bertrt.load(minilm_dir, device="cpu", batch_invariant=True)
 
 
-def _engine(path, delay: float = 0.0, kernels: str = "torch"):
-    engine = bertrt.load(path, device="cpu", kernels=kernels)
+def _engine(path, delay: float = 0.0, kernels: str = "auto"):
+    # batch-invariant kernels: a served text gets the bits it gets alone, whatever the precision
+    # (dtype "auto" is BF16 on AMX CPUs) and whatever batch the server put it in
+    engine = bertrt.load(path, device="cpu", kernels=kernels, batch_invariant=True)
     engine.runner = SlowRunner(engine.runner, delay)
     return engine
 
@@ -126,9 +117,9 @@ def test_worker_thread_budget_splits_the_cores():
     assert cpu_kernels._threads() == torch.get_num_threads()
     with cpu_kernels.thread_budget(lambda: 0):
         assert cpu_kernels._threads() == 1  # never below one
-    engine = bertrt.load(device="cpu")  # the bundled MiniLM on bertrt's CPU GEMM
-    if engine.runner.model.plan.gemm != "cpu":
-        pytest.skip("bertrt's CPU GEMM is not built here")
+    engine = bertrt.load(device="cpu", kernels="cpu")  # the bundled MiniLM on bertrt's CPU GEMM
+    if not engine.plan.shares_cores:
+        pytest.skip(f"bertrt's CPU GEMM does not run this engine's GEMMs: {engine.plan.gemm.reason}")
     state = ServerState(engine, ServeConfig(workers=2))
     assert state.workers == 2
     budgets = []
@@ -201,7 +192,7 @@ def test_v2_tritonclient_infer_text_and_token_ids(minilm, minilm_reference):
 
 def test_v2_classifier_outputs(classify_dir):
     engine = _engine(classify_dir)
-    reference = bertrt.load(classify_dir, device="cpu", kernels="torch")
+    reference = bertrt.load(classify_dir, device="cpu", batch_invariant=True)
     texts = [sentence(i) for i in range(4)]
     expected = reference.classify(texts)
     with LiveServer(engine) as server:
@@ -247,7 +238,7 @@ def test_classify_ner_qa_endpoints_match_engine(tiny_model_dirs):
     text = "John Smith lives in Paris and works for Acme Corporation in London."
     for task in ("classify", "ner", "qa"):
         path = tiny_model_dirs[task]
-        reference = bertrt.load(path, device="cpu", kernels="torch")
+        reference = bertrt.load(path, device="cpu", batch_invariant=True)
         with LiveServer(_engine(path)) as server:
             other = "ner" if task != "ner" else "classify"
             refused = httpx.post(f"{server.url}/v1/{other}", json={"input": "x"}, timeout=30)
@@ -286,10 +277,10 @@ def test_classify_ner_qa_endpoints_match_engine(tiny_model_dirs):
 def test_500_concurrent_mixed_requests_all_answered_correctly(classify_dir, workers):
     """With one batch at a time (torch kernels) and with two at once (bertrt's CPU kernels, which
     the workers split the cores for)."""
-    reference = bertrt.load(classify_dir, device="cpu", kernels="torch")
-    engine = _engine(classify_dir, delay=0.002 * (workers - 1), kernels="torch" if workers == 1 else "auto")
-    if workers == 2 and engine.runner.model.plan.gemm != "cpu":
-        pytest.skip("bertrt's CPU GEMM is not built here")
+    reference = bertrt.load(classify_dir, device="cpu", batch_invariant=True)
+    engine = _engine(classify_dir, delay=0.002 * (workers - 1))
+    if workers == 2 and not engine.plan.shares_cores:
+        pytest.skip(f"bertrt's CPU GEMM does not run this engine's GEMMs: {engine.plan.gemm.reason}")
     count = 500
     texts = [sentence(i, words=3 + i % 20) for i in range(count)]
     expected_embed = reference.embed(texts)
@@ -325,7 +316,7 @@ def test_500_concurrent_mixed_requests_all_answered_correctly(classify_dir, work
             np.testing.assert_allclose(got, expected_embed[rows], atol=1e-5)
     assert max(engine.runner.batches) > 1, "concurrent requests should have been batched"
     assert engine.runner.most_running == workers
-    assert 'bertrt_requests_total{code="200",endpoint="/v1/embeddings"}' in metrics
+    assert 'bertrt_requests_total{code="200",endpoint="/v1/embeddings",model="test-model"}' in metrics
     assert "bertrt_batch_size_bucket" in metrics and "bertrt_queue_depth" in metrics
 
 
@@ -356,7 +347,7 @@ def test_overload_answers_503_with_retry_after_then_recovers(classify_dir):
         too_big = httpx.post(f"{server.url}/v1/embeddings", json={"input": ["a"] * 5}, timeout=30)
         assert too_big.status_code == 413 and "queue holds (4)" in too_big.json()["error"]["message"]
         metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
-        assert 'bertrt_rejected_total{reason="queue_full"}' in metrics
+        assert 'bertrt_rejected_total{model="test-model",reason="queue_full"}' in metrics
 
 
 def test_request_timeout_answers_504(classify_dir):
@@ -408,7 +399,7 @@ def test_bad_requests_get_4xx_with_a_message_naming_the_problem(classify_dir):
         ("/v1/embeddings", b'{"input": {"a": 1}}', 400, "'input' must be"),
         ("/v1/embeddings", b'{"input": ["a", 3]}', 400, "input[0]"),
         ("/v1/embeddings", b'{"input": [[1, 2], [99999999]]}', 400, "outside the vocabulary"),
-        ("/v1/embeddings", b'{"input": "a", "dimensions": 7}', 400, "'dimensions'"),
+        ("/v1/embeddings", b'{"input": "a", "dimensions": 7000}', 400, "'dimensions'"),
         ("/v1/embeddings", json.dumps({"input": ["x"] * 300}).encode(), 413, "limit of 256"),
         ("/v1/embeddings", json.dumps({"input": long_text, "truncate": False}).encode(), 400, "over the limit"),
         ("/v1/classify", b'{"input": "a", "truncate": "yes"}', 400, "'truncate' must be a boolean"),

@@ -13,32 +13,15 @@ projections are fused into one (3 * hidden, hidden) matrix at load time.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from ..ops.plan import KERNEL_CHOICES, KernelPlan
 from .config import EncoderConfig
 
-KERNEL_CHOICES = ("auto", "ref", "torch", "cpu", "cuda", "triton")
-
-
-@dataclass
-class KernelPlan:
-    """How the encoder runs its ops.
-
-    impl: implementation for every op (see ``bertrt.ops.registry``); "auto" picks per device.
-    defer_bias: leave the bias out of the GEMM and add it in the fused bias+GELU / bias+residual+LN
-        kernels (pays on GPU). On CPU oneDNN already fuses the bias into the GEMM, so it stays there.
-    gemm: "torch" runs the linear layers as ``nn.Linear``; "cpu" runs fp32 ones through bertrt's own
-        GEMM (``ops.linear``) with weights packed once and bias + GELU fused into its epilogue.
-    """
-
-    impl: str = "auto"
-    defer_bias: bool = False
-    gemm: str = "torch"
+__all__ = ["KERNEL_CHOICES", "Encoder", "EncoderLayer", "KernelPlan", "positions_from_cu_seqlens"]
 
 
 def packed_weight(linear: nn.Linear) -> ops.PackedWeight:
@@ -57,11 +40,15 @@ def packed_weight(linear: nn.Linear) -> ops.PackedWeight:
 def _dense(linear: nn.Module, x: torch.Tensor, plan: KernelPlan, activation: str = "none", defer: bool = True):
     """(y, bias, activated): y = x @ W^T, with the bias (and the activation) either applied or left
     for a fused epilogue kernel (only when ``defer`` and the plan defers biases)."""
-    if plan.gemm == "cpu" and type(linear) is nn.Linear and x.dtype == torch.float32 and not x.is_cuda:
-        return ops.linear(x, packed_weight(linear), None, activation, impl="cpu"), None, True
+    gemm = plan.gemm_for(x.shape[0])
+    if gemm.startswith("cpu") and type(linear) is nn.Linear and not x.is_cuda:
+        # bertrt's GEMM multiplies in fp32: BF16/FP16 activations (batch-invariant plans) go through a copy
+        y = ops.linear(x if x.dtype == torch.float32 else x.float(), packed_weight(linear), None, activation,
+                       impl=gemm)
+        return (y if y.dtype == x.dtype else y.to(x.dtype)), None, True
     fused = getattr(linear, "forward_activation", None)  # quantized linears (bertrt.quant.Int8Linear)
-    if fused is not None and activation != "none":
-        return fused(x, activation), None, True
+    if fused is not None:
+        return fused(x, activation, plan.int8), None, activation != "none"
     y, bias = _project(linear, x, plan.defer_bias and defer)
     return y, bias, False
 
@@ -90,18 +77,19 @@ class EncoderLayer(nn.Module):
     def forward(self, x: torch.Tensor, attend, plan: KernelPlan) -> torch.Tensor:
         """x: (tokens, hidden); attend maps qkv (tokens, 3, heads, head_dim) -> (tokens, heads, head_dim)."""
         tokens, hidden = x.shape
+        impl = lambda op: plan.impl(op, tokens)  # noqa: E731
         qkv, _, _ = _dense(self.qkv, x, plan, defer=False)
         context = attend(qkv.view(tokens, 3, self.heads, hidden // self.heads)).reshape(tokens, hidden)
         y, bias, _ = _dense(self.attn_out, context, plan)
         x = ops.bias_residual_layer_norm(
-            y, bias, x, self.attn_norm.weight, self.attn_norm.bias, self.eps, impl=plan.impl
+            y, bias, x, self.attn_norm.weight, self.attn_norm.bias, self.eps, impl=impl("bias_residual_layer_norm")
         )
         h, bias, activated = _dense(self.ffn_in, x, plan, "gelu" if self.gelu == "none" else "gelu_tanh")
         if not activated:
-            h = ops.bias_gelu(h, bias, self.gelu, impl=plan.impl)
+            h = ops.bias_gelu(h, bias, self.gelu, impl=impl("bias_gelu"))
         y, bias, _ = _dense(self.ffn_out, h, plan)
         return ops.bias_residual_layer_norm(
-            y, bias, x, self.ffn_norm.weight, self.ffn_norm.bias, self.eps, impl=plan.impl
+            y, bias, x, self.ffn_norm.weight, self.ffn_norm.bias, self.eps, impl=impl("bias_residual_layer_norm")
         )
 
 
@@ -117,7 +105,8 @@ class Embeddings(nn.Module):
         """ids: (tokens,) -> (tokens, hidden)."""
         return ops.embedding_layer_norm(
             input_ids, token_type_ids, position_ids, self.word.weight, self.position.weight,
-            self.token_type.weight, self.norm.weight, self.norm.bias, self.norm.eps, impl=plan.impl,
+            self.token_type.weight, self.norm.weight, self.norm.bias, self.norm.eps,
+            impl=plan.impl("embedding_layer_norm", input_ids.shape[0]),
         )
 
 
@@ -134,6 +123,7 @@ class Encoder(nn.Module):
         self.config = config
         self.embeddings = Embeddings(config)
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_hidden_layers))
+        # The static default for direct use (training, export); a runner sets the engine's plan once.
         self.plan = KernelPlan()
 
     def forward_packed(
@@ -156,7 +146,10 @@ class Encoder(nn.Module):
             )
         plan = self.plan
         x = self.embeddings(input_ids, token_type_ids, position_ids, plan)
-        attend = lambda qkv: ops.attention(qkv, cu_seqlens, max_seqlen, impl=plan.impl)
+        # ragged: padding to the longest sequence would add over 10% work (padding-free kernels win there)
+        ragged = (cu_seqlens.numel() - 1) * max_seqlen > 1.1 * total
+        attention_impl = plan.impl("attention", total, ragged)
+        attend = lambda qkv: ops.attention(qkv, cu_seqlens, max_seqlen, impl=attention_impl)
         for layer in self.layers:
             x = layer(x, attend, plan)
         return x

@@ -76,6 +76,22 @@ def quantize_per_token(x: torch.Tensor, qmax: int = 127) -> tuple[torch.Tensor, 
     return x_q, scale
 
 
+def quantize_per_token_u8(x: torch.Tensor, qmax: int = 127) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-token quantization to [-qmax, qmax], stored as uint8 = q + qmax + 1 (zero point
+    128 for qmax 127, 64 for the 7-bit qmax 63): (x_u8 (M, K), scale (M,))."""
+    amax = x.abs().amax(dim=1).clamp_min_(1e-8)
+    scale = amax / float(qmax)
+    x_u8 = torch.round(x * (qmax / amax)[:, None]).add_(qmax + 1.0)
+    x_u8 = x_u8.clamp_(1.0, 2.0 * qmax + 1).to(torch.uint8)
+    return x_u8, scale
+
+
+def quantize_static_u8(x: torch.Tensor, scale: float, zero_point_u8: int, hi: float = 255.0,
+                       lo: float = 0.0) -> torch.Tensor:
+    """x -> uint8 round(x / scale) + zero_point, saturated to [lo, hi]."""
+    return torch.round(x * (1.0 / scale)).add_(float(zero_point_u8)).clamp_(lo, hi).to(torch.uint8)
+
+
 def int8_linear(x_q, x_scale, w_q, w_scale, bias=None, activation="none", out_dtype=torch.float32, impl="auto"):
     return pick("int8_linear", x_q.device.type, impl)(x_q, x_scale, w_q, w_scale, bias, activation, out_dtype)
 

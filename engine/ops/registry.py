@@ -8,6 +8,11 @@ Every op has the same implementation names:
 * ``cuda``   CUDA C++ kernels in ``bertrt._cuda`` (``csrc/cuda``), glue in ``engine/ops/cuda_kernels.py``
 * ``triton`` Triton kernels in ``bertrt.kernels.<op>`` (CUDA, or CPU under ``TRITON_INTERPRET=1``)
 
+``cpu:<isa>`` names the C++ kernels of one ISA variant (``cpu:avx2``, ``cpu:avx512``, ...): what the
+kernel plan (``bertrt.ops.plan``) writes once it has checked and timed each variant on this machine.
+Extra candidates (a plug-in kernel, or the deliberately slow or broken ones the dispatch tests use)
+join with ``register_candidate``.
+
 An explicit request for an implementation that cannot run raises ``KernelUnavailable`` with the
 reason; ``auto`` walks a preference list and takes the first that can.
 """
@@ -36,8 +41,28 @@ class KernelSource:
     devices: tuple[str, ...]
 
 
+# (op, name) -> (function, devices): candidates registered at run time (see register_candidate)
+_EXTRA: dict[tuple[str, str], tuple[Callable, tuple[str, ...]]] = {}
+
+
+def register_candidate(op: str, name: str, fn: Callable, devices: tuple[str, ...] = ("cpu",)) -> None:
+    """Offer ``fn`` (the signature of ``<op>_ref``) as implementation ``name`` of ``op``: the kernel
+    plan self-checks and times it like the built-in ones. ``unregister_candidate`` removes it."""
+    if name in IMPLEMENTATIONS or name.startswith("cpu:"):
+        raise ValueError(f"{name!r} is a built-in implementation name")
+    _EXTRA[(op, name)] = (fn, tuple(devices))
+
+
+def unregister_candidate(op: str, name: str) -> None:
+    _EXTRA.pop((op, name), None)
+
+
+def extra_candidates(op: str, device_type: str) -> list[str]:
+    return [name for (o, name), (_, devices) in _EXTRA.items() if o == op and device_type in devices]
+
+
 def _source(op: str, impl: str) -> KernelSource:
-    if impl == "cpu":
+    if impl == "cpu" or impl.startswith("cpu:"):
         return KernelSource("bertrt.ops.cpu_kernels", op, ("cpu",))
     if impl == "cuda":
         return KernelSource("bertrt.ops.cuda_kernels", op, ("cuda",))
@@ -79,9 +104,35 @@ def _load(op: str, impl: str) -> Callable | str:
     return fn
 
 
+@functools.cache
+def _load_isa(op: str, isa: str) -> Callable | str:
+    """The cpu kernel of ``op`` pinned to ISA variant ``isa`` (whatever ``use_isa`` says around it)."""
+    found = _load(op, "cpu")
+    if isinstance(found, str):
+        return found
+    cpu_kernels = importlib.import_module("bertrt.ops.cpu_kernels")
+    if isa not in cpu_kernels.supported_isas():
+        return f"this CPU cannot run the {isa} variant (runs {cpu_kernels.supported_isas()})"
+
+    def pinned(*args, **kwargs):
+        with cpu_kernels.use_isa(isa):
+            return found(*args, **kwargs)
+
+    pinned.__name__ = f"{op}_cpu_{isa}"
+    return pinned
+
+
+def _find(op: str, impl: str) -> Callable | str:
+    if impl.startswith("cpu:"):
+        return _load_isa(op, impl.split(":", 1)[1])
+    if (op, impl) in _EXTRA:
+        return _EXTRA[(op, impl)][0]
+    return _load(op, impl)
+
+
 def resolve(op: str, impl: str) -> Callable:
     """Return the function implementing ``op`` with ``impl``, or raise KernelUnavailable."""
-    found = _load(op, impl)
+    found = _find(op, impl)
     if isinstance(found, str):
         raise KernelUnavailable(f"{op}: implementation {impl!r} is unavailable: {found}")
     return found
@@ -103,6 +154,8 @@ AUTO_ORDER = {"cpu": ("cpu", "torch"), "cuda": ("cuda", "triton", "torch")}
 def pick(op: str, device_type: str, impl: str = "auto") -> Callable:
     """The function for ``op`` on ``device_type`` ("cpu"/"cuda"): explicit ``impl`` or the best one."""
     if impl != "auto":
+        if (op, impl) in _EXTRA:
+            return _EXTRA[(op, impl)][0]
         source = _source(op, impl)
         if device_type not in source.devices:
             raise KernelUnavailable(f"{op}: implementation {impl!r} does not run on {device_type}")

@@ -76,6 +76,9 @@ def quantize_(target, config: QuantConfig, calibration=None, *, tokenizer=None, 
     model.quantization = {"format_version": FORMAT_VERSION, "config": config.to_dict(), **meta}
     if hasattr(target, "checkpoint") and hasattr(target, "precision") and meta.get("compute_dtype"):
         target.precision = meta["compute_dtype"]
+    replan = getattr(getattr(target, "runner", None), "replan", None)
+    if replan is not None:  # an Engine: its kernel plan must know the new linears and dtype
+        replan(getattr(target, "precision", None) or meta.get("compute_dtype", "float32"))
     return model
 
 

@@ -25,14 +25,23 @@ at its boundary.
 
 from __future__ import annotations
 
-import functools
 import logging
 
 import torch
 from torch import nn
 
 from .. import ops
-from ..ops.int8_linear import check_act_bits, quantize_per_token, static_params_for
+from ..ops.gemm_choice import has_int8_dot, onednn_available, packed_available
+from ..ops.int8_linear import (
+    check_act_bits,
+    quantize_per_token,
+    quantize_per_token_u8,
+    quantize_static_u8,
+    static_params_for,
+)
+
+__all__ = ["Int8Linear", "KeepPrecision", "has_int8_dot", "onednn_available", "packed_available",
+           "quantize_weight_per_channel"]
 
 log = logging.getLogger("bertrt.quant")
 
@@ -46,50 +55,6 @@ def quantize_weight_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, tor
     scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
     w_q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
     return w_q, scale
-
-
-@functools.cache
-def has_int8_dot() -> bool:
-    """True when the CPU has VNNI or AMX-INT8 (int8 dot products accumulate in int32 without saturation)."""
-    from ..runtime.probe import read_cpu
-
-    cpu = read_cpu()
-    return any(cpu.has(f) for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
-
-
-@functools.cache
-def packed_available() -> str | None:
-    """None when bertrt's packed int8 CPU kernel is built and this CPU runs a vector variant of it."""
-    from ..ops import registry
-
-    reason = registry.availability("int8_linear")["cpu"]
-    if reason:
-        return reason
-    from ..ops import cpu_kernels
-
-    if not hasattr(cpu_kernels._C, "int8_linear_packed"):
-        return "bertrt._C predates int8_linear_packed: rebuild it"
-    if cpu_kernels.active_isa() == "scalar":
-        return "no AVX2 on this CPU (the scalar variant is for tests)"
-    return None
-
-
-@functools.cache
-def onednn_available() -> str | None:
-    """None when torch's oneDNN int8 linear runs here, else the reason it does not."""
-    if not torch.backends.mkldnn.is_available():
-        return "torch was built without oneDNN (mkldnn)"
-    try:
-        w = torch.ones(8, 8, dtype=torch.int8)
-        packed = torch.ops.onednn.qlinear_prepack(w, None)
-        x = torch.full((2, 8), 129, dtype=torch.uint8)
-        y = torch.ops.onednn.qlinear_pointwise(x, 1.0, 128, packed, torch.ones(8), torch.zeros(8, dtype=torch.long),
-                                               None, 1.0, 0, torch.float32, "none", [None], "")
-        if not torch.allclose(y, torch.full((2, 8), 8.0)):
-            return f"oneDNN int8 linear gave wrong results ({y[0, 0].item()} for 8)"
-    except Exception as exc:  # op missing in this build, or no int8 ISA
-        return f"torch.ops.onednn.qlinear_pointwise failed: {exc}"
-    return None
 
 
 class Int8Linear(nn.Module):
@@ -166,24 +131,33 @@ class Int8Linear(nn.Module):
 
     # -- run time ------------------------------------------------------------------------------------
 
-    def _use_packed(self, x: torch.Tensor) -> bool:
-        if x.device.type != "cpu" or x.dtype != torch.float32 or self.kernel in ("op", "onednn"):
-            if self.kernel == "packed":
-                raise RuntimeError(f"Int8Linear kernel='packed' takes float32 CPU input, got {x.dtype} on {x.device}")
-            return False
-        reason = packed_available()
-        if reason and self.kernel == "packed":
-            raise RuntimeError(f"Int8Linear kernel='packed' is unavailable: {reason}")
-        # with VNNI/AMX oneDNN's int8 dot products beat the u8 x 7-bit AVX2 kernel
-        return reason is None and (self.kernel == "packed" or not has_int8_dot())
-
-    def _use_onednn(self, x: torch.Tensor) -> bool:
-        if x.device.type != "cpu" or self.kernel == "op":
-            return False
-        reason = onednn_available()
-        if reason and self.kernel == "onednn":
-            raise RuntimeError(f"Int8Linear kernel='onednn' is unavailable: {reason}")
-        return reason is None
+    def kernel_for(self, x: torch.Tensor, planned: str | None = None) -> str:
+        """The GEMM path for input ``x`` (2-D): this module's explicit kernel, else the kernel plan's
+        choice (``planned``), else the static rule (packed without VNNI/AMX, oneDNN with it). An
+        explicit kernel that cannot take ``x`` raises; a planned or automatic one falls back."""
+        explicit = self.kernel != "auto"
+        choice = self.kernel if explicit else (planned if planned not in (None, "auto") else "auto")
+        cpu = x.device.type == "cpu"
+        if choice == "packed":
+            fits = cpu and x.dtype == torch.float32
+            reason = packed_available() if fits else f"takes float32 CPU input, got {x.dtype} on {x.device}"
+            if reason is None:
+                return "packed"
+            if explicit:
+                raise RuntimeError(f"Int8Linear kernel='packed' is unavailable: {reason}")
+            choice = "auto"
+        if choice == "onednn":
+            reason = onednn_available() if cpu else f"runs on the CPU, the input is on {x.device}"
+            if reason is None:
+                return "onednn"
+            if explicit:
+                raise RuntimeError(f"Int8Linear kernel='onednn' is unavailable: {reason}")
+            choice = "auto"
+        if choice == "op":
+            return "op"
+        if cpu and x.dtype == torch.float32 and packed_available() is None and not has_int8_dot():
+            return "packed"  # with VNNI/AMX oneDNN's int8 dot products beat the u8 x 7-bit AVX2 kernel
+        return "onednn" if cpu and onednn_available() is None else "op"
 
     def _key(self) -> tuple:
         return (self.weight.data_ptr(), self.weight._version, self.weight_scale._version,
@@ -192,14 +166,16 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_activation(x, "none")
 
-    def forward_activation(self, x: torch.Tensor, activation: str) -> torch.Tensor:
-        """act(self(x)): the packed kernel applies "gelu"/"gelu_tanh" in its epilogue, the others after."""
+    def forward_activation(self, x: torch.Tensor, activation: str, kernel: str | None = None) -> torch.Tensor:
+        """act(self(x)): the packed kernel applies "gelu"/"gelu_tanh" in its epilogue, the others after.
+        kernel: the kernel plan's INT8 choice (see ``kernel_for``)."""
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)
-        if self._use_packed(x2):
+        chosen = self.kernel_for(x2, kernel)
+        if chosen == "packed":
             y = self._forward_packed(x2, activation)
             return y.to(x.dtype).view(*shape[:-1], self.out_features)
-        if self._use_onednn(x2):
+        if chosen == "onednn":
             y = self._forward_onednn(x2)
         else:
             y = self._forward_op(x2)
@@ -300,22 +276,6 @@ class Int8Linear(nn.Module):
                 moved = fn(buf)
                 self._buffers[name] = moved.to(buf.dtype) if moved.dtype != buf.dtype else moved
         return self
-
-
-def quantize_per_token_u8(x: torch.Tensor, qmax: int = 127) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-token quantization to [-qmax, qmax], stored as uint8 = q + qmax + 1 (zero point
-    128 for qmax 127, 64 for the 7-bit qmax 63): (x_u8 (M, K), scale (M,))."""
-    amax = x.abs().amax(dim=1).clamp_min_(1e-8)
-    scale = amax / float(qmax)
-    x_u8 = torch.round(x * (qmax / amax)[:, None]).add_(qmax + 1.0)
-    x_u8 = x_u8.clamp_(1.0, 2.0 * qmax + 1).to(torch.uint8)
-    return x_u8, scale
-
-
-def quantize_static_u8(x: torch.Tensor, scale: float, zero_point_u8: int, hi: float = 255.0,
-                       lo: float = 0.0) -> torch.Tensor:
-    """x -> uint8 round(x / scale) + zero_point, saturated to [lo, hi]."""
-    return torch.round(x * (1.0 / scale)).add_(float(zero_point_u8)).clamp_(lo, hi).to(torch.uint8)
 
 
 class KeepPrecision(nn.Module):

@@ -20,7 +20,7 @@ from typing import Protocol
 import torch
 
 from ..batching import PackedBatch
-from ..ops.registry import KernelUnavailable
+from ..ops.plan import KernelPlan, model_shape_of, plan_for, validate_kernels
 
 log = logging.getLogger("bertrt.runtime")
 
@@ -58,24 +58,32 @@ class Backend:
 
 
 class TorchRunner:
-    """bertrt's own encoder (engine/model) with the op kernels chosen by ``kernels``."""
+    """bertrt's own encoder (engine/model) running the kernel plan built for it at creation
+    (``bertrt.ops.plan.plan_for``: measured on this machine when ``kernels="auto"``)."""
 
     name = "torch"
 
-    def __init__(self, checkpoint, device: str, precision: str, kernels: str = "auto"):
-        from ..model.encoder import KERNEL_CHOICES
-
-        if kernels not in KERNEL_CHOICES:
-            raise ValueError(f"kernels must be one of {KERNEL_CHOICES}, got {kernels!r}")
+    def __init__(self, checkpoint, device: str, precision: str, kernels: str = "auto", batch_invariant: bool = False):
         from .policy import DTYPES
 
+        validate_kernels(kernels)
         self.device = torch.device(device)
         # a fallback may get a checkpoint loaded for another backend (fp32, on the CPU): match it
         self.model = checkpoint.model.to(device=self.device, dtype=DTYPES[precision])
-        self.model.plan.impl = kernels
-        # GPU GEMMs gain from moving the bias into our fused epilogue kernels; oneDNN fuses it already.
-        self.model.plan.defer_bias = self.device.type == "cuda"
-        self.model.plan.gemm = _cpu_gemm(self.device, precision, kernels)
+        self.kernels, self.batch_invariant = kernels, batch_invariant
+        self.plan = self._build_plan(precision)
+
+    def _build_plan(self, precision: str) -> KernelPlan:
+        quantized = any(hasattr(m, "forward_activation") for m in self.model.modules())
+        plan = plan_for(str(self.device), precision, self.kernels, model_shape_of(self.model.config),
+                        self.batch_invariant, quantized=quantized)
+        self.model.encoder.plan = plan  # the encoder reads it; the plan itself never changes
+        return plan
+
+    def replan(self, precision: str) -> KernelPlan:
+        """A new plan after the model changed under the runner (``quantize_`` on an engine)."""
+        self.plan = self._build_plan(precision)
+        return self.plan
 
     @torch.inference_mode()
     def run(self, batch: PackedBatch, task: str) -> torch.Tensor:
@@ -84,26 +92,7 @@ class TorchRunner:
                                          batch.token_type_ids, task=task)
 
 
-def _cpu_gemm(device: torch.device, precision: str, kernels: str) -> str:
-    """"cpu" (bertrt's packed fp32 GEMM with fused epilogues) where it applies and is built, else "torch"
-    (oneDNN/MKL through nn.Linear, which also runs the bf16 and fp16 GEMMs)."""
-    if device.type != "cpu" or precision != "float32" or kernels not in ("auto", "cpu"):
-        return "torch"
-    from ..ops.registry import availability
-
-    reason = availability("linear")["cpu"]
-    if reason:
-        if kernels == "cpu":
-            raise KernelUnavailable(f"kernels='cpu' needs the CPU GEMM: {reason}")
-        log.info("CPU GEMM unavailable, using torch's: %s", reason)
-        return "torch"
-    from ..ops import cpu_kernels
-
-    if cpu_kernels.active_isa() == "scalar":
-        # the portable build of the GEMM is ~20x slower than MKL/oneDNN: only vector ISAs pay
-        log.info("CPU GEMM: no AVX2 on this CPU, using torch's")
-        return "torch"
-    return "cpu"
+TORCH_OPTIONS = ("kernels", "batch_invariant")
 
 
 def _torch_available() -> str | None:
@@ -182,9 +171,9 @@ def create_runner(checkpoint, device: str, candidates: list[tuple[str, str]], ex
         reason = f"unknown backend {name!r}" if backend is None else backend.unavailable(kind, precision)
         if reason is None:
             try:
-                # torch takes only its kernel choice; the graph backends ignore options they do not know
-                own = ({k: v for k, v in options.items() if k == "kernels"} if name == "torch"
-                       else {k: v for k, v in options.items() if k != "kernels"})
+                # torch takes only its kernel plan options; the graph backends ignore options they do not know
+                own = ({k: v for k, v in options.items() if k in TORCH_OPTIONS} if name == "torch"
+                       else {k: v for k, v in options.items() if k not in TORCH_OPTIONS})
                 return backend.create(checkpoint, device, precision, **own), name, precision
             except Exception as exc:  # a failed export/build: fall back, saying why
                 if explicit:

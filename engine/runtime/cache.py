@@ -22,6 +22,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from ..paths import cache_dir as cache_dir  # re-exported: the cache layout below lives under it
+
 log = logging.getLogger("bertrt.runtime")
 
 SCHEMA_VERSION = 1
@@ -31,12 +33,6 @@ _SAMPLE_BYTES = 1 << 20
 _MODEL_FILES = ("config.json", "modules.json", "1_Pooling/config.json", "sentence_bert_config.json",
                 "tokenizer.json", "vocab.txt")
 _WEIGHT_PATTERNS = ("*.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-
-
-def cache_dir() -> Path:
-    """$BERTRT_CACHE_DIR, else ~/.cache/bertrt (created on first use)."""
-    root = os.environ.get("BERTRT_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "bertrt")
-    return Path(root)
 
 
 def file_sha256(path: Path) -> str:

@@ -15,10 +15,12 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .config import ServeConfig
+from .models import ModelSet
 from .protocol import ApiError, dumps
+from .routes_tei import TeiError, tei_error_body
+from .routes_tei import router as tei_router
 from .routes_v1 import router as v1_router
 from .routes_v2 import router as v2_router
-from .state import ServerState
 
 log = logging.getLogger("bertrt.serving")
 
@@ -26,10 +28,18 @@ log = logging.getLogger("bertrt.serving")
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")
 
 
+# TEI-compatible routes answer errors in TEI's shape
+TEI_PATHS = ("/embed", "/embed_all", "/embed_sparse", "/predict", "/rerank", "/tokenize", "/decode", "/info", "/health")
+TEI_KINDS = {401: "validation", 413: "validation", 422: "validation", 429: "overloaded", 503: "unhealthy"}
+
+
 def error_body(path: str, status: int, message: str, param: str | None = None) -> bytes:
-    """v2 paths answer {"error": message} (the Open Inference Protocol's form); others the OpenAI form."""
+    """v2 paths answer {"error": message} (the Open Inference Protocol's form), TEI's routes
+    {"error", "error_type"}; others the OpenAI form."""
     if path.startswith("/v2"):
         return dumps({"error": message})
+    if path in TEI_PATHS:
+        return tei_error_body(message, TEI_KINDS.get(status, "validation" if status < 500 else "backend"))
     kind = {
         401: "authentication_error",
         404: "not_found_error",
@@ -55,7 +65,7 @@ def error_response(
 class Gate:
     """Pure ASGI middleware (no per-request task or body copy, unlike BaseHTTPMiddleware)."""
 
-    def __init__(self, app, state: ServerState):
+    def __init__(self, app, state):
         self.app = app
         self.state = state
 
@@ -136,26 +146,41 @@ def _authorized(headers: dict[bytes, bytes], key: str) -> bool:
 
 
 def create_app(engine, config: ServeConfig | None = None) -> FastAPI:
-    """An ASGI app serving ``engine``; the batcher starts and drains with the app's lifespan."""
-    state = ServerState(engine, config or ServeConfig())
+    """An ASGI app serving ``engine`` (an Engine, or a ModelSet of several); the batchers start and
+    drain with the app's lifespan."""
+    config = config or ServeConfig()
+    models = engine if isinstance(engine, ModelSet) else ModelSet(config)
+    if not isinstance(engine, ModelSet):
+        models.add(config.model_name, engine)
+    state = models.states[models.default]  # the default model; its config holds the server-wide limits
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        await state.start()
-        log.info(
-            "ready", extra={"fields": {"model": state.model_name, "tasks": list(state.tasks), "engine": repr(engine)}}
-        )
+        await models.start()
+        grpc = None
+        if state.config.grpc_port is not None:
+            from . import grpc_server  # grpcio + tritonclient[grpc]: only when gRPC is asked for
+
+            grpc, app.state.grpc_port = await grpc_server.start(models, state.config.grpc_host,
+                                                                 state.config.grpc_port)
+        for name, each in models.states.items():
+            log.info("ready", extra={"fields": {"model": name, "tasks": list(each.tasks), "engine": repr(each.engine)}})
         try:
             yield
         finally:
-            log.info("draining", extra={"fields": {"queued": state.batcher.depth}})
-            await state.stop()
+            log.info("draining", extra={"fields": {"queued": sum(s.batcher.depth for s in models.states.values())}})
+            if grpc is not None:
+                await grpc.stop(grace=state.config.timeout_s)
+            models.drain()
+            await models.stop()
             log.info("stopped", extra={"fields": {}})
 
     app = FastAPI(title="bertrt", version=_version(), lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.bertrt = state
+    app.state.models = models
     app.include_router(v2_router)
     app.include_router(v1_router)
+    app.include_router(tei_router)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
@@ -164,6 +189,9 @@ def create_app(engine, config: ServeConfig | None = None) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
+        if isinstance(exc, TeiError):
+            return Response(tei_error_body(exc.message, exc.error_type), status_code=exc.status,
+                            media_type="application/json", headers=exc.headers)
         return error_response(request, exc.status, exc.message, exc.param, exc.headers)
 
     @app.exception_handler(StarletteHTTPException)

@@ -27,6 +27,10 @@ class ServeConfig:
     max_inputs: int = 256  # texts or token-id rows in one request
     api_key: str | None = None
     retry_after_s: int = 1
+    # KServe v2 gRPC beside HTTP (same batcher, limits, key and metrics); None: HTTP only, 0: a free port
+    grpc_port: int | None = None
+    grpc_host: str = "127.0.0.1"
+    otel: bool = False  # OpenTelemetry spans for tokenization and inference (engine/serving/tracing.py)
 
     def __post_init__(self):
         for name in ("max_batch_tokens", "max_batch_size", "max_queue", "max_body_bytes", "max_inputs"):
@@ -38,3 +42,6 @@ class ServeConfig:
             raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
         if self.timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+        if self.api_key is not None and not self.api_key.strip():
+            # fail closed: an empty key (think --api-key "$UNSET_VAR") must not silently turn authentication off
+            raise ValueError("the API key is empty or whitespace; give a real key, or none to serve without one")

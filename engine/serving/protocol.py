@@ -342,18 +342,23 @@ def _parse_tensor(spec, binary: memoryview, offset: int, max_elements: int) -> t
     if got != count:
         raise ApiError(400, f"input '{name}': shape {shape} needs {count} elements, got {got}")
     if datatype == "BYTES":
-        texts = []
-        for index, item in enumerate(values):  # type: ignore[union-attr]
-            if isinstance(item, bytes):
-                try:
-                    item = item.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise ApiError(400, f"input '{name}': element {index} is not valid UTF-8") from None
-            if not isinstance(item, str):
-                raise ApiError(400, f"input '{name}': BYTES element {index} must be a string, got {_json_type(item)}")
-            texts.append(item)
-        values = texts
+        values = decode_texts(values, name)  # type: ignore[arg-type]
     return V2Tensor(name, datatype, shape, values), offset
+
+
+def decode_texts(values: list, name: str) -> list[str]:
+    """BYTES elements (bytes or str) -> str, 400 naming the element that is not UTF-8 text."""
+    texts = []
+    for index, item in enumerate(values):
+        if isinstance(item, bytes):
+            try:
+                item = item.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ApiError(400, f"input '{name}': element {index} is not valid UTF-8") from None
+        if not isinstance(item, str):
+            raise ApiError(400, f"input '{name}': BYTES element {index} must be a string, got {_json_type(item)}")
+        texts.append(item)
+    return texts
 
 
 def parse_v2_infer(body: bytes, header_length: int | None, max_elements: int) -> V2Request:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,6 +15,7 @@ from .batcher import Draining, DynamicBatcher, QueueFull, RequestTimeout
 from .config import ServeConfig
 from .metrics import ServerMetrics
 from .protocol import ApiError
+from .tracing import Tracing
 
 # Requests up to this size are tokenized on the event loop (well under a millisecond).
 INLINE_TEXTS = 8
@@ -34,36 +36,44 @@ def batch_workers(engine, requested: int) -> tuple[int, int]:
 
 
 def _why_not_shared(engine) -> str | None:
-    """None when the engine's GEMMs are bertrt's CPU kernels (FP32 packed GEMM or INT8 packed)."""
-    runner = getattr(engine, "runner", None)
-    model = getattr(runner, "model", None)
-    if getattr(engine, "device", None) != "cpu" or model is None or not hasattr(model, "plan"):
-        return f"the engine runs on {getattr(engine, 'device', '?')} with backend {getattr(engine, 'backend', '?')}"
-    if model.plan.gemm == "cpu":
-        return None
-    from ..quant.modules import Int8Linear, has_int8_dot, packed_available
-
-    int8 = [m for m in model.modules() if isinstance(m, Int8Linear)]
-    if int8 and packed_available() is None and all(m.kernel == "packed" or (m.kernel == "auto" and not has_int8_dot())
-                                                   for m in int8):
+    """None when the engine's kernel plan runs every GEMM in bertrt's CPU kernels (they take their
+    thread count per call; torch's would oversubscribe the cores)."""
+    plan = engine.plan
+    if plan.device != "cpu" or getattr(engine, "backend", "torch") != "torch":
+        return f"the engine runs on {engine.device} with backend {engine.backend}"
+    model = engine.runner.model
+    int8 = [m for m in model.modules() if hasattr(m, "kernel_for")]
+    if int8:
+        kernels = {m.kernel if m.kernel != "auto" else plan.int8 for m in int8}
+        if kernels == {"packed"}:
+            return None
+        return f"its INT8 GEMMs run {sorted(kernels)} (only bertrt's packed kernel shares cores)"
+    if plan.shares_cores:
         return None
     return "its GEMMs run in torch (oneDNN/MKL threads)"
 
 
 class ServerState:
-    def __init__(self, engine, config: ServeConfig):
+    """One served model: its engine, batcher, queue, tokenizer thread and metrics. ``compute``: a
+    semaphore shared by the models of one server, so that their batches take turns on the cores
+    instead of oversubscribing them (docs/serving.md, "Many models")."""
+
+    def __init__(self, engine, config: ServeConfig, compute: threading.Semaphore | None = None,
+                 metrics: ServerMetrics | None = None):
         self.engine = engine
         self.config = config
-        self.metrics = ServerMetrics()
+        self.metrics = metrics or ServerMetrics(model=config.model_name)
         self.workers, self._cores = batch_workers(engine, config.workers)
+        run = self._run if self.workers > 1 else engine.run_encodings
+        self._compute = compute
         self.batcher = DynamicBatcher(
-            self._run if self.workers > 1 else engine.run_encodings,
+            self._take_turns(run) if compute is not None else run,
             config.max_batch_tokens,
             config.max_batch_size,
             config.max_wait_ms,
             config.max_queue,
             on_batch=self.metrics.observe_batch,
-            on_queue_depth=self.metrics.queue_depth.set,
+            on_queue_depth=self._observe_queue,
             workers=self.workers,
         )
         # Small requests are tokenized inline on the event loop (tens of microseconds; a thread hop
@@ -71,10 +81,22 @@ class ServerState:
         # only keeps one big tokenization at a time from starving the loop of the GIL.
         self._tokenizer_thread: ThreadPoolExecutor | None = None
         self._tokenizer_lock = asyncio.Lock()
+        self.tracing = Tracing(config.otel, config.model_name)
         self.ready = False
         self.draining = False
         model_task = engine.config.task
         self.tasks = ("embed",) if model_task == "embed" else ("embed", model_task)
+
+    def _observe_queue(self, depth: int) -> None:
+        self.metrics.queue_depth.set(depth)
+        self.metrics.queue_tokens.set(self.batcher.queued_tokens)
+
+    def _take_turns(self, run):
+        def run_in_turn(*args):
+            with self._compute:
+                return run(*args)
+
+        return run_in_turn
 
     def _run(self, ids, type_ids, task):
         """Engine.run_encodings on this worker's share of the cores: all of them while it runs alone,
@@ -115,6 +137,10 @@ class ServerState:
     # -- off-loop work -------------------------------------------------------------------------------
 
     async def _tokenize(self, inline: bool, function, *args):
+        with self.tracing.span("tokenize", inline=inline):
+            return await self._tokenize_now(inline, function, *args)
+
+    async def _tokenize_now(self, inline: bool, function, *args):
         try:
             async with self._tokenizer_lock:
                 if inline:
@@ -142,7 +168,8 @@ class ServerState:
                 413, f"request has {len(ids)} sequences, more than this server's queue holds ({self.config.max_queue})"
             )
         try:
-            return await self.batcher.run(ids, type_ids, task, self.config.timeout_s)
+            with self.tracing.span("infer", task=task, sequences=len(ids), tokens=sum(len(x) for x in ids)):
+                return await self.batcher.run(ids, type_ids, task, self.config.timeout_s)
         except QueueFull as exc:
             self.metrics.rejected.labels("queue_full").inc()
             raise ApiError(
