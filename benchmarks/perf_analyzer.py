@@ -1,5 +1,5 @@
 """Triton's perf_analyzer (the ``perf-analyzer`` PyPI package's binary) against ``bertrt serve``, over
-KServe v2 HTTP, with a concurrency sweep and input data made from real text.
+KServe v2 HTTP and gRPC, with a concurrency sweep and input data made from real text.
 
     python benchmarks/perf_analyzer.py --concurrency 1 2 4 8 --out docs/results     # make perf-analyzer
 
@@ -7,7 +7,7 @@ Steps: get the binary (see ``perf_analyzer_command``), start ``bertrt serve`` on
 write perf_analyzer's ``--input-data`` JSON from the bundled texts (examples/loadgen/pydoc-512.jsonl: one
 text per request), run perf_analyzer once per concurrency (``-f`` CSV), and merge the CSVs into
 perf_analyzer.csv plus perf_analyzer.png (throughput and p50/p90/p99 latency against concurrency).
-Only HTTP: bertrt serve has no gRPC endpoint.
+gRPC goes to ``bertrt serve --grpc-port``.
 
 The wheel's binary is built for glibc 2.38 / GCC 13 (manylinux_2_38). On an older system (Debian 12
 has glibc 2.36), it runs under Debian 13's ``libc6``, ``libstdc++6`` and ``libgcc-s1``: their .deb files
@@ -116,11 +116,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(model: str | None, port: int, threads: int | None, log_path: Path) -> subprocess.Popen:
+def start_server(model: str | None, port: int, threads: int | None, log_path: Path,
+                 grpc_port: int | None = None) -> subprocess.Popen:
     import httpx  # the serve extra
 
     cmd = [sys.executable, "-m", "bertrt", "serve", *([model] if model else []), "--port", str(port),
-           "--model-name", "bert", "--log-level", "warning", *(["--threads", str(threads)] if threads else [])]
+           "--model-name", "bert", "--log-level", "warning", *(["--threads", str(threads)] if threads else []),
+           *(["--grpc-port", str(grpc_port)] if grpc_port else [])]
     print("+", " ".join(cmd), flush=True)
     server = subprocess.Popen(cmd, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 180
@@ -138,27 +140,28 @@ def start_server(model: str | None, port: int, threads: int | None, log_path: Pa
 
 
 def sweep(command: list[str], port: int, data: Path, concurrencies: list[int], work: Path,
-          interval_ms: int, stability: int = 100) -> list[dict]:
+          interval_ms: int, stability: int = 100, protocol: str = "http") -> list[dict]:
     rows = []
     for concurrency in concurrencies:
-        csv_path = work / f"c{concurrency}.csv"
+        csv_path = work / f"{protocol}-c{concurrency}.csv"
         # The token inputs are optional (the texts are sent); perf_analyzer still wants a shape for them.
         shapes = [arg for name in TOKEN_INPUTS for arg in ("--shape", f"{name}:1,1")]
-        cmd = [*command, "-m", "bert", "-u", f"127.0.0.1:{port}", "-i", "http", "--input-data", str(data),
+        cmd = [*command, "-m", "bert", "-u", f"127.0.0.1:{port}", "-i", protocol, "--input-data", str(data),
                *shapes, "--concurrency-range", f"{concurrency}:{concurrency}", "--measurement-interval",
                str(interval_ms), "--stability-percentage", str(stability), "--max-trials", "8", "--percentile", "99",
                "-f", str(csv_path), "--verbose-csv"]
         print("+", " ".join(cmd[-20:]), flush=True)
         done = subprocess.run(cmd, capture_output=True, text=True)
-        (work / f"c{concurrency}.log").write_text(done.stdout + done.stderr)
+        (work / f"{protocol}-c{concurrency}.log").write_text(done.stdout + done.stderr)
         if done.returncode != 0 or not csv_path.exists():
             print(f"concurrency {concurrency}: perf_analyzer failed ({done.returncode}): "
                   f"{(done.stdout + done.stderr).strip().splitlines()[-1:]}", flush=True)
-            rows.append({"Concurrency": concurrency, "error": (done.stdout + done.stderr).strip()[-300:]})
+            rows.append({"Protocol": protocol, "Concurrency": concurrency,
+                         "error": (done.stdout + done.stderr).strip()[-300:]})
             continue
         with csv_path.open() as handle:
-            rows += list(csv.DictReader(handle))
-        print(f"concurrency {concurrency}: {rows[-1].get('Inferences/Second')} infer/s, "
+            rows += [{"Protocol": protocol, **row} for row in csv.DictReader(handle)]
+        print(f"{protocol} concurrency {concurrency}: {rows[-1].get('Inferences/Second')} infer/s, "
               f"p50 {float(rows[-1].get('p50 latency', 0)) / 1e3:.1f} ms", flush=True)
     return rows
 
@@ -169,15 +172,19 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = [r for r in rows if "error" not in r]
-    conc = [int(r["Concurrency"]) for r in ok]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    left.plot(conc, [float(r["Inferences/Second"]) for r in ok], "o-")
+    for protocol, style in (("http", "-"), ("grpc", "--")):
+        ok = [r for r in rows if "error" not in r and r["Protocol"] == protocol]
+        conc = [int(r["Concurrency"]) for r in ok]
+        if not ok:
+            continue
+        left.plot(conc, [float(r["Inferences/Second"]) for r in ok], "o" + style, label=protocol)
+        for name in ("p50", "p90", "p99"):
+            right.plot(conc, [float(r[f"{name} latency"]) / 1e3 for r in ok], "o" + style, label=f"{protocol} {name}")
+    left.legend()
     left.set_xlabel("concurrency (requests in flight)")
     left.set_ylabel("inferences/s (one text each)")
     left.set_xscale("log", base=2)
-    for name in ("p50", "p90", "p99"):
-        right.plot(conc, [float(r[f"{name} latency"]) / 1e3 for r in ok], "o-", label=name)
     right.set_xlabel("concurrency")
     right.set_ylabel("latency (ms)")
     right.set_xscale("log", base=2)
@@ -192,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=None, help="checkpoint directory (default: the bundled MiniLM)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument("--protocols", nargs="+", default=["http", "grpc"], choices=("http", "grpc"),
+                        help="KServe v2 over HTTP and/or gRPC (bertrt serve --grpc-port)")
     parser.add_argument("--texts", type=int, default=512, help="distinct texts in the input data")
     parser.add_argument("--interval-ms", type=int, default=5000, help="perf_analyzer measurement window")
     parser.add_argument("--stability", type=int, default=100,
@@ -208,21 +217,26 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     command = perf_analyzer_command(tool_dir)
     data = input_data(work / "input_data.json", args.texts)
-    port = _free_port()
-    server = start_server(args.model, port, args.threads, work / "serve.log")
+    port, grpc_port = _free_port(), _free_port()
+    server = start_server(args.model, port, args.threads, work / "serve.log",
+                          grpc_port if "grpc" in args.protocols else None)
     try:
-        rows = sweep(command, port, data, args.concurrency, work, args.interval_ms, args.stability)
+        rows = []
+        for protocol in args.protocols:
+            rows += sweep(command, grpc_port if protocol == "grpc" else port, data, args.concurrency, work,
+                          args.interval_ms, args.stability, protocol)
     finally:
         server.terminate()
         server.wait(30)
-    fields = sorted({k for r in rows for k in r}, key=lambda k: (k != "Concurrency", k))
+    fields = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("Protocol", "Concurrency"), k))
     with (out / "perf_analyzer.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
     cpu = probe.cpu()
-    title = (f"perf_analyzer 2.60 -> bertrt serve (KServe v2 HTTP), {args.model or 'all-MiniLM-L6-v2'}, one real "
-             f"text per request | {cpu.model} {cpu.isa}, {cpu.cores} cores, load avg {os.getloadavg()[0]:.1f} | "
+    protocols = "/".join(args.protocols)
+    title = (f"perf_analyzer 2.60 -> bertrt serve (KServe v2 {protocols}), {args.model or 'all-MiniLM-L6-v2'}, one "
+             f"real text per request | {cpu.model} {cpu.isa}, {cpu.cores} cores, load avg {os.getloadavg()[0]:.1f} | "
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     plot(rows, out / "perf_analyzer.png", title)
     print(f"-> {out / 'perf_analyzer.csv'}, {out / 'perf_analyzer.png'}")

@@ -88,7 +88,7 @@ rm -rf "$PKG" && mkdir -p "$PKG/bertrt"
 cp -r engine/. "$PKG/bertrt/" && cp -r kernels "$PKG/bertrt/kernels"
 rm -f "$PKG"/bertrt/_C*.so "$PKG"/bertrt/_cuda*.so "$PKG"/bertrt/*.ptxas.log
 EXT=$("$PY" -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
-INCLUDES=$("$PY" -c "
+PYTHON_INCLUDES=$("$PY" -c "
 import sysconfig
 try:
     import pybind11; pb = pybind11.get_include()
@@ -97,7 +97,7 @@ except ImportError:  # torch ships pybind11's headers
 print(sysconfig.get_paths()['include'], pb)")
 build_cuda() {  # one object per source (nvcc for .cu, its host compiler for module.cpp), then one link
   local objects=() flags=(-O3 -std=c++17 -Xcompiler -fPIC,-fvisibility=hidden -Icsrc/cuda) python_includes=()
-  for i in $INCLUDES; do python_includes+=("-I$i"); done  # module.cpp only (the kernels need neither)
+  for i in $PYTHON_INCLUDES; do python_includes+=("-I$i"); done  # module.cpp only (the kernels need neither)
   mkdir -p "$PKG/build"
   for source in attention bias_gelu bias_residual_layer_norm embedding_layer_norm; do
     "$NVCC" "${flags[@]}" -gencode "arch=compute_$ARCH,code=[sm_$ARCH,compute_$ARCH]" -Xptxas -v,-warn-spills \
@@ -109,7 +109,7 @@ build_cuda() {  # one object per source (nvcc for .cu, its host compiler for mod
   "$PY" -c "import bertrt, bertrt._cuda as c; print('imported', bertrt.__file__); print('device_count', c.device_count(), c.device_status())"
 }
 export -f build_cuda
-export NVCC ARCH INCLUDES PKG EXT PY
+export NVCC ARCH PYTHON_INCLUDES PKG EXT PY  # not INCLUDES: nvcc.profile reads that name
 step build 240 bash -c build_cuda
 grep -i "spill" "$OUT/build.log" | grep -v " 0 bytes spill stores, 0 bytes spill loads" | head -5
 
