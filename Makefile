@@ -8,7 +8,8 @@ TORCH := torch==2.13.0
 EXTRAS ?= test
 NATIVE_SOURCES := $(shell find csrc -type f 2>/dev/null) CMakeLists.txt setup.py pyproject.toml
 
-.PHONY: setup run test lint format bench clean wordnet distill-demo
+.PHONY: setup run test lint format bench bench-ops bench-baseline perf-analyzer loadgen-results gpu-check gpu-kit clean wordnet \
+	distill-demo
 
 $(VENV)/.installed-$(EXTRAS): $(NATIVE_SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,7 +27,10 @@ run: setup
 	$(BIN)/python examples/similarity.py < out/embeddings.jsonl
 	@echo "embeddings written to out/embeddings.jsonl"
 
+# The op benchmarks run first in their short mode (2 rounds each, nothing asserted about time) so they
+# stay runnable; the test suite runs last, so its summary line closes the output.
 test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider benchmarks --bench-short
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 lint: setup
@@ -40,6 +44,44 @@ format: setup
 bench:
 	$(MAKE) setup EXTRAS=test,bench
 	$(BIN)/bertrt bench --out bench-results
+
+# Op benchmarks against the saved baseline (benchmarks/baseline/, made by `make bench-baseline` on the
+# development machine): pytest-benchmark's comparison table, then the rows slower than BENCH_TOLERANCE.
+BENCH_STORAGE := file://benchmarks/baseline
+BENCH_OPS_ARGS := -p no:cacheprovider benchmarks -m "not slow" -k "not scalar and not gpu" \
+	--benchmark-storage=$(BENCH_STORAGE) --benchmark-max-time=0.2 --benchmark-min-rounds=5 \
+	--benchmark-columns=median,iqr,rounds --benchmark-sort=name
+BENCH_TOLERANCE ?= 0.15
+bench-ops:
+	$(MAKE) setup EXTRAS=test
+	mkdir -p bench-results
+	$(BIN)/python -m pytest $(BENCH_OPS_ARGS) --benchmark-compare --benchmark-json=bench-results/ops.json -q
+	$(BIN)/python benchmarks/compare_ops.py benchmarks/baseline bench-results/ops.json --tolerance $(BENCH_TOLERANCE)
+
+bench-baseline:
+	$(MAKE) setup EXTRAS=test
+	$(BIN)/python -m pytest $(BENCH_OPS_ARGS) --benchmark-save=baseline -q
+
+# Triton's perf_analyzer against `bertrt serve` (KServe v2 HTTP), concurrency sweep -> docs/results/.
+perf-analyzer:
+	$(MAKE) setup EXTRAS=test
+	$(BIN)/python benchmarks/perf_analyzer.py --concurrency 1 2 4 8 16 --out docs/results
+
+# MLPerf LoadGen: MiniLM on bertrt and on ONNX Runtime (same run) -> docs/results/loadgen-minilm/.
+loadgen-results:
+	$(MAKE) setup EXTRAS=test
+	$(BIN)/bertrt loadgen --scenario SingleStream,Offline,Server --find-peak --compare onnxruntime --latency-bound-ms 1000 \
+		--latency-percentile 0.9 \
+		--dtype float32 --dataset examples/loadgen/pydoc-512.jsonl --out docs/results/loadgen-minilm
+
+# GPU bring-up (tools/gpu_check.sh): one line and exit 0 without a GPU. Runs from a plain checkout with
+# the machine's python (PYTHON=...); `make gpu-kit` here makes out/gpu-kit/ to carry to an offline GPU.
+gpu-check:
+	bash tools/gpu_check.sh
+
+gpu-kit:
+	$(MAKE) setup EXTRAS=test
+	$(BIN)/python tools/gpu_kit.py --out out/gpu-kit
 
 # Knowledge distillation demo on real data: Debian's WordNet glosses -> 45 supersense classes.
 DEMO_THREADS ?= 2

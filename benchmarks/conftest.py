@@ -8,6 +8,11 @@ descheduled threads; compare with one thread and CPU time instead:
 ``OMP_NUM_THREADS=1 pytest benchmarks/ --benchmark-timer=time.thread_time`` (torch and the cpu
 kernels then both run single-threaded in the calling thread).
 
+Short mode (``--bench-short``, what ``make test`` runs): two rounds per benchmark without warm-up or
+calibration time, the scalar ISA variants and tests marked ``slow`` deselected: it checks that every
+benchmark still runs, and asserts nothing about time. ``make bench-ops`` times them properly and
+compares with the saved baseline (``--benchmark-compare``).
+
 Every implementation that ``bertrt.ops.registry.availability(op)`` lists is a parameter; those that
 cannot run here are skipped with the registry's reason. The ``cpu`` implementation is timed once per
 ISA variant this CPU supports (``cpu-avx2``, ``cpu-scalar``, ...).
@@ -88,6 +93,30 @@ def packed_qkv(lengths: list[int], heads: int, head_dim: int, dtype: torch.dtype
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=device)
     qkv = torch.randn(int(cu[-1]), 3, heads, head_dim, device=device).to(dtype)
     return qkv, cu, max(lengths)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--bench-short", action="store_true",
+                     help="smoke mode: 2 rounds each, no warm-up; scalar ISA variants and slow tests deselected")
+
+
+def pytest_configure(config):
+    if config.getoption("bench_short"):
+        config.option.benchmark_min_rounds = 2
+        config.option.benchmark_max_time = 0.0
+        config.option.benchmark_min_time = 0.0
+        config.option.benchmark_warmup = False
+        config.option.benchmark_calibration_precision = 1
+
+
+def pytest_collection_modifyitems(config, items):
+    if not config.getoption("bench_short"):
+        return
+    # The scalar fallback is timed ~30x slower than AVX2 and runs the same benchmark code.
+    keep = [i for i in items if "cpu-scalar" not in i.nodeid and i.get_closest_marker("slow") is None]
+    if len(keep) < len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+        items[:] = keep
 
 
 def pytest_collect_file(file_path, parent):

@@ -31,6 +31,7 @@ PLUGINS = {
     "bertrt.runtime.cli": ("export", "tune"),
     "bertrt.quant.cli": ("quantize",),
     "bertrt.train.cli": ("finetune", "distill"),
+    "bertrt.loadgen.cli": ("loadgen",),
 }
 
 

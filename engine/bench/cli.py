@@ -17,7 +17,15 @@ from ..quant.configs import Int8DynamicConfig
 from ..runtime import probe
 from ..runtime.cache import cache_dir
 from .models import resolve_model
-from .names import DEFAULT_SHAPES, INT8_PRECISIONS, PEER_NAMES, PRECISIONS
+from .names import (
+    CPU_PEER_NAMES,
+    DEFAULT_SHAPES,
+    GPU_PEER_NAMES,
+    GPU_PRECISIONS,
+    INT8_PRECISIONS,
+    PEER_NAMES,
+    PRECISIONS,
+)
 from .profile import format_profile, profile_run
 from .report import print_table, write_files
 from .runner import BenchConfig, run_bench
@@ -57,7 +65,7 @@ def register(subparsers) -> None:
     p.add_argument("--precisions", default="auto",
                    help="bertrt precisions, comma separated from fp32,bf16,int8,int8a7 (int8 with 7-bit activations), "
                         "or none; auto: fp32,bf16 and int8 when bertrt.quant is there")
-    p.add_argument("--peers", default=",".join(PEER_NAMES), help="peers to run (none for bertrt only)")
+    p.add_argument("--peers", default=",".join(CPU_PEER_NAMES), help="peers to run (none for bertrt only)")
     p.add_argument("--repeats", type=int, default=20, help="timed runs per row")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs before timing")
     p.add_argument("--max-seconds", type=float, default=60.0, help="stop a row's repeats after this long (>= 3 runs)")
@@ -73,6 +81,9 @@ def register(subparsers) -> None:
     p.add_argument("--profile", action="store_true",
                    help="instead of comparing: per-op time breakdown of bertrt (GEMMs, attention, norms, python)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--device", default="cpu", help="cpu | cuda[:N]; with cuda the default precisions are "
+                   f"{','.join(GPU_PRECISIONS)} and the default peers {','.join(GPU_PEER_NAMES)}")
+    p.add_argument("--dry-run", action="store_true", help="check the arguments, print the plan, run nothing")
     p.set_defaults(func=cmd_bench)
 
 
@@ -80,12 +91,25 @@ def cmd_bench(args) -> int:
     if args.repeats < 1 or args.warmup < 0 or args.threads < 0:
         raise InputError("--repeats must be >= 1, --warmup and --threads >= 0")
     cache = Path(args.cache_dir) if args.cache_dir else default_cache()
+    gpu = args.device.startswith("cuda")
+    if not (args.device == "cpu" or args.device == "cuda" or (gpu and args.device[4:5] == ":"
+                                                               and args.device[5:].isdigit())):
+        raise InputError(f"--device must be cpu or cuda[:N], got {args.device!r}")
+    precisions = args.precisions
+    if precisions == "auto":
+        precisions = ",".join(GPU_PRECISIONS) if gpu else default_precisions()
+    peers = ",".join(GPU_PEER_NAMES) if gpu and args.peers == ",".join(CPU_PEER_NAMES) else args.peers
+    shapes, precisions, peers = (parse_shapes(args.shapes), _list(precisions, PRECISIONS, "precisions"),
+                                 _list(peers, PEER_NAMES, "peers"))
+    if gpu and (bad := [p for p in peers if p.startswith(("ort", "openvino"))]):
+        raise InputError(f"peers {bad} run on the CPU only; with --device cuda use {', '.join(GPU_PEER_NAMES)}")
+    if args.dry_run:
+        print(f"bench plan: model {args.model or args.config or 'bundled MiniLM'} on {args.device}; shapes "
+              f"{[s.name for s in shapes]}; bertrt {precisions}; peers {peers}; {args.repeats} repeats")
+        return 0
     model_dir, name = resolve_model(args.model, args.config, cache / "bench", args.seed)
     config = BenchConfig(
-        model_dir=model_dir, model_name=name, shapes=parse_shapes(args.shapes),
-        precisions=_list(default_precisions() if args.precisions == "auto" else args.precisions, PRECISIONS,
-                         "precisions"),
-        peers=_list(args.peers, PEER_NAMES, "peers"),
+        model_dir=model_dir, model_name=name, shapes=shapes, precisions=precisions, peers=peers, device=args.device,
         repeats=args.repeats, warmup=args.warmup, threads=args.threads, max_seconds=args.max_seconds,
         cache_dir=cache, seed=args.seed, e2e=args.e2e, kernels=args.kernels)
     log = lambda message: print(message, file=sys.stderr)

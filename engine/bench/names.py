@@ -1,7 +1,11 @@
 """Names the command line offers, importable without torch (``bertrt --help`` stays fast)."""
 
-PEER_NAMES = ("transformers-fp32", "transformers-bf16", "ort-fp32", "ort-int8", "openvino")
-PRECISIONS = ("fp32", "bf16", "int8", "int8a7")
+CPU_PEER_NAMES = ("transformers-fp32", "transformers-bf16", "ort-fp32", "ort-int8", "openvino")  # CPU default
+PEER_NAMES = (*CPU_PEER_NAMES, "transformers-fp16", "sentence-transformers-fp16")
+# --device cuda: the peers and bertrt precisions by default (ONNX Runtime / OpenVINO peers are CPU sessions)
+GPU_PEER_NAMES = ("transformers-fp16", "transformers-bf16", "sentence-transformers-fp16")
+GPU_PRECISIONS = ("fp16", "bf16")
+PRECISIONS = ("fp32", "bf16", "int8", "int8a7", "fp16")
 # int8 precisions -> Int8DynamicConfig keyword arguments
 INT8_PRECISIONS = {"int8": {}, "int8a7": {"act_bits": 7}}
 DEFAULT_SHAPES = ("1x128", "8x128", "32x16-128")

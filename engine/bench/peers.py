@@ -14,6 +14,7 @@ batch against transformers run on each sequence alone.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,7 @@ class Context:
     num_heads: int
     hidden_size: int
     log: Any = print
+    device: str = "cpu"
     artifacts: dict = field(default_factory=dict)  # shared between subjects (exported ONNX files)
 
 
@@ -68,6 +70,18 @@ def version(module: str) -> str | None:
         return importlib.import_module(module).__version__
     except Exception:
         return None
+
+
+def on_device(inputs: BenchInputs, device: str) -> BenchInputs:
+    """``inputs`` with its tensors on ``device`` (made once per batch, so no copy is timed)."""
+    if device == "cpu":
+        return inputs
+    cache = inputs.__dict__.setdefault("_on_device", {})
+    if device not in cache:
+        cache[device] = dataclasses.replace(
+            inputs, packed=inputs.packed.to(device), input_ids=inputs.input_ids.to(device),
+            attention_mask=inputs.attention_mask.to(device), token_type_ids=inputs.token_type_ids.to(device))
+    return cache[device]
 
 
 class Subject:
@@ -107,7 +121,7 @@ class Bertrt(Subject):
 
     engine = "bertrt"
     ours = True
-    DTYPES = {"fp32": "float32", "bf16": "bfloat16", "int8": "float32", "int8a7": "float32"}
+    DTYPES = {"fp32": "float32", "bf16": "bfloat16", "int8": "float32", "int8a7": "float32", "fp16": "float16"}
 
     def __init__(self, precision: str, kernels: str = "auto"):
         super().__init__()
@@ -118,17 +132,18 @@ class Bertrt(Subject):
         self.model = None
 
     def prepare(self, ctx: Context) -> None:
-        self.model = load(ctx.model_dir, device="cpu", dtype=self.DTYPES[self.precision],
+        self.device = ctx.device
+        self.model = load(ctx.model_dir, device=ctx.device, dtype=self.DTYPES[self.precision],
                                  kernels=self.kernels)
         if self.precision in INT8_PRECISIONS:
             quantize_(self.model, Int8DynamicConfig(**INT8_PRECISIONS[self.precision]))
         self.notes["backend"] = self.model.backend
 
     def run(self, inputs: BenchInputs):
-        return self.model.runner.run(inputs.packed, "embed")
+        return self.model.runner.run(on_device(inputs, self.device).packed, "embed")
 
     def embed(self, inputs: BenchInputs, output) -> torch.Tensor:
-        return output.float()
+        return output.float().cpu()
 
 
 class BertrtEndToEnd(Bertrt):
@@ -176,14 +191,16 @@ class Transformers(Subject):
     def __init__(self, precision: str):
         super().__init__()
         self.precision = precision
-        self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+        self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
     def prepare(self, ctx: Context) -> None:
-        self.model = _load_transformers(ctx.model_dir, self.dtype)
+        self.device = ctx.device
+        self.model = _load_transformers(ctx.model_dir, self.dtype).to(ctx.device)
         self.pooling = ctx.pooling
 
     @torch.inference_mode()
     def run(self, inputs: BenchInputs):
+        inputs = on_device(inputs, self.device)
         return self.model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask,
                           token_type_ids=inputs.token_type_ids).last_hidden_state
 
@@ -345,11 +362,44 @@ class OpenVino(Subject):
         return torch.from_numpy(np.array(output)).float()
 
 
+class SentenceTransformers(Subject):
+    """sentence-transformers ``SentenceTransformer(model_dir)`` (its own pooling), forward on the padded
+    batch; fp16 by ``.half()``. Mostly a GPU peer: it is what many embedding services run."""
+
+    engine = "sentence-transformers"
+    requires = ("sentence_transformers",)
+
+    def __init__(self, precision: str):
+        super().__init__()
+        self.precision = precision
+
+    def prepare(self, ctx: Context) -> None:
+        from sentence_transformers import SentenceTransformer  # optional: the test extra
+
+        self.device = ctx.device
+        self.model = SentenceTransformer(str(ctx.model_dir), device=ctx.device).eval()
+        if self.precision == "fp16":
+            self.model = self.model.half()
+
+    @torch.inference_mode()
+    def run(self, inputs: BenchInputs):
+        inputs = on_device(inputs, self.device)
+        return self.model({"input_ids": inputs.input_ids, "attention_mask": inputs.attention_mask,
+                           "token_type_ids": inputs.token_type_ids})["sentence_embedding"]
+
+    def embed(self, inputs: BenchInputs, output) -> torch.Tensor:
+        return output.float().cpu()
+
+
 def make_peer(name: str) -> Subject:
     if name == "transformers-fp32":
         return Transformers("fp32")
     if name == "transformers-bf16":
         return Transformers("bf16")
+    if name == "transformers-fp16":
+        return Transformers("fp16")
+    if name == "sentence-transformers-fp16":
+        return SentenceTransformers("fp16")
     if name == "ort-fp32":
         return OnnxRuntime("fp32")
     if name == "ort-int8":

@@ -51,6 +51,7 @@ class BenchConfig:
     seed: int = 0
     e2e: bool = False
     kernels: str = "auto"
+    device: str = "cpu"  # "cuda[:N]": GPU rows, timed with a device synchronize after each call
 
 
 @dataclass
@@ -149,7 +150,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print, progress:
     pooling, _ = read_pooling(config.model_dir)
     ctx = peers_mod.Context(model_dir=config.model_dir, threads=threads, cache_dir=Path(config.cache_dir),
                             pooling=pooling, num_heads=encoder_config.num_attention_heads,
-                            hidden_size=encoder_config.hidden_size, log=log)
+                            hidden_size=encoder_config.hidden_size, log=log, device=config.device)
     inputs = {spec.name: make_inputs(spec, config.model_dir / "vocab.txt", config.seed,
                                      encoder_config.max_position_embeddings) for spec in config.shapes}
     meta: dict[str, Any] = {
@@ -159,8 +160,10 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print, progress:
         "shapes": {name: {"lengths": inp.lengths, "tokens": inp.tokens,
                           "padded_tokens": int(inp.input_ids.numel())} for name, inp in inputs.items()},
         "repeats": config.repeats, "warmup": config.warmup, "max_seconds": config.max_seconds, "seed": config.seed,
-        "machine": machine(threads), "versions": versions(), "skipped": {}, "notes": {},
+        "machine": machine(threads), "versions": versions(), "skipped": {}, "notes": {}, "device": config.device,
     }
+    if config.device.startswith("cuda"):
+        meta["machine"]["gpu"] = torch.cuda.get_device_name(torch.device(config.device))
 
     # The FP32 reference: transformers when installed (independent of bertrt), else bertrt FP32.
     reference: peers_mod.Subject = peers_mod.Transformers("fp32")
@@ -207,7 +210,10 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print, progress:
 
 def _measure(subject: peers_mod.Subject, inp: BenchInputs, reference: torch.Tensor, config: BenchConfig) -> Row:
     cpu: list[float] = []
-    times, out = time_calls(lambda: subject.run(inp), config.warmup, config.repeats, config.max_seconds, cpu)
+    call = lambda: subject.run(inp)
+    if config.device.startswith("cuda"):  # the wall time of the call until the GPU is done with it
+        call = lambda: (subject.run(inp), torch.cuda.synchronize())[0]
+    times, out = time_calls(call, config.warmup, config.repeats, config.max_seconds, cpu)
     median, p90, fastest = summarize(times)
     emb = subject.embed(inp, out)
     fid_mean = fid_min = None

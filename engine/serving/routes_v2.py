@@ -126,7 +126,10 @@ async def model_config(request: Request, name: str, version: str = "1") -> Respo
             "name": state.model_name,
             "platform": f"bertrt_{engine.backend}",
             "backend": "bertrt",
-            "max_batch_size": state.config.max_inputs,
+            # Triton's convention: 0 means the shapes above already include the batch dimension (so
+            # perf_analyzer sends [n] texts, not [n, 1]); the per-request limit is max_inputs.
+            "max_batch_size": 0,
+            "max_inputs": state.config.max_inputs,
             "task": engine.task,
             "device": engine.device,
             "precision": engine.precision,
@@ -136,7 +139,10 @@ async def model_config(request: Request, name: str, version: str = "1") -> Respo
                 "max_queue_delay_microseconds": int(state.config.max_wait_ms * 1000),
                 "max_queue_size": state.config.max_queue,
             },
-            "input": input_specs(state),
+            # Triton's config marks inputs a request may leave out (perf_analyzer reads it): text or
+            # input_ids, and the mask and token types, which have defaults.
+            "input": [{**spec, "optional": state.engine.task != "qa" or spec["name"] != "input_ids"}
+                      for spec in input_specs(state)],
             "output": output_specs(state),
         }
     )
