@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import tasks
+from . import lm_tasks, tasks
+from .api_tasks import PairTaskMethods
 from .batching import pack, plan_batches
 from .errors import InputError
 from .model import Checkpoint, load_checkpoint
@@ -17,7 +18,7 @@ from .ops.plan import KernelPlan, validate_kernels
 from .quant.checkpoint import is_quantized_dir, load_quantized
 from .runtime import policy
 from .runtime.backends import BackendUnavailable, TorchRunner, create_runner
-from .tokenizer import check_texts
+from .tokenizer import check_texts, split_texts
 
 log = logging.getLogger("bertrt")
 TASKS = ("embed", "classify", "ner", "qa")
@@ -81,9 +82,41 @@ class Engine:
         return results  # type: ignore[return-value]
 
     def _require(self, task: str) -> None:
-        if task != "embed" and self.config.task != task:
+        if task not in self.config.tasks:
             raise InputError(f"{task} needs a {_architecture_for(task)} checkpoint; this one is "
                              f"{self.config.architecture}")
+
+    def _encode_inputs(self, texts, truncation: str, task: str) -> tuple[list, list]:
+        """(items, encodings) of texts, or of (text, text_pair) pairs with the tokenizer's pair
+        template; InputError when the kind does not suit the model."""
+        items, pairs = split_texts(texts)
+        self.check_input_kind(pairs, task)
+        if pairs:
+            return items, self.encode_pairs(items, truncation)
+        if truncation == "only_second":
+            raise InputError("truncation='only_second' needs sentence pairs; got single texts")
+        single = "truncate" if truncation in ("longest_first", "only_first") else truncation
+        return items, self.tokenizer.encode_batch(items, single)
+
+    def _windowed(self, texts, task: str, stride: int | None, window_pooling: str) -> list[torch.Tensor]:
+        """long_text="window": each text read in windows of max_length tokens overlapping by
+        ``stride`` (default a quarter window) -> one row per text, the mean/max over its windows."""
+        if window_pooling not in lm_tasks.WINDOW_POOLINGS:
+            raise InputError(f"window_pooling must be one of {lm_tasks.WINDOW_POOLINGS}, got {window_pooling!r}")
+        items, pairs = split_texts(texts)
+        if pairs:
+            raise InputError("long_text='window' reads single texts; sentence pairs are truncated")
+        self.check_input_kind(False, task)
+        stride = self.tokenizer.max_length // 4 if stride is None else stride
+        windows = self.tokenizer.encode_windows(items, stride)
+        flat = [w for text_windows in windows for w in text_windows]
+        rows = self.run_encodings([w.ids for w in flat], [w.type_ids for w in flat], task)
+        return lm_tasks.pool_windows(rows, [len(w) for w in windows], window_pooling)
+
+    @staticmethod
+    def _check_long_text(long_text: str) -> None:
+        if long_text not in LONG_TEXT:
+            raise InputError(f"long_text must be one of {LONG_TEXT}, got {long_text!r}")
 
     # -- tasks ---------------------------------------------------------------------------------------
 
@@ -102,14 +135,21 @@ class Engine:
             raise InputError("this model's pooling normalizes; normalize=False cannot undo it")
         return out.numpy()
 
-    def classify(self, texts, truncation: str = "truncate") -> list[dict]:
-        """One {"label", "score", "scores"} per text (softmax, or sigmoid for multi-label models)."""
+    def classify(self, texts, truncation: str = "truncate", long_text: str = "truncate", stride: int | None = None,
+                 window_pooling: str = "mean") -> list[dict]:
+        """One {"label", "score", "scores"} per text (softmax, or sigmoid for multi-label models).
+        texts: strings, or (text, text_pair) pairs for cross-encoders (NLI, rerankers, paraphrase);
+        truncation for pairs: "truncate" (= "longest_first"), "only_first", "only_second", "error".
+        long_text="window": logits pooled (mean/max) over windows of a long single text."""
         self._require("classify")
-        texts = check_texts(texts)
-        if not texts:
-            return []
-        encodings = self.tokenizer.encode_batch(texts, truncation)
-        rows = self.run_encodings([e.ids for e in encodings], [e.type_ids for e in encodings], "classify")
+        self._check_long_text(long_text)
+        if long_text == "window":
+            rows = self._windowed(texts, "classify", stride, window_pooling)
+        else:
+            texts, encodings = self._encode_inputs(texts, truncation, "classify")
+            if not texts:
+                return []
+            rows = self.run_encodings([e.ids for e in encodings], [e.type_ids for e in encodings], "classify")
         multi = self.config.problem_type == "multi_label_classification"
         return [tasks.classification_result(r.numpy(), self.config.id2label, multi) for r in rows]
 
@@ -119,10 +159,9 @@ class Engine:
         self._require("ner")
         if aggregation not in tasks.AGGREGATIONS:
             raise InputError(f"aggregation must be one of {tasks.AGGREGATIONS}, got {aggregation!r}")
-        texts = check_texts(texts)
+        texts, encodings = self._encode_inputs(texts, truncation, "ner")
         if not texts:
             return []
-        encodings = self.tokenizer.encode_batch(texts, truncation)
         rows = self.run_encodings([e.ids for e in encodings], [e.type_ids for e in encodings], "ner")
         return [self.ner_entities(text, enc, logits.numpy(), aggregation)
                 for text, enc, logits in zip(texts, encodings, rows)]
@@ -185,7 +224,7 @@ def _check_task(checkpoint: Checkpoint, task: str | None, max_length: int | None
     task = config.task if task is None else task
     if task not in TASKS:
         raise InputError(f"task must be one of {TASKS}, got {task!r}")
-    if task != "embed" and task != config.task:
+    if task not in config.tasks:
         raise InputError(f"task {task!r} needs a {_architecture_for(task)} checkpoint; "
                          f"{checkpoint.model_dir} is {config.architecture}")
     if max_length is not None:
@@ -211,7 +250,9 @@ def _load_quantized(path, task, device, backend, kernels, max_length, batch_inva
 
 
 def _architecture_for(task: str) -> str:
-    return next(arch for arch, t in ARCHITECTURE_TASKS.items() if t == task)
+    if task == "embed_sparse":
+        return "BertForMaskedLM (SPLADE)"
+    return next((arch for arch, t in ARCHITECTURE_TASKS.items() if t == task), "matching")
 
 
 def load(path: str | Path | None = None, task: str | None = None, device: str = "auto", backend: str = "auto",

@@ -10,6 +10,7 @@ import torch
 
 from ..errors import ModelLoadError
 from .config import EncoderConfig
+from .lm_heads import weight_shapes as lm_head_shapes
 
 # Prefixes a BERT checkpoint may put in front of the encoder's own names
 _ENCODER_PREFIXES = ("bert.", "model.", "")
@@ -84,6 +85,7 @@ def expected_shapes(config: EncoderConfig) -> dict[str, tuple[int, ...]]:
     elif task == "qa":
         shapes["qa_outputs.weight"] = (2, h)
         shapes["qa_outputs.bias"] = (2,)
+    shapes.update(lm_head_shapes(config)[0])
     return shapes
 
 
@@ -111,4 +113,8 @@ def checked_state_dict(raw: dict[str, torch.Tensor], config: EncoderConfig, sour
             )
         if not state[name].is_floating_point():
             raise ModelLoadError(f"{source}: weight {name} has non-float dtype {state[name].dtype}")
-    return {k: state[k] for k in expected}
+    optional = {k: shape for k, shape in lm_head_shapes(config)[1].items() if k in state}
+    for name, shape in optional.items():
+        if tuple(state[name].shape) != shape:
+            raise ModelLoadError(f"{source}: weight {name} has shape {tuple(state[name].shape)}, expected {shape}")
+    return {k: state[k] for k in (*expected, *optional)}
