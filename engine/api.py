@@ -11,6 +11,7 @@ import torch
 from . import lm_tasks, tasks
 from .api_tasks import PairTaskMethods
 from .batching import pack, plan_batches
+from .embedding_options import Prompts, read_prompts, truncate_dimensions
 from .errors import InputError
 from .model import Checkpoint, load_checkpoint
 from .model.config import ARCHITECTURE_TASKS
@@ -22,6 +23,8 @@ from .tokenizer import check_texts, split_texts
 
 log = logging.getLogger("bertrt")
 TASKS = ("embed", "classify", "ner", "qa")
+# runner tasks with one output row per sequence (the others give one per token)
+SEQUENCE_TASKS = ("embed", "embed_unnormalized", "classify")
 
 
 class Engine:
@@ -43,6 +46,7 @@ class Engine:
         self.backend = backend
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
+        self._prompts: Prompts | None = None
 
     def __repr__(self) -> str:
         return (f"Engine(model={str(self.checkpoint.model_dir)!r}, task={self.task!r}, backend={self.backend!r}, "
@@ -72,7 +76,7 @@ class Engine:
         for group in plan_batches(lengths, self.max_batch_tokens, self.max_batch_size):
             batch = pack([ids[i] for i in group], [type_ids[i] for i in group], group)
             out = self.runner.run(batch, task).float().cpu()
-            if task in ("embed", "classify"):
+            if task in SEQUENCE_TASKS:
                 for row, index in enumerate(batch.indices):
                     results[index] = out[row]
             else:
@@ -120,12 +124,27 @@ class Engine:
 
     # -- tasks ---------------------------------------------------------------------------------------
 
-    def embed(self, texts, truncation: str = "truncate", normalize: bool | None = None) -> np.ndarray:
+    @property
+    def prompts(self) -> Prompts:
+        """The checkpoint's sentence-transformers prompts (config_sentence_transformers.json)."""
+        if self._prompts is None:
+            self._prompts = read_prompts(self.checkpoint.model_dir)
+        return self._prompts
+
+    def set_default_prompt(self, name: str | None) -> None:
+        """Use prompt ``name`` when a call names none (``bertrt serve --default-prompt-name``)."""
+        self._prompts = read_prompts(self.checkpoint.model_dir, name)
+
+    def embed(self, texts, truncation: str = "truncate", normalize: bool | None = None,
+              prompt_name: str | None = None, prompt: str | None = None, dimensions: int | None = None) -> np.ndarray:
         """Sentence embeddings (n, hidden) float32 with the checkpoint's pooling (and normalization
-        when the sentence-transformers config has a Normalize module, unless ``normalize`` says)."""
-        texts = check_texts(texts)
+        when the sentence-transformers config has a Normalize module, unless ``normalize`` says).
+        prompt_name / prompt: prepended as sentence-transformers does (the model's default prompt
+        when it names one); dimensions: keep the first d values (Matryoshka), renormalized when the
+        output is normalized -> (n, d)."""
+        texts = self.prompts.apply(check_texts(texts), prompt_name, prompt)
         if not texts:
-            return np.zeros((0, self.hidden_size), dtype=np.float32)
+            return np.zeros((0, dimensions or self.hidden_size), dtype=np.float32)
         encodings = self.tokenizer.encode_batch(texts, truncation)
         rows = self.run_encodings([e.ids for e in encodings], [e.type_ids for e in encodings], "embed")
         out = torch.stack(rows)
@@ -133,7 +152,8 @@ class Engine:
             out = torch.nn.functional.normalize(out, dim=-1)
         elif normalize is False and self.checkpoint.model.pooling.normalize:
             raise InputError("this model's pooling normalizes; normalize=False cannot undo it")
-        return out.numpy()
+        normalized = normalize is True or (normalize is None and self.checkpoint.model.pooling.normalize)
+        return truncate_dimensions(out.numpy(), dimensions, normalized)
 
     def classify(self, texts, truncation: str = "truncate", long_text: str = "truncate", stride: int | None = None,
                  window_pooling: str = "mean") -> list[dict]:

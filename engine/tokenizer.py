@@ -121,6 +121,16 @@ class BertTokenizer:
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 
+    def id_to_token(self, token_id: int) -> str | None:
+        return self._tok.id_to_token(token_id)
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def encode_raw(self, texts: list[str], add_special_tokens: bool = True) -> list[Encoding]:
+        """Untruncated encodings, with or without the special tokens (TEI's /tokenize)."""
+        return self._tok.encode_batch(texts, add_special_tokens=add_special_tokens) if texts else []
+
     def join_tokens(self, tokens: list[str]) -> str:
         """Text of a run of tokens, as the tokenizer's decoder writes it (WordPiece merges '##')."""
         decoder = self._tok.decoder

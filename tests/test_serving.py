@@ -399,7 +399,7 @@ def test_bad_requests_get_4xx_with_a_message_naming_the_problem(classify_dir):
         ("/v1/embeddings", b'{"input": {"a": 1}}', 400, "'input' must be"),
         ("/v1/embeddings", b'{"input": ["a", 3]}', 400, "input[0]"),
         ("/v1/embeddings", b'{"input": [[1, 2], [99999999]]}', 400, "outside the vocabulary"),
-        ("/v1/embeddings", b'{"input": "a", "dimensions": 7}', 400, "'dimensions'"),
+        ("/v1/embeddings", b'{"input": "a", "dimensions": 7000}', 400, "'dimensions'"),
         ("/v1/embeddings", json.dumps({"input": ["x"] * 300}).encode(), 413, "limit of 256"),
         ("/v1/embeddings", json.dumps({"input": long_text, "truncate": False}).encode(), 400, "over the limit"),
         ("/v1/classify", b'{"input": "a", "truncate": "yes"}', 400, "'truncate' must be a boolean"),

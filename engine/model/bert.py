@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -22,6 +24,7 @@ class BertModel(nn.Module):
       classify: (B, num_labels) logits
       ner:      (T, num_labels) logits
       qa:       (T, 2) start/end logits
+      tokens:   (T, hidden) last hidden states (fp32); embed_unnormalized: embed without Normalize
     """
 
     def __init__(self, config: EncoderConfig, pooling: PoolingConfig | None = None):
@@ -56,6 +59,10 @@ class BertModel(nn.Module):
     def apply_head(self, hidden: torch.Tensor, cu_seqlens: torch.Tensor, task: str) -> torch.Tensor:
         if task == "embed":
             return pool(hidden, cu_seqlens, self.pooling)
+        if task == "embed_unnormalized":  # TEI's normalize=false on a model whose pooling normalizes
+            return pool(hidden, cu_seqlens, dataclasses.replace(self.pooling, normalize=False))
+        if task == "tokens":  # the last hidden state of every token (TEI /embed_all)
+            return hidden.float()
         if task != self.config.task or self.head is None:
             raise ValueError(f"this {self.config.architecture} checkpoint has no head for task {task!r}")
         return self.head(hidden, cu_seqlens)

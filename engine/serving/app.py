@@ -16,6 +16,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .config import ServeConfig
 from .protocol import ApiError, dumps
+from .routes_tei import TeiError, tei_error_body
+from .routes_tei import router as tei_router
 from .routes_v1 import router as v1_router
 from .routes_v2 import router as v2_router
 from .state import ServerState
@@ -26,10 +28,18 @@ log = logging.getLogger("bertrt.serving")
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")
 
 
+# TEI-compatible routes answer errors in TEI's shape
+TEI_PATHS = ("/embed", "/embed_all", "/embed_sparse", "/predict", "/rerank", "/tokenize", "/decode", "/info", "/health")
+TEI_KINDS = {401: "validation", 413: "validation", 422: "validation", 429: "overloaded", 503: "unhealthy"}
+
+
 def error_body(path: str, status: int, message: str, param: str | None = None) -> bytes:
-    """v2 paths answer {"error": message} (the Open Inference Protocol's form); others the OpenAI form."""
+    """v2 paths answer {"error": message} (the Open Inference Protocol's form), TEI's routes
+    {"error", "error_type"}; others the OpenAI form."""
     if path.startswith("/v2"):
         return dumps({"error": message})
+    if path in TEI_PATHS:
+        return tei_error_body(message, TEI_KINDS.get(status, "validation" if status < 500 else "backend"))
     kind = {
         401: "authentication_error",
         404: "not_found_error",
@@ -163,6 +173,7 @@ def create_app(engine, config: ServeConfig | None = None) -> FastAPI:
     app.state.bertrt = state
     app.include_router(v2_router)
     app.include_router(v1_router)
+    app.include_router(tei_router)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
@@ -171,6 +182,9 @@ def create_app(engine, config: ServeConfig | None = None) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
+        if isinstance(exc, TeiError):
+            return Response(tei_error_body(exc.message, exc.error_type), status_code=exc.status,
+                            media_type="application/json", headers=exc.headers)
         return error_response(request, exc.status, exc.message, exc.param, exc.headers)
 
     @app.exception_handler(StarletteHTTPException)

@@ -83,6 +83,10 @@ def build_server(
 
 def cmd_serve(args) -> int:
     configure_logging(args.log_format, args.log_level)
+    if args.otel:
+        from .tracing import configure
+
+        configure()
     if args.threads:
         import torch
 
@@ -105,6 +109,7 @@ def cmd_serve(args) -> int:
         api_key=api_key,
         grpc_port=args.grpc_port,
         grpc_host=args.host,
+        otel=args.otel,
     )
     engine = bertrt.load(
         args.model_dir,
@@ -116,6 +121,8 @@ def cmd_serve(args) -> int:
         max_length=args.max_length,
         batch_invariant=args.batch_invariant,
     )
+    if args.default_prompt_name:
+        engine.set_default_prompt(args.default_prompt_name)
     if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         logging.getLogger("bertrt.serving").warning(
             "listening on %s without an API key", args.host, extra={"fields": {"host": args.host}}
@@ -154,6 +161,10 @@ def register(subparsers) -> None:
                    help="kernels whose result for a text does not depend on the batch the server puts it in")
     p.add_argument("--grpc-port", type=int, default=None,
                    help="also serve KServe v2 gRPC (inference.GRPCInferenceService) on this port")
+    p.add_argument("--otel", action="store_true", help="OpenTelemetry spans (needs opentelemetry-sdk; OTLP exporter "
+                   "when opentelemetry-exporter-otlp is installed)")
+    p.add_argument("--default-prompt-name", default=None,
+                   help="prompt (config_sentence_transformers.json) used when a request names none")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--max-length", type=int, default=None, help="tokens per sequence (default: the model's)")
     defaults = ServeConfig()

@@ -30,6 +30,7 @@ class ServeConfig:
     # KServe v2 gRPC beside HTTP (same batcher, limits, key and metrics); None: HTTP only, 0: a free port
     grpc_port: int | None = None
     grpc_host: str = "127.0.0.1"
+    otel: bool = False  # OpenTelemetry spans for tokenization and inference (engine/serving/tracing.py)
 
     def __post_init__(self):
         for name in ("max_batch_tokens", "max_batch_size", "max_queue", "max_body_bytes", "max_inputs"):

@@ -10,6 +10,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from .. import tasks
+from ..embedding_options import truncate_dimensions
+from ..errors import InputError
 from .protocol import (
     ApiError,
     dumps,
@@ -66,14 +68,16 @@ async def embeddings(request: Request) -> Response:
     state, obj = await _request(request)
     parsed = parse_embeddings(obj, state.config.max_inputs)
     hidden = state.engine.hidden_size
-    if parsed.dimensions is not None and parsed.dimensions != hidden:
-        raise ApiError(
-            400,
-            f"'dimensions' must be {hidden} for this model (it does not shorten embeddings), got {parsed.dimensions}",
-            param="dimensions",
-        )
+    if parsed.dimensions is not None and parsed.dimensions > hidden:
+        raise ApiError(400, f"'dimensions' must be at most {hidden} for this model, got {parsed.dimensions}",
+                       param="dimensions")
     if parsed.texts is not None:
-        encodings = await state.tokenize(parsed.texts, parsed.truncate)
+        prompt_name = obj.get("prompt_name")
+        try:
+            texts = state.engine.prompts.apply(parsed.texts, prompt_name)
+        except InputError as exc:
+            raise ApiError(400, str(exc), param="prompt_name") from None
+        encodings = await state.tokenize(texts, parsed.truncate)
         ids = [e.ids for e in encodings]
         type_ids = [e.type_ids for e in encodings]
     else:
@@ -81,7 +85,9 @@ async def embeddings(request: Request) -> Response:
         state.check_token_ids(ids, "input")
         type_ids = [[0] * len(row) for row in ids]
     rows = await state.infer(ids, type_ids, "embed")
-    matrix = torch.stack(rows).numpy()
+    # Matryoshka: the first `dimensions` values, renormalized when the model's output is normalized
+    matrix = truncate_dimensions(torch.stack(rows).numpy(), parsed.dimensions,
+                                 state.engine.checkpoint.model.pooling.normalize)
     data = [
         {"object": "embedding", "index": i, "embedding": encode_embedding(matrix[i], parsed.encoding_format)}
         for i in range(len(rows))

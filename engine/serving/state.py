@@ -14,6 +14,7 @@ from .batcher import Draining, DynamicBatcher, QueueFull, RequestTimeout
 from .config import ServeConfig
 from .metrics import ServerMetrics
 from .protocol import ApiError
+from .tracing import Tracing
 
 # Requests up to this size are tokenized on the event loop (well under a millisecond).
 INLINE_TEXTS = 8
@@ -72,6 +73,7 @@ class ServerState:
         # only keeps one big tokenization at a time from starving the loop of the GIL.
         self._tokenizer_thread: ThreadPoolExecutor | None = None
         self._tokenizer_lock = asyncio.Lock()
+        self.tracing = Tracing(config.otel, config.model_name)
         self.ready = False
         self.draining = False
         model_task = engine.config.task
@@ -116,6 +118,10 @@ class ServerState:
     # -- off-loop work -------------------------------------------------------------------------------
 
     async def _tokenize(self, inline: bool, function, *args):
+        with self.tracing.span("tokenize", inline=inline):
+            return await self._tokenize_now(inline, function, *args)
+
+    async def _tokenize_now(self, inline: bool, function, *args):
         try:
             async with self._tokenizer_lock:
                 if inline:
@@ -143,7 +149,8 @@ class ServerState:
                 413, f"request has {len(ids)} sequences, more than this server's queue holds ({self.config.max_queue})"
             )
         try:
-            return await self.batcher.run(ids, type_ids, task, self.config.timeout_s)
+            with self.tracing.span("infer", task=task, sequences=len(ids), tokens=sum(len(x) for x in ids)):
+                return await self.batcher.run(ids, type_ids, task, self.config.timeout_s)
         except QueueFull as exc:
             self.metrics.rejected.labels("queue_full").inc()
             raise ApiError(
