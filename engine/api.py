@@ -19,15 +19,16 @@ from .ops.plan import KernelPlan, validate_kernels
 from .quant.checkpoint import is_quantized_dir, load_quantized
 from .runtime import policy
 from .runtime.backends import BackendUnavailable, TorchRunner, create_runner
-from .tokenizer import check_texts, split_texts
+from .tokenizer import split_texts
 
 log = logging.getLogger("bertrt")
-TASKS = ("embed", "classify", "ner", "qa")
-# runner tasks with one output row per sequence (the others give one per token)
-SEQUENCE_TASKS = ("embed", "embed_unnormalized", "classify")
+TASKS = ("embed", "classify", "ner", "qa", "fill_mask", "next_sentence", "embed_sparse")
+# runner tasks with one output row per sequence (the others give one per token, fill_mask one per mask)
+SEQUENCE_TASKS = ("embed", "embed_unnormalized", "classify", "next_sentence", "embed_sparse")
+LONG_TEXT = ("truncate", "window")
 
 
-class Engine:
+class Engine(PairTaskMethods):
     """A loaded model on one backend, device and precision.
 
     Texts are tokenized, sorted by length and packed padding-free into batches of at most
@@ -136,18 +137,29 @@ class Engine:
         self._prompts = read_prompts(self.checkpoint.model_dir, name)
 
     def embed(self, texts, truncation: str = "truncate", normalize: bool | None = None,
-              prompt_name: str | None = None, prompt: str | None = None, dimensions: int | None = None) -> np.ndarray:
+              prompt_name: str | None = None, prompt: str | None = None, dimensions: int | None = None,
+              long_text: str = "truncate", stride: int | None = None, window_pooling: str = "mean") -> np.ndarray:
         """Sentence embeddings (n, hidden) float32 with the checkpoint's pooling (and normalization
         when the sentence-transformers config has a Normalize module, unless ``normalize`` says).
         prompt_name / prompt: prepended as sentence-transformers does (the model's default prompt
         when it names one); dimensions: keep the first d values (Matryoshka), renormalized when the
-        output is normalized -> (n, d)."""
-        texts = self.prompts.apply(check_texts(texts), prompt_name, prompt)
+        output is normalized -> (n, d). long_text="window": texts over max_length tokens are read in
+        windows overlapping by ``stride`` tokens, pooled by window_pooling ("mean"/"max"; renormalized
+        when the model normalizes)."""
+        self._check_long_text(long_text)
+        items, pairs = split_texts(texts)
+        self.check_input_kind(pairs, "embed")
+        texts = self.prompts.apply(items, prompt_name, prompt)
         if not texts:
             return np.zeros((0, dimensions or self.hidden_size), dtype=np.float32)
-        encodings = self.tokenizer.encode_batch(texts, truncation)
-        rows = self.run_encodings([e.ids for e in encodings], [e.type_ids for e in encodings], "embed")
-        out = torch.stack(rows)
+        if long_text == "window":
+            out = torch.stack(self._windowed(texts, "embed", stride, window_pooling))
+            if self.checkpoint.model.pooling.normalize:
+                out = torch.nn.functional.normalize(out, dim=-1)
+        else:
+            encodings = self.tokenizer.encode_batch(texts, truncation)
+            rows = self.run_encodings([e.ids for e in encodings], [e.type_ids for e in encodings], "embed")
+            out = torch.stack(rows)
         if normalize is True and not self.checkpoint.model.pooling.normalize:
             out = torch.nn.functional.normalize(out, dim=-1)
         elif normalize is False and self.checkpoint.model.pooling.normalize:

@@ -177,6 +177,7 @@ class PreTrainingHeads(nn.Module):
                 if own is not None and not torch.equal(own.to(word.dtype), word):
                     self.mlm.decoder_weight = nn.Parameter(own.clone(), requires_grad=False)
             if self.nsp is not None:
-                for module, name in ((self.nsp.pooler, names.pooler), (self.nsp.seq_relationship, names.seq_relationship)):
+                nsp = self.nsp
+                for module, name in ((nsp.pooler, names.pooler), (nsp.seq_relationship, names.seq_relationship)):
                     module.weight.copy_(state[name + ".weight"])
                     module.bias.copy_(state[name + ".bias"])

@@ -76,8 +76,7 @@ class ServerState:
         self.tracing = Tracing(config.otel, config.model_name)
         self.ready = False
         self.draining = False
-        model_task = engine.config.task
-        self.tasks = ("embed",) if model_task == "embed" else ("embed", model_task)
+        self.tasks = engine.config.tasks  # embed, the head's own task and its extras (fill_mask: embed_sparse)
 
     def _run(self, ids, type_ids, task):
         """Engine.run_encodings on this worker's share of the cores: all of them while it runs alone,
