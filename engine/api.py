@@ -71,7 +71,8 @@ class Engine(PairTaskMethods):
 
     def run_encodings(self, ids: list[list[int]], type_ids: list[list[int]], task: str) -> list[torch.Tensor]:
         """Run tokenized sequences; returns one fp32 CPU tensor per sequence, in the given order:
-        (hidden,) for embed, (num_labels,) for classify, (len, num_labels) for ner, (len, 2) for qa."""
+        (hidden,) for embed, (num_labels,) for classify, (len, num_labels) for ner, (len, 2) for qa,
+        (masks, vocab) for fill_mask, (2,) for next_sentence, (vocab,) for embed_sparse."""
         results: list[torch.Tensor | None] = [None] * len(ids)
         lengths = [len(x) for x in ids]
         for group in plan_batches(lengths, self.max_batch_tokens, self.max_batch_size):
@@ -80,6 +81,12 @@ class Engine(PairTaskMethods):
             if task in SEQUENCE_TASKS:
                 for row, index in enumerate(batch.indices):
                     results[index] = out[row]
+            elif task == "fill_mask":  # (masks, vocab): each sequence's mask tokens, in packed order
+                mask_id, start = self.mask_token_id, 0
+                for index in batch.indices:
+                    count = sum(1 for t in ids[index] if t == mask_id)
+                    results[index] = out[start:start + count]
+                    start += count
             else:
                 cu = batch.cu_seqlens.tolist()
                 for row, index in enumerate(batch.indices):
@@ -182,7 +189,8 @@ class Engine(PairTaskMethods):
             if not texts:
                 return []
             rows = self.run_encodings([e.ids for e in encodings], [e.type_ids for e in encodings], "classify")
-        multi = self.config.problem_type == "multi_label_classification"
+        # one output (a cross-encoder's relevance): sigmoid, as transformers' pipeline and CrossEncoder do
+        multi = self.config.problem_type == "multi_label_classification" or self.config.num_labels == 1
         return [tasks.classification_result(r.numpy(), self.config.id2label, multi) for r in rows]
 
     def ner(self, texts, aggregation: str = "simple", truncation: str = "truncate") -> list[list[dict]]:

@@ -9,7 +9,7 @@ import torch
 
 from . import lm_tasks
 from .errors import InputError
-from .tokenizer import check_pairs, check_texts
+from .tokenizer import check_pairs, check_texts, split_texts
 
 SINGLE_TEXT_TASKS = ("embed", "ner", "fill_mask", "embed_sparse")
 
@@ -40,6 +40,12 @@ class PairTaskMethods:
 
     def encode_pairs(self, pairs: list[tuple[str, str]], truncation: str):
         return self.tokenizer.encode_pair_batch(pairs, truncation)
+
+    def single_texts(self, texts, task: str) -> list[str]:
+        """texts as a list of strings; InputError when they are sentence pairs (or not texts)."""
+        items, pairs = split_texts(texts)
+        self.check_input_kind(pairs, task)
+        return items
 
     def _run_pairs(self, pairs: list[tuple[str, str]], task: str, truncation: str) -> list[torch.Tensor]:
         encodings = self.encode_pairs(pairs, truncation)
@@ -142,7 +148,7 @@ class PairTaskMethods:
         vocabulary projection runs only at the mask tokens."""
         self._require("fill_mask")
         single = isinstance(texts, str)
-        texts = check_texts(texts)
+        texts = self.single_texts(texts, "fill_mask")
         if not isinstance(top_k, int) or top_k < 1:
             raise InputError(f"top_k must be a positive integer, got {top_k!r}")
         if not texts:
@@ -177,7 +183,7 @@ class PairTaskMethods:
         self._require("embed_sparse")
         if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
             raise InputError(f"top_k must be a positive integer, got {top_k!r}")
-        texts = check_texts(texts)
+        texts = self.single_texts(texts, "embed_sparse")
         if not texts:
             return []
         encodings = self.tokenizer.encode_batch(texts, truncation)
