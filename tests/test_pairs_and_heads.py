@@ -3,6 +3,7 @@ transformers / sentence-transformers on tiny random checkpoints (FP32), Python A
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -285,3 +286,34 @@ def test_http_routes(dirs):
         np.testing.assert_allclose([d["probability"] for d in many["data"]], nsp.next_sentence(PAIRS), atol=1e-6)
         single = client.post("/v1/next_sentence", json={"input": ["just one text"]})
         assert single.status_code == 400 and "reads sentence pairs" in single.json()["error"]["message"]
+
+
+def _cli(capsys, *args) -> tuple[int, list[dict], str]:
+    """bertrt's CLI in this process (main(argv)): (exit code, JSON lines out, stderr)."""
+    from bertrt.cli import main
+
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, [json.loads(line) for line in out.splitlines() if line.startswith("{")], err
+
+
+def test_cli_rerank_fill_mask_and_pairs(dirs, tmp_path, capsys):
+    code, ranked, _ = _cli(capsys, "rerank", "--model", str(dirs["cross"]), "--dtype", "float32", QUERY, *DOCUMENTS)
+    expected = _load(dirs["cross"]).rerank(QUERY, DOCUMENTS)
+    assert code == 0 and [r["index"] for r in ranked] == [r["index"] for r in expected]
+    assert ranked[0]["document"] == DOCUMENTS[ranked[0]["index"]]
+    pairs_file = tmp_path / "pairs.jsonl"
+    pairs_file.write_text("".join(json.dumps({"text": a, "hypothesis": b}) + "\n" for a, b in PAIRS))
+    _, classified, _ = _cli(capsys, "classify", "--model", str(dirs["nli"]), "--dtype", "float32", "--file",
+                            str(pairs_file), "--pair-column", "hypothesis")
+    want = _load(dirs["nli"]).classify(PAIRS)
+    assert [(c["text"], c["text_pair"], c["label"]) for c in classified] == [(a, b, w["label"])
+                                                                            for (a, b), w in zip(PAIRS, want)]
+    _, one, _ = _cli(capsys, "classify", "--model", str(dirs["nli"]), "--dtype", "float32", PAIRS[0][0],
+                     "--pair", PAIRS[0][1])
+    assert one[0]["label"] == want[0]["label"] and one[0]["text_pair"] == PAIRS[0][1]
+    _, filled, _ = _cli(capsys, "fill-mask", "--model", str(dirs["mlm"]), "--top-k", "2", "the [MASK] is red")
+    assert [p["token"] for p in filled[0]["predictions"]] == [
+        p["token"] for p in _load(dirs["mlm"]).fill_mask("the [MASK] is red", top_k=2)]
+    code, _, err = _cli(capsys, "fill-mask", "--model", str(dirs["mlm"]), "no mask at all")
+    assert code == 2 and "has no mask token" in err
