@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from bertrt.train.data import DataError
 from bertrt.train.finetune import FinetuneConfig, finetune
 from bertrt.train.loop import TrainConfig, TrainingInterrupted
