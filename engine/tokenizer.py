@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tokenizers import Encoding, Tokenizer
 
-from .errors import InputError, ModelLoadError
+from .errors import BertrtError, InputError, ModelLoadError
 
 TRUNCATION_MODES = ("truncate", "error")
 # for sentence pairs: "truncate" is longest_first (the tokenizers/transformers default)
@@ -19,6 +19,26 @@ MASK_TOKENS = ("[MASK]", "<mask>")
 # Truncation settings come from callers (a server's QA requests choose max_length and stride), so the
 # configured copies are kept in a small LRU rather than one per setting ever seen.
 MAX_TRUNCATING_COPIES = 8
+
+
+def _is_panic(exc: BaseException) -> bool:
+    # A Rust panic inside ``tokenizers`` surfaces as pyo3's PanicException, a BaseException that
+    # ``except Exception`` misses; KeyboardInterrupt and SystemExit must still pass through.
+    return type(exc).__name__ == "PanicException"
+
+
+def guarded(error: type[Exception], what: str, call, *args, **kwargs):
+    """``call(*args, **kwargs)`` with every failure of the tokenizer (exceptions and Rust panics)
+    turned into ``error`` naming ``what``; bertrt's own errors pass through."""
+    try:
+        return call(*args, **kwargs)
+    except BertrtError:
+        raise
+    except BaseException as exc:
+        if not isinstance(exc, Exception) and not _is_panic(exc):
+            raise
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise error(f"{what}: {first_line}") from None
 
 
 def check_texts(texts, what: str = "texts") -> list[str]:
@@ -83,8 +103,8 @@ class BertTokenizer:
         with self._lock:
             tok = self._truncating.get(key)
             if tok is None:
-                tok = Tokenizer.from_str(self._tok.to_str())
-                tok.enable_truncation(max_length, stride=stride, strategy=strategy)
+                tok = guarded(InputError, f"truncation to {max_length} tokens with stride {stride}",
+                              self._configured_copy, max_length, stride, strategy)
                 self._truncating[key] = tok
                 while len(self._truncating) > MAX_TRUNCATING_COPIES:
                     self._truncating.popitem(last=False)
@@ -92,31 +112,45 @@ class BertTokenizer:
                 self._truncating.move_to_end(key)
         return tok
 
+    def _configured_copy(self, max_length: int, stride: int, strategy: str) -> Tokenizer:
+        tok = Tokenizer.from_str(self._tok.to_str())
+        tok.enable_truncation(max_length, stride=stride, strategy=strategy)
+        return tok
+
     @classmethod
     def from_dir(cls, model_dir: Path, max_length: int) -> BertTokenizer:
         model_dir = Path(model_dir)
         if (model_dir / "tokenizer.json").exists():
-            try:
-                tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-            except Exception as exc:
-                raise ModelLoadError(f"{model_dir / 'tokenizer.json'}: cannot load tokenizer: {exc}") from exc
+            tok = guarded(ModelLoadError, f"{model_dir / 'tokenizer.json'}: cannot load tokenizer",
+                          Tokenizer.from_file, str(model_dir / "tokenizer.json"))
             return cls(tok, max_length)
         vocab = model_dir / "vocab.txt"
         if not vocab.exists():
             raise ModelLoadError(f"{model_dir}: missing tokenizer (looked for tokenizer.json and vocab.txt)")
         lowercase = True
-        config = model_dir / "tokenizer_config.json"
-        if config.exists():
-            lowercase = bool(json.loads(config.read_text()).get("do_lower_case", True))
+        config_file = model_dir / "tokenizer_config.json"
+        if config_file.exists():
+            config = guarded(ModelLoadError, f"{config_file}: cannot read", lambda: json.loads(config_file.read_text()))
+            if not isinstance(config, dict):
+                raise ModelLoadError(f"{config_file}: must be a JSON object, got {type(config).__name__}")
+            lowercase = config.get("do_lower_case", True)
+            if not isinstance(lowercase, bool):
+                raise ModelLoadError(f"{config_file}: do_lower_case must be true or false, got {lowercase!r}")
         from tokenizers.implementations import BertWordPieceTokenizer
 
-        wordpiece = BertWordPieceTokenizer(str(vocab), lowercase=lowercase)
+        wordpiece = guarded(ModelLoadError, f"{vocab}: cannot load the WordPiece vocabulary", BertWordPieceTokenizer,
+                            str(vocab), lowercase=lowercase)
         return cls(wordpiece._tokenizer, max_length)
 
     @property
     def mask_token(self) -> str | None:
         """The mask token of the vocabulary ([MASK] for BERT, <mask> for RoBERTa), or None."""
         return next((t for t in MASK_TOKENS if self._tok.token_to_id(t) is not None), None)
+
+    @property
+    def vocab_size(self) -> int:
+        """Ids the tokenizer can produce (added tokens included): 0 .. vocab_size - 1."""
+        return self._tok.get_vocab_size(with_added_tokens=True)
 
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
@@ -125,11 +159,15 @@ class BertTokenizer:
         return self._tok.id_to_token(token_id)
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
-        return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
+        return guarded(InputError, "cannot decode the token ids", self._tok.decode, ids,
+                       skip_special_tokens=skip_special_tokens)
 
     def encode_raw(self, texts: list[str], add_special_tokens: bool = True) -> list[Encoding]:
         """Untruncated encodings, with or without the special tokens (TEI's /tokenize)."""
-        return self._tok.encode_batch(texts, add_special_tokens=add_special_tokens) if texts else []
+        if not texts:
+            return []
+        return guarded(InputError, "cannot tokenize", self._tok.encode_batch, texts,
+                       add_special_tokens=add_special_tokens)
 
     def join_tokens(self, tokens: list[str]) -> str:
         """Text of a run of tokens, as the tokenizer's decoder writes it (WordPiece merges '##')."""
@@ -141,7 +179,7 @@ class BertTokenizer:
         if truncation not in TRUNCATION_MODES:
             raise InputError(f"truncation must be one of {TRUNCATION_MODES}, got {truncation!r}")
         limit = max_length or self.max_length
-        encodings = self._tok.encode_batch(texts) if texts else []
+        encodings = guarded(InputError, "cannot tokenize", self._tok.encode_batch, texts) if texts else []
         long_ones = [i for i, e in enumerate(encodings) if len(e.ids) > limit]
         if long_ones and truncation == "error":
             i = long_ones[0]
@@ -151,7 +189,9 @@ class BertTokenizer:
             )
         if long_ones:
             # Re-encode only the long texts with truncation so special tokens stay in place.
-            redone = self._truncating_copy(limit).encode_batch([texts[i] for i in long_ones])
+            truncating = self._truncating_copy(limit)
+            redone = guarded(InputError, f"cannot truncate to {limit} tokens", truncating.encode_batch,
+                             [texts[i] for i in long_ones])
             for i, enc in zip(long_ones, redone):
                 encodings[i] = enc
         return encodings
@@ -196,10 +236,17 @@ class BertTokenizer:
         return windows
 
     def encode_pairs_with_stride(self, question: str, context: str, max_length: int, stride: int) -> list[Encoding]:
-        """(question, context) windows over a long context: the first window plus its overflow windows."""
-        try:
-            first = self._truncating_copy(max_length, stride, "only_second").encode(question, context)
-        except Exception as exc:
-            raise InputError(f"cannot fit question and context into {max_length} tokens: {exc}") from exc
+        """(question, context) windows over a long context: the first window plus its overflow windows.
+
+        Each window holds the question, the special tokens and ``max_length - question - specials``
+        context tokens, consecutive windows overlapping by ``stride``; that room must exceed ``stride``."""
+        what = f"cannot fit question and context into {max_length} tokens"
+        question_tokens = len(guarded(InputError, what, self._tok.encode, question, add_special_tokens=False).ids)
+        room = max_length - question_tokens - self._tok.num_special_tokens_to_add(True)
+        if room <= stride:
+            raise InputError(f"{what} with doc_stride {stride}: the question takes {question_tokens} tokens, leaving "
+                             f"{max(room, 0)} for the context, which must be more than doc_stride")
+        first = guarded(InputError, what, self._truncating_copy(max_length, stride, "only_second").encode,
+                        question, context)
         return [first, *first.overflowing]
 

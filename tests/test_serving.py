@@ -316,7 +316,7 @@ def test_500_concurrent_mixed_requests_all_answered_correctly(classify_dir, work
             np.testing.assert_allclose(got, expected_embed[rows], atol=1e-5)
     assert max(engine.runner.batches) > 1, "concurrent requests should have been batched"
     assert engine.runner.most_running == workers
-    assert 'bertrt_requests_total{code="200",endpoint="/v1/embeddings"}' in metrics
+    assert 'bertrt_requests_total{code="200",endpoint="/v1/embeddings",model="test-model"}' in metrics
     assert "bertrt_batch_size_bucket" in metrics and "bertrt_queue_depth" in metrics
 
 
@@ -347,7 +347,7 @@ def test_overload_answers_503_with_retry_after_then_recovers(classify_dir):
         too_big = httpx.post(f"{server.url}/v1/embeddings", json={"input": ["a"] * 5}, timeout=30)
         assert too_big.status_code == 413 and "queue holds (4)" in too_big.json()["error"]["message"]
         metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
-        assert 'bertrt_rejected_total{reason="queue_full"}' in metrics
+        assert 'bertrt_rejected_total{model="test-model",reason="queue_full"}' in metrics
 
 
 def test_request_timeout_answers_504(classify_dir):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ModelLoadError
+from .validate import read_json, validate_config
 
 # architectures[0] in config.json -> the task head bertrt builds
 ARCHITECTURE_TASKS = {
@@ -64,6 +64,7 @@ class EncoderConfig:
 
     @classmethod
     def from_dict(cls, raw: dict, source: str = "config") -> EncoderConfig:
+        raw = validate_config(raw, source)  # types and ranges first: nothing below sees an unchecked value
         architectures = raw.get("architectures") or ["BertModel"]
         architecture = architectures[0]
         if architecture not in ARCHITECTURE_TASKS:
@@ -109,10 +110,4 @@ class EncoderConfig:
 
     @classmethod
     def from_file(cls, path: Path) -> EncoderConfig:
-        try:
-            raw = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ModelLoadError(f"missing config.json: {path}") from None
-        except json.JSONDecodeError as exc:
-            raise ModelLoadError(f"{path} is not valid JSON: {exc}") from None
-        return cls.from_dict(raw, source=str(path))
+        return cls.from_dict(read_json(Path(path)), source=str(path))

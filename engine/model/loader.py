@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +12,14 @@ from ..tokenizer import BertTokenizer
 from .bert import BertModel
 from .config import EncoderConfig
 from .heads import PoolingConfig
+from .validate import (
+    POOLING_CONFIG,
+    SENTENCE_BERT_CONFIG,
+    check_modules_list,
+    check_object,
+    check_tokenizer_fits,
+    read_json,
+)
 from .weights import checked_state_dict, read_state_dict
 
 
@@ -36,16 +43,17 @@ def default_model_dir() -> Path:
 def read_pooling(model_dir: Path) -> tuple[PoolingConfig, int | None]:
     """sentence-transformers pooling and max_seq_length, from modules.json; mean pooling if absent."""
     modules_file = model_dir / "modules.json"
-    if not modules_file.exists():
+    modules = read_json(modules_file, missing_ok=True)
+    if modules is None:
         return PoolingConfig(), None
-    modules = json.loads(modules_file.read_text())
     mode, normalize = "mean", False
-    for module in modules:
+    for module in check_modules_list(modules, str(modules_file)):
         kind = module.get("type", "")
         if kind.endswith("Pooling"):
             cfg_file = model_dir / module.get("path", "") / "config.json"
-            if cfg_file.exists():
-                cfg = json.loads(cfg_file.read_text())
+            cfg = read_json(cfg_file, missing_ok=True)
+            if cfg is not None:
+                check_object(cfg, POOLING_CONFIG, str(cfg_file))
                 chosen = [m for m in ("cls", "mean", "max") if cfg.get(f"pooling_mode_{m}_token" if m != "mean" else
                                                                         "pooling_mode_mean_tokens")]
                 if len(chosen) > 1:
@@ -55,9 +63,10 @@ def read_pooling(model_dir: Path) -> tuple[PoolingConfig, int | None]:
         elif kind.endswith("Normalize"):
             normalize = True
     max_seq_length = None
-    st_config = model_dir / "sentence_bert_config.json"
-    if st_config.exists():
-        max_seq_length = json.loads(st_config.read_text()).get("max_seq_length")
+    st_config_file = model_dir / "sentence_bert_config.json"
+    st_config = read_json(st_config_file, missing_ok=True)
+    if st_config is not None:
+        max_seq_length = check_object(st_config, SENTENCE_BERT_CONFIG, str(st_config_file)).get("max_seq_length")
     return PoolingConfig(mode=mode, normalize=normalize), max_seq_length
 
 
@@ -72,6 +81,7 @@ def load_checkpoint(path: str | Path | None = None, dtype: torch.dtype = torch.f
     state = checked_state_dict(read_state_dict(model_dir), config, str(model_dir))
     max_length = min(config.max_position_embeddings, st_max_length or config.max_position_embeddings)
     tokenizer = BertTokenizer.from_dir(model_dir, max_length)
+    check_tokenizer_fits(tokenizer.vocab_size, config.vocab_size, str(model_dir))
     model = BertModel(config, pooling)
     model.load_hf_state(state)
     mlm = getattr(model.head, "mlm", None)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -11,6 +10,7 @@ import torch
 from ..errors import ModelLoadError
 from .config import EncoderConfig
 from .lm_heads import weight_shapes as lm_head_shapes
+from .validate import check_shard_index, check_state_dict, check_tensors, read_json, read_torch_file
 
 # Prefixes a BERT checkpoint may put in front of the encoder's own names
 _ENCODER_PREFIXES = ("bert.", "model.", "")
@@ -30,14 +30,13 @@ def read_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
         if index.exists():
             from safetensors.torch import load_file
 
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            shards = check_shard_index(read_json(index), str(index))
             state: dict[str, torch.Tensor] = {}
             for shard in shards:
                 state.update(load_file(str(model_dir / shard)))
             return state
         if legacy.exists():
-            # weights_only=True: never unpickle arbitrary objects from a checkpoint
-            return torch.load(str(legacy), map_location="cpu", weights_only=True)
+            return check_state_dict(read_torch_file(legacy, "weights"), str(legacy))
     except ModelLoadError:
         raise
     except Exception as exc:
@@ -102,17 +101,7 @@ def checked_state_dict(raw: dict[str, torch.Tensor], config: EncoderConfig, sour
     """Rename to our names and check presence and shape of every tensor the model needs."""
     state = {_canonical(k): v for k, v in raw.items()}
     expected = expected_shapes(config)
-    missing = [k for k in expected if k not in state]
-    if missing:
-        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
-        raise ModelLoadError(f"{source}: missing weights {missing[:5]}{more}")
-    for name, shape in expected.items():
-        if tuple(state[name].shape) != shape:
-            raise ModelLoadError(
-                f"{source}: weight {name} has shape {tuple(state[name].shape)}, config.json implies {shape}"
-            )
-        if not state[name].is_floating_point():
-            raise ModelLoadError(f"{source}: weight {name} has non-float dtype {state[name].dtype}")
+    check_tensors(state, expected, source)
     optional = {k: shape for k, shape in lm_head_shapes(config)[1].items() if k in state}
     for name, shape in optional.items():
         if tuple(state[name].shape) != shape:

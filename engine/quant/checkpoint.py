@@ -13,6 +13,7 @@ naming it. ``is_quantized_dir(dir)`` is how ``bertrt.load`` can tell such a dire
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from ..errors import BertrtError, ModelLoadError
 from ..model.bert import BertModel
 from ..model.config import EncoderConfig
 from ..model.loader import Checkpoint, read_pooling
+from ..model.validate import check_file_holds, check_quantization, check_tokenizer_fits, read_json
 from ..tokenizer import BertTokenizer
 from .api import FORMAT_VERSION, restore_structure
 
@@ -68,18 +70,27 @@ def save_quantized(model: BertModel, out_dir: str | Path, source_dir: str | Path
 
 def read_metadata(model_dir: Path) -> dict:
     path = Path(model_dir) / METADATA
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ModelLoadError(f"{model_dir} is not a bertrt quantized checkpoint (no {METADATA})") from None
-    except json.JSONDecodeError as exc:
-        raise ModelLoadError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(meta, dict) or "config" not in meta:
+    meta = read_json(path, missing_ok=True)
+    if meta is None:
+        raise ModelLoadError(f"{model_dir} is not a bertrt quantized checkpoint (no {METADATA})")
+    if isinstance(meta, dict) and "config" not in meta:
         raise ModelLoadError(f"{path} has no 'config' entry")
+    check_quantization(meta, str(path))
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise ModelLoadError(f"{path}: format_version {version!r}; this bertrt reads {FORMAT_VERSION}")
     return meta
+
+
+def _stored_values(weights: Path) -> int:
+    """Number of values in a safetensors file, from its header (no tensor is read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            return sum(math.prod(handle.get_slice(name).get_shape()) for name in handle.keys())
+    except Exception as exc:
+        raise ModelLoadError(f"{weights}: cannot read: {exc}") from exc
 
 
 def load_quantized(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
@@ -92,14 +103,16 @@ def load_quantized(path: str | Path, device: str | torch.device = "cpu") -> Chec
     meta = read_metadata(model_dir)
     config = EncoderConfig.from_file(model_dir / "config.json")
     pooling, st_max_length = read_pooling(model_dir)
-    model = BertModel(config, pooling)
-    try:
-        restore_structure(model, meta)
-    except (BertrtError, KeyError, TypeError) as exc:
-        raise ModelLoadError(f"{model_dir / METADATA}: {exc}") from exc
     weights = model_dir / WEIGHTS
     if not weights.is_file():
         raise ModelLoadError(f"{model_dir}: missing {WEIGHTS}")
+    # The model is built from config.json before its tensors are read: the file must hold that many values
+    check_file_holds(vars(config), _stored_values(weights), str(weights))
+    model = BertModel(config, pooling)
+    try:
+        restore_structure(model, meta)
+    except (BertrtError, KeyError, TypeError, ValueError) as exc:
+        raise ModelLoadError(f"{model_dir / METADATA}: {exc}") from exc
     try:
         state = load_file(str(weights))
     except Exception as exc:
@@ -120,6 +133,8 @@ def load_quantized(path: str | Path, device: str | torch.device = "cpu") -> Chec
     for name, info in meta.get("modules", {}).items():
         for tensor in info.get("tensors", []):
             key = f"{name}.{tensor}"
+            if key not in state:
+                raise ModelLoadError(f"{model_dir / METADATA} names tensor {key}, which {weights} does not hold")
             if tensor.startswith(("weight_scale", "input_scale")) and not bool(torch.all(state[key] > 0)):
                 raise ModelLoadError(f"{weights}: scale tensor {key} has non-positive values")
     model.load_state_dict(state, strict=True)
@@ -127,4 +142,5 @@ def load_quantized(path: str | Path, device: str | torch.device = "cpu") -> Chec
     model.requires_grad_(False)
     max_length = min(config.max_position_embeddings, st_max_length or config.max_position_embeddings)
     tokenizer = BertTokenizer.from_dir(model_dir, max_length)
+    check_tokenizer_fits(tokenizer.vocab_size, config.vocab_size, str(model_dir))
     return Checkpoint(model_dir=model_dir, config=config, model=model, tokenizer=tokenizer)

@@ -15,13 +15,13 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .config import ServeConfig
+from .models import ModelSet
 from .protocol import ApiError, dumps
 from .routes_tasks import router as tasks_router
 from .routes_tei import TeiError, tei_error_body
 from .routes_tei import router as tei_router
 from .routes_v1 import router as v1_router
 from .routes_v2 import router as v2_router
-from .state import ServerState
 
 log = logging.getLogger("bertrt.serving")
 
@@ -66,7 +66,7 @@ def error_response(
 class Gate:
     """Pure ASGI middleware (no per-request task or body copy, unlike BaseHTTPMiddleware)."""
 
-    def __init__(self, app, state: ServerState):
+    def __init__(self, app, state):
         self.app = app
         self.state = state
 
@@ -147,31 +147,38 @@ def _authorized(headers: dict[bytes, bytes], key: str) -> bool:
 
 
 def create_app(engine, config: ServeConfig | None = None) -> FastAPI:
-    """An ASGI app serving ``engine``; the batcher starts and drains with the app's lifespan."""
-    state = ServerState(engine, config or ServeConfig())
+    """An ASGI app serving ``engine`` (an Engine, or a ModelSet of several); the batchers start and
+    drain with the app's lifespan."""
+    config = config or ServeConfig()
+    models = engine if isinstance(engine, ModelSet) else ModelSet(config)
+    if not isinstance(engine, ModelSet):
+        models.add(config.model_name, engine)
+    state = models.states[models.default]  # the default model; its config holds the server-wide limits
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        await state.start()
+        await models.start()
         grpc = None
         if state.config.grpc_port is not None:
             from . import grpc_server  # grpcio + tritonclient[grpc]: only when gRPC is asked for
 
-            grpc, app.state.grpc_port = await grpc_server.start(state, state.config.grpc_host, state.config.grpc_port)
-        log.info(
-            "ready", extra={"fields": {"model": state.model_name, "tasks": list(state.tasks), "engine": repr(engine)}}
-        )
+            grpc, app.state.grpc_port = await grpc_server.start(models, state.config.grpc_host,
+                                                                 state.config.grpc_port)
+        for name, each in models.states.items():
+            log.info("ready", extra={"fields": {"model": name, "tasks": list(each.tasks), "engine": repr(each.engine)}})
         try:
             yield
         finally:
-            log.info("draining", extra={"fields": {"queued": state.batcher.depth}})
+            log.info("draining", extra={"fields": {"queued": sum(s.batcher.depth for s in models.states.values())}})
             if grpc is not None:
                 await grpc.stop(grace=state.config.timeout_s)
-            await state.stop()
+            models.drain()
+            await models.stop()
             log.info("stopped", extra={"fields": {}})
 
     app = FastAPI(title="bertrt", version=_version(), lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.bertrt = state
+    app.state.models = models
     app.include_router(v2_router)
     app.include_router(v1_router)
     app.include_router(tei_router)

@@ -123,6 +123,10 @@ class DynamicBatcher:
         return len(self._queue)
 
     @property
+    def queued_tokens(self) -> int:
+        return sum(len(item.ids) for item in self._queue)
+
+    @property
     def closing(self) -> bool:
         return self._closing
 

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import models as models_mod
 from .config import ServeConfig
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
@@ -65,7 +66,7 @@ def build_server(
 
     class DrainingServer(uvicorn.Server):
         def handle_exit(self, sig, frame):
-            app.state.bertrt.draining = True
+            app.state.models.drain()
             super().handle_exit(sig, frame)
 
     config = uvicorn.Config(
@@ -95,7 +96,12 @@ def cmd_serve(args) -> int:
 
     from .app import create_app
 
-    api_key = args.api_key if args.api_key is not None else os.environ.get("BERTRT_API_KEY") or None
+    api_key = args.api_key if args.api_key is not None else os.environ.get("BERTRT_API_KEY")
+    if api_key is not None and not api_key.strip():
+        source = "--api-key" if args.api_key is not None else "$BERTRT_API_KEY"
+        print(f"bertrt serve: error: {source} is empty or whitespace, which would turn authentication off; "
+              "give a real key, or leave it unset to serve without one", file=sys.stderr)
+        return 2
     config = ServeConfig(
         model_name=args.model_name or model_name_for(args.model_dir),
         max_batch_tokens=args.max_batch_tokens,
@@ -111,24 +117,34 @@ def cmd_serve(args) -> int:
         grpc_host=args.host,
         otel=args.otel,
     )
-    engine = bertrt.load(
-        args.model_dir,
-        task=args.task,
-        device=args.device,
-        backend=args.backend,
-        dtype=args.dtype,
-        kernels=args.kernels,
-        max_length=args.max_length,
-        batch_invariant=args.batch_invariant,
-    )
-    if args.default_prompt_name:
-        engine.set_default_prompt(args.default_prompt_name)
-    if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+    load_options = dict(task=args.task, device=args.device, backend=args.backend, dtype=args.dtype,
+                        kernels=args.kernels, max_length=args.max_length, batch_invariant=args.batch_invariant)
+    if args.model_repository:
+        if args.model_dir or args.model:
+            raise SystemExit("bertrt serve: give --model-repository or models (positional / --model), not both")
+        served = models_mod.from_repository(args.model_repository, config,
+                                            {k: v for k, v in load_options.items() if v not in (None, False)})
+    elif args.model:
+        served = models_mod.ModelSet(config)
+        for spec in args.model:
+            name, sep, path = spec.partition("=")
+            if not sep or not name or not path:
+                raise SystemExit(f"bertrt serve: --model takes NAME=DIR, got {spec!r}")
+            engine, batch = models_mod.load_model(Path(path), {k: v for k, v in load_options.items()
+                                                             if v not in (None, False)})
+            served.add(name, engine, batch)
+    else:
+        served = bertrt.load(args.model_dir, **load_options)
+    for engine in ([served] if not isinstance(served, models_mod.ModelSet) else
+                   [s.engine for s in served.states.values()]):
+        if args.default_prompt_name:
+            engine.set_default_prompt(args.default_prompt_name)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         logging.getLogger("bertrt.serving").warning(
             "listening on %s without an API key", args.host, extra={"fields": {"host": args.host}}
         )
     server = build_server(
-        create_app(engine, config), args.host, args.port, log_level="warning", graceful_timeout=args.timeout
+        create_app(served, config), args.host, args.port, log_level="warning", graceful_timeout=args.timeout
     )
     logging.getLogger("bertrt.serving").info(
         "listening", extra={"fields": {"url": f"http://{args.host}:{args.port}", "model": config.model_name}}
@@ -144,6 +160,10 @@ def register(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("model_dir", nargs="?", default=None, help="checkpoint directory (default: bundled MiniLM)")
+    p.add_argument("--model", action="append", default=[], metavar="NAME=DIR",
+                   help="serve this model under NAME (repeat for several; each its own batcher and queue)")
+    p.add_argument("--model-repository", default=None, metavar="DIR",
+                   help="serve every sub-directory of DIR (Triton-style; optional bertrt.json per model)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 exposes it)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument(

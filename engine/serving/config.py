@@ -42,3 +42,6 @@ class ServeConfig:
             raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
         if self.timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+        if self.api_key is not None and not self.api_key.strip():
+            # fail closed: an empty key (think --api-key "$UNSET_VAR") must not silently turn authentication off
+            raise ValueError("the API key is empty or whitespace; give a real key, or none to serve without one")

@@ -19,6 +19,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from .. import __version__
+from .models import ModelSet
 from .protocol import NUMPY_DTYPES, ApiError, V2Request, V2Tensor, decode_texts
 from .routes_v2 import input_specs, output_specs, run_infer
 from .state import ServerState
@@ -124,10 +125,15 @@ def _spec_messages(specs, message):
 
 
 class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
-    """Health, metadata and infer for the one model this server holds."""
+    """Health, metadata, infer and the repository extension for the server's models."""
 
-    def __init__(self, state: ServerState):
-        self.state = state
+    def __init__(self, models: ModelSet):
+        self.models = models
+
+    @property
+    def state(self) -> ServerState:
+        """The default model: its config holds the server-wide key and limits, its metrics the calls."""
+        return self.models.states[self.models.default]
 
     async def _guard(self, context, method: str, work):
         """API key, draining, metrics and ApiError -> gRPC status, around ``work()``."""
@@ -156,15 +162,14 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
             state.metrics.observe_request(f"grpc:{method}", code, time.perf_counter() - start)
 
     def _model(self, name: str) -> ServerState:
-        if name != self.state.model_name:
-            raise ApiError(404, f"unknown model {name!r}; this server serves {self.state.model_name!r}")
-        return self.state
+        return self.models.named(name)
 
     async def ServerLive(self, request, context):
         return service_pb2.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request, context):
-        return service_pb2.ServerReadyResponse(ready=self.state.ready and not self.state.draining)
+        ready = self.models.started and all(s.ready and not s.draining for s in self.models.states.values())
+        return service_pb2.ServerReadyResponse(ready=ready)
 
     async def ModelReady(self, request, context):
         async def work():
@@ -199,6 +204,30 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         return await self._guard(context, "ModelInfer", work)
 
 
+    async def RepositoryIndex(self, request, context):
+        async def work():
+            message = service_pb2.RepositoryIndexResponse
+            return message(models=[message.ModelIndex(name=e["name"], version=e["version"], state=e["state"],
+                                                      reason=e.get("reason", ""))
+                                   for e in self.models.index() if not request.ready or e["state"] == "READY"])
+
+        return await self._guard(context, "RepositoryIndex", work)
+
+    async def RepositoryModelLoad(self, request, context):
+        async def work():
+            await self.models.load(request.model_name)
+            return service_pb2.RepositoryModelLoadResponse()
+
+        return await self._guard(context, "RepositoryModelLoad", work)
+
+    async def RepositoryModelUnload(self, request, context):
+        async def work():
+            await self.models.unload(request.model_name)
+            return service_pb2.RepositoryModelUnloadResponse()
+
+        return await self._guard(context, "RepositoryModelUnload", work)
+
+
 def _authorized(context, key: str) -> bool:
     metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ())}
     given = metadata.get("x-api-key")
@@ -208,11 +237,12 @@ def _authorized(context, key: str) -> bool:
     return hmac.compare_digest(given.encode(), key.encode())
 
 
-async def start(state: ServerState, host: str, port: int) -> tuple[grpc.aio.Server, int]:
-    """(a started grpc.aio server on host:port for ``state``, the port it bound; port 0 takes a free one)."""
+async def start(models: ModelSet, host: str, port: int) -> tuple[grpc.aio.Server, int]:
+    """(a started grpc.aio server on host:port for ``models``, the port it bound; port 0 takes a free one)."""
+    state = models.states[models.default]
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", state.config.max_body_bytes),
                                       ("grpc.max_send_message_length", 64 * 1024 * 1024)])
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(state), server)
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(models), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
     log.info("grpc ready", extra={"fields": {"port": bound}})

@@ -23,7 +23,7 @@ from .state import ServerState, read_body
 router = APIRouter()
 
 # ApiError status -> (TEI status, TEI error_type)
-KINDS = {400: (413, "validation"), 404: (424, "backend"), 413: (413, "validation"), 422: (422, "tokenizer"),
+KINDS = {400: (413, "validation"), 404: (404, "validation"), 413: (413, "validation"), 422: (422, "tokenizer"),
          503: (429, "overloaded"), 504: (424, "backend")}
 DIRECTIONS = ("right", "left")
 
@@ -45,9 +45,17 @@ def _json(obj) -> Response:
 
 
 async def _request(request: Request) -> tuple[ServerState, dict]:
-    state: ServerState = request.app.state.bertrt
+    """(the model named by the body's "model" field, a bertrt extension of TEI's API, or the default)."""
     try:
-        return state, loads_object(await read_body(request, state.config.max_body_bytes))
+        obj = loads_object(await read_body(request, request.app.state.bertrt.config.max_body_bytes))
+        return request.app.state.models.get(obj.get("model")), obj
+    except ApiError as exc:
+        raise _tei(exc) from None
+
+
+def _query_model(request: Request) -> ServerState:
+    try:
+        return request.app.state.models.get(request.query_params.get("model"))
     except ApiError as exc:
         raise _tei(exc) from None
 
@@ -235,7 +243,7 @@ async def decode(request: Request) -> Response:
 
 @router.get("/info")
 async def info(request: Request) -> Response:
-    state: ServerState = request.app.state.bertrt
+    state = _query_model(request)
     engine, config = state.engine, state.engine.config
     if engine.task == "classify":
         model_type = {"classifier": {"id2label": {str(k): v for k, v in config.id2label.items()},
@@ -254,7 +262,7 @@ async def info(request: Request) -> Response:
 
 @router.get("/health")
 async def health(request: Request) -> Response:
-    state: ServerState = request.app.state.bertrt
+    state = _query_model(request)
     if not state.ready or state.draining:
         raise TeiError(503, "model is not ready", "unhealthy")
     return Response(b"", status_code=200)

@@ -34,8 +34,10 @@ def _json(obj) -> Response:
 
 
 async def _request(request: Request) -> tuple[ServerState, dict]:
-    state: ServerState = request.app.state.bertrt
-    return state, loads_object(await read_body(request, state.config.max_body_bytes))
+    """(the model the body's "model" field names, or the default one; the body)."""
+    limit = request.app.state.bertrt.config.max_body_bytes
+    obj = loads_object(await read_body(request, limit))
+    return request.app.state.models.get(obj.get("model")), obj
 
 
 def _usage(ids) -> dict:
@@ -45,21 +47,10 @@ def _usage(ids) -> dict:
 
 @router.get("/models")
 async def models(request: Request) -> Response:
-    state: ServerState = request.app.state.bertrt
-    return _json(
-        {
-            "object": "list",
-            "data": [
-                {
-                    "id": state.model_name,
-                    "object": "model",
-                    "created": _STARTED,
-                    "owned_by": "bertrt",
-                    "tasks": list(state.tasks),
-                }
-            ],
-        }
-    )
+    states = request.app.state.models.states.values()
+    return _json({"object": "list", "data": [
+        {"id": state.model_name, "object": "model", "created": _STARTED, "owned_by": "bertrt",
+         "tasks": list(state.tasks)} for state in states]})
 
 
 @router.post("/embeddings")

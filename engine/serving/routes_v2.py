@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from .. import tasks
-from .protocol import ApiError, V2Request, dumps, encode_v2_response, parse_v2_infer
+from .protocol import ApiError, V2Request, dumps, encode_v2_response, loads_object, parse_v2_infer
 from .state import ServerState, read_body
 
 router = APIRouter(prefix="/v2")
@@ -32,10 +32,7 @@ def _json(obj, status: int = 200) -> Response:
 
 
 def _model(request: Request, name: str) -> ServerState:
-    state = _state(request)
-    if name != state.model_name:
-        raise ApiError(404, f"unknown model {name!r}; this server serves {state.model_name!r}")
-    return state
+    return request.app.state.models.named(name)
 
 
 def output_specs(state: ServerState) -> list[dict]:
@@ -66,9 +63,33 @@ async def live() -> Response:
 
 @router.get("/health/ready")
 async def ready(request: Request) -> Response:
-    state = _state(request)
-    ok = state.ready and not state.draining
+    models = request.app.state.models
+    ok = models.started and all(s.ready and not s.draining for s in models.states.values())
     return _json({"ready": ok}, 200 if ok else 503)
+
+
+# -- repository extension (Triton's, which tritonclient speaks) ---------------------------------------
+
+
+@router.post("/repository/index")
+async def repository_index(request: Request) -> Response:
+    """{"ready": bool} -> [{"name", "version", "state", "reason"?}] of loaded and repository models."""
+    body = await read_body(request, _state(request).config.max_body_bytes)
+    ready = bool(loads_object(body).get("ready", False)) if body else False
+    entries = request.app.state.models.index()
+    return _json([e for e in entries if not ready or e["state"] == "READY"])
+
+
+@router.post("/repository/models/{name}/load")
+async def repository_load(request: Request, name: str) -> Response:
+    await request.app.state.models.load(name)
+    return _json({})
+
+
+@router.post("/repository/models/{name}/unload")
+async def repository_unload(request: Request, name: str) -> Response:
+    await request.app.state.models.unload(name)
+    return _json({})
 
 
 @router.get("")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -53,19 +54,26 @@ def _why_not_shared(engine) -> str | None:
 
 
 class ServerState:
-    def __init__(self, engine, config: ServeConfig):
+    """One served model: its engine, batcher, queue, tokenizer thread and metrics. ``compute``: a
+    semaphore shared by the models of one server, so that their batches take turns on the cores
+    instead of oversubscribing them (docs/serving.md, "Many models")."""
+
+    def __init__(self, engine, config: ServeConfig, compute: threading.Semaphore | None = None,
+                 metrics: ServerMetrics | None = None):
         self.engine = engine
         self.config = config
-        self.metrics = ServerMetrics()
+        self.metrics = metrics or ServerMetrics(model=config.model_name)
         self.workers, self._cores = batch_workers(engine, config.workers)
+        run = self._run if self.workers > 1 else engine.run_encodings
+        self._compute = compute
         self.batcher = DynamicBatcher(
-            self._run if self.workers > 1 else engine.run_encodings,
+            self._take_turns(run) if compute is not None else run,
             config.max_batch_tokens,
             config.max_batch_size,
             config.max_wait_ms,
             config.max_queue,
             on_batch=self.metrics.observe_batch,
-            on_queue_depth=self.metrics.queue_depth.set,
+            on_queue_depth=self._observe_queue,
             workers=self.workers,
         )
         # Small requests are tokenized inline on the event loop (tens of microseconds; a thread hop
@@ -77,6 +85,17 @@ class ServerState:
         self.ready = False
         self.draining = False
         self.tasks = engine.config.tasks  # embed, the head's own task and its extras (fill_mask: embed_sparse)
+
+    def _observe_queue(self, depth: int) -> None:
+        self.metrics.queue_depth.set(depth)
+        self.metrics.queue_tokens.set(self.batcher.queued_tokens)
+
+    def _take_turns(self, run):
+        def run_in_turn(*args):
+            with self._compute:
+                return run(*args)
+
+        return run_in_turn
 
     def _run(self, ids, type_ids, task):
         """Engine.run_encodings on this worker's share of the cores: all of them while it runs alone,

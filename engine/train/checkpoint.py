@@ -12,8 +12,13 @@ from pathlib import Path
 
 import torch
 
+from ..errors import ModelLoadError
+from ..model.validate import read_torch_file
+
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.pt"
+# What a resume and --export-checkpoint read
+REQUIRED_KEYS = ("model", "optimizer", "scheduler", "rng", "step", "history", "fingerprint")
 
 
 def checkpoint_path(out_dir: str | Path) -> Path:
@@ -21,11 +26,14 @@ def checkpoint_path(out_dir: str | Path) -> Path:
 
 
 def rng_states() -> dict:
+    """torch, Python and numpy generator states as tensors and plain values (loadable with weights_only)."""
     states = {"torch": torch.get_rng_state(), "python": random.getstate()}
     try:
         import numpy
 
-        states["numpy"] = numpy.random.get_state()
+        name, keys, position, has_gauss, cached_gaussian = numpy.random.get_state()
+        states["numpy"] = {"name": name, "keys": torch.from_numpy(keys.astype(numpy.int64)), "position": int(position),
+                           "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}
     except ImportError:
         pass
     return states
@@ -37,7 +45,9 @@ def restore_rng_states(states: dict) -> None:
     if "numpy" in states:
         import numpy
 
-        numpy.random.set_state(states["numpy"])
+        saved = states["numpy"]
+        numpy.random.set_state((saved["name"], saved["keys"].numpy().astype(numpy.uint32), saved["position"],
+                                saved["has_gauss"], saved["cached_gaussian"]))
 
 
 def save_checkpoint(out_dir: str | Path, state: dict) -> Path:
@@ -57,5 +67,9 @@ def load_checkpoint(out_dir: str | Path) -> dict | None:
     path = checkpoint_path(out_dir)
     if not path.is_file():
         return None
-    # weights_only=False: the state holds Python RNG tuples and plain dicts that this process wrote itself.
-    return torch.load(path, map_location="cpu", weights_only=False)
+    # weights_only: a file planted in --out must not run code when a run resumes
+    state = read_torch_file(path, "the training checkpoint (delete it, or pass --no-resume, to start over)")
+    missing = [key for key in REQUIRED_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise ModelLoadError(f"{path}: not a bertrt training checkpoint (no {', '.join(missing)})")
+    return state

@@ -55,6 +55,9 @@ def _columns(args) -> Columns:
 
 def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # bertrt's main CLI configured logging first (warnings only): the training commands still report progress
+    # such as "resuming from step N"
+    logging.getLogger("bertrt.train").setLevel(logging.INFO)
 
 
 def _default_model() -> str | None:

@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..errors import ModelLoadError
+from ..model.validate import describe_load_error
 from .data import EncodedExample, collate
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -55,7 +58,8 @@ def detect_task(model_dir: str | Path) -> str:
 def load_tokenizer(model_dir: str | Path):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(model_dir))
+    with _load_errors(model_dir, "tokenizer"):
+        return AutoTokenizer.from_pretrained(str(model_dir))
 
 
 def load_model(model_dir: str | Path, task: str, **config_overrides):
@@ -69,7 +73,20 @@ def load_model(model_dir: str | Path, task: str, **config_overrides):
 
     cls = {"sequence": AutoModelForSequenceClassification, "token": AutoModelForTokenClassification,
            "embedding": AutoModel, "qa": AutoModelForQuestionAnswering}[task]
-    return cls.from_pretrained(str(model_dir), attn_implementation="eager", **config_overrides)
+    with _load_errors(model_dir, "model"):
+        return cls.from_pretrained(str(model_dir), attn_implementation="eager", **config_overrides)
+
+
+@contextmanager
+def _load_errors(model_dir, what: str):
+    """transformers' failures (a pickle refused by weights_only, a missing file) as one ModelLoadError
+    naming the directory, which the commands print without a traceback."""
+    try:
+        yield
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"{model_dir}: cannot load the {what}: {describe_load_error(exc)}") from exc
 
 
 def copy_support_files(source_dir: str | Path, out_dir: str | Path, sentence_transformers: bool = False,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..model.validate import read_torch_file
 from .data import EncodedExample
 from .models import predict
 
@@ -52,8 +53,8 @@ def load_or_compute(path: str | Path, teacher_dir: str | Path, teacher, pooling,
     path = Path(path)
     key = fingerprint(teacher_dir, examples, pooling)
     if path.is_file():
-        saved = torch.load(path, weights_only=True)
-        if saved.get("fingerprint") == key:
+        saved = read_torch_file(path, "the teacher-embedding cache (delete it to recompute)")
+        if isinstance(saved, dict) and saved.get("fingerprint") == key:
             log.info("teacher embeddings from %s", path)
             return saved["embeddings"]
         log.info("%s was made from another teacher or data; recomputing", path)
