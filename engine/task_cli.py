@@ -65,7 +65,7 @@ def inputs_with_pairs(args) -> list:
 def cmd_classify(args) -> int:
     """bertrt classify, with sentence pairs (--pair, --pair-column, JSON lines' text_pair)."""
     items = inputs_with_pairs(args)
-    results = _engine(args, "classify").classify(items, truncation=args.truncation)
+    results = _engine(args, "classify").classify(items, truncation=args.truncation, **_long_text(args))
     for item, result in zip(items, results):
         text = {"text": item[0], "text_pair": item[1]} if isinstance(item, tuple) else {"text": item}
         _emit([{**text, **result}])
@@ -79,6 +79,25 @@ def _emit(records) -> None:
 
 def _engine(args, task: str):
     return load_engine(args, task)
+
+
+def _long_text(args) -> dict:
+    return {"long_text": args.long_text, "stride": args.stride, "window_pooling": args.window_pooling}
+
+
+def cmd_embed(args) -> int:
+    """bertrt embed, with --long-text window."""
+    texts = list(args.text) if args.text else read_records(args)
+    vectors = _engine(args, "embed").embed(texts, truncation=args.truncation, **_long_text(args))
+    _emit({"text": t, "embedding": [round(float(x), 7) for x in v]} for t, v in zip(texts, vectors))
+    return 0
+
+
+def add_long_text_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--long-text", default="truncate", choices=("truncate", "window"),
+                   help="window: read over-long texts in overlapping windows and pool them")
+    p.add_argument("--stride", type=int, default=None, help="tokens shared by consecutive windows")
+    p.add_argument("--window-pooling", default="mean", choices=("mean", "max"))
 
 
 def cmd_rerank(args) -> int:
@@ -116,7 +135,12 @@ def register(sub) -> None:
     classify = sub.choices.get("classify")
     if classify is not None:
         add_pair_arguments(classify)
+        add_long_text_arguments(classify)
         classify.set_defaults(func=cmd_classify)
+    embed = sub.choices.get("embed")
+    if embed is not None:
+        add_long_text_arguments(embed)
+        embed.set_defaults(func=cmd_embed)
     p = sub.add_parser("rerank", help="order documents by relevance to a query (cross-encoder)")
     _common(p)
     p.add_argument("query")

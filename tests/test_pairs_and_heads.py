@@ -317,3 +317,8 @@ def test_cli_rerank_fill_mask_and_pairs(dirs, tmp_path, capsys):
         p["token"] for p in _load(dirs["mlm"]).fill_mask("the [MASK] is red", top_k=2)]
     code, _, err = _cli(capsys, "fill-mask", "--model", str(dirs["mlm"]), "no mask at all")
     assert code == 2 and "has no mask token" in err
+    long = " ".join(f"word{i}" for i in range(60))
+    _, embedded, _ = _cli(capsys, "embed", "--model", str(dirs["embed"]), "--dtype", "float32", "--long-text",
+                          "window", "--window-pooling", "max", long)
+    want_vector = _load(dirs["embed"]).embed([long], long_text="window", window_pooling="max")[0]
+    assert np.abs(np.array(embedded[0]["embedding"]) - want_vector).max() <= 1e-6
