@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import tasks
+from . import lm_tasks, tasks
+from .api_tasks import PairTaskMethods
 from .batching import PackedBatch, pack, plan_batches
 from .embedding_options import Prompts, read_prompts, truncate_dimensions
 from .errors import InputError
@@ -18,15 +19,16 @@ from .ops.plan import KernelPlan, validate_kernels
 from .quant.checkpoint import is_quantized_dir, load_quantized
 from .runtime import policy
 from .runtime.backends import BackendUnavailable, TorchRunner, create_runner
-from .tokenizer import check_texts
+from .tokenizer import split_texts
 
 log = logging.getLogger("bertrt")
-TASKS = ("embed", "classify", "ner", "qa")
-# runner tasks with one output row per sequence (the others give one per token)
-SEQUENCE_TASKS = ("embed", "embed_unnormalized", "classify")
+TASKS = ("embed", "classify", "ner", "qa", "fill_mask", "next_sentence", "embed_sparse")
+# runner tasks with one output row per sequence (the others give one per token, fill_mask one per mask)
+SEQUENCE_TASKS = ("embed", "embed_unnormalized", "classify", "next_sentence", "embed_sparse")
+LONG_TEXT = ("truncate", "window")
 
 
-class Engine:
+class Engine(PairTaskMethods):
     """A loaded model on one backend, device and precision.
 
     Texts are tokenized, sorted by length and packed padding-free into batches of at most
@@ -75,16 +77,24 @@ class Engine:
     def run_batch(self, batch: PackedBatch, task: str) -> list[torch.Tensor]:
         """Run exactly this packed batch (no re-sorting, no re-planning: the caller formed it, e.g. the
         server's batcher); one fp32 CPU tensor per packed sequence, in the batch's order: (hidden,) for
-        embed, (num_labels,) for classify, (len, num_labels) for ner, (len, 2) for qa."""
+        embed, (num_labels,) for classify, (len, num_labels) for ner, (len, 2) for qa, (masks, vocab)
+        for fill_mask."""
         out = self.runner.run(batch, task).float().cpu()
         if task in SEQUENCE_TASKS:
             return list(out.unbind(0))
+        if task == "fill_mask":  # (masks, vocab): each sequence's mask tokens, in packed order
+            counts = torch.bincount(torch.repeat_interleave(
+                torch.arange(len(batch.indices)), (batch.cu_seqlens[1:] - batch.cu_seqlens[:-1]).long())[
+                batch.input_ids.cpu() == self.mask_token_id], minlength=len(batch.indices)).tolist()
+            return list(out.split(counts))
         cu = batch.cu_seqlens.tolist()
         return [out[cu[row]:cu[row + 1]] for row in range(len(cu) - 1)]
 
     def run_encodings(self, ids: list[list[int]], type_ids: list[list[int]], task: str) -> list[torch.Tensor]:
         """Run tokenized sequences in batches this engine plans (``max_batch_tokens``, ``max_batch_size``);
-        returns one output per sequence (see run_batch), in the given order."""
+        returns one output per sequence (see run_batch), in the given order:
+        (hidden,) for embed, (num_labels,) for classify, (len, num_labels) for ner, (len, 2) for qa,
+        (masks, vocab) for fill_mask, (2,) for next_sentence, (vocab,) for embed_sparse."""
         results: list[torch.Tensor | None] = [None] * len(ids)
         lengths = [len(x) for x in ids]
         for group in plan_batches(lengths, self.max_batch_tokens, self.max_batch_size):
@@ -94,9 +104,41 @@ class Engine:
         return results  # type: ignore[return-value]
 
     def _require(self, task: str) -> None:
-        if task != "embed" and self.config.task != task:
+        if task not in self.config.tasks:
             raise InputError(f"{task} needs a {_architecture_for(task)} checkpoint; this one is "
                              f"{self.config.architecture}")
+
+    def _encode_inputs(self, texts, truncation: str, task: str) -> tuple[list, list]:
+        """(items, encodings) of texts, or of (text, text_pair) pairs with the tokenizer's pair
+        template; InputError when the kind does not suit the model."""
+        items, pairs = split_texts(texts)
+        self.check_input_kind(pairs, task)
+        if pairs:
+            return items, self.encode_pairs(items, truncation)
+        if truncation == "only_second":
+            raise InputError("truncation='only_second' needs sentence pairs; got single texts")
+        single = "truncate" if truncation in ("longest_first", "only_first") else truncation
+        return items, self.tokenizer.encode_batch(items, single)
+
+    def _windowed(self, texts, task: str, stride: int | None, window_pooling: str) -> list[torch.Tensor]:
+        """long_text="window": each text read in windows of max_length tokens overlapping by
+        ``stride`` (default a quarter window) -> one row per text, the mean/max over its windows."""
+        if window_pooling not in lm_tasks.WINDOW_POOLINGS:
+            raise InputError(f"window_pooling must be one of {lm_tasks.WINDOW_POOLINGS}, got {window_pooling!r}")
+        items, pairs = split_texts(texts)
+        if pairs:
+            raise InputError("long_text='window' reads single texts; sentence pairs are truncated")
+        self.check_input_kind(False, task)
+        stride = self.tokenizer.max_length // 4 if stride is None else stride
+        windows = self.tokenizer.encode_windows(items, stride)
+        flat = [w for text_windows in windows for w in text_windows]
+        rows = self.run_encodings([w.ids for w in flat], [w.type_ids for w in flat], task)
+        return lm_tasks.pool_windows(rows, [len(w) for w in windows], window_pooling)
+
+    @staticmethod
+    def _check_long_text(long_text: str) -> None:
+        if long_text not in LONG_TEXT:
+            raise InputError(f"long_text must be one of {LONG_TEXT}, got {long_text!r}")
 
     # -- tasks ---------------------------------------------------------------------------------------
 
@@ -112,18 +154,29 @@ class Engine:
         self._prompts = read_prompts(self.checkpoint.model_dir, name)
 
     def embed(self, texts, truncation: str = "truncate", normalize: bool | None = None,
-              prompt_name: str | None = None, prompt: str | None = None, dimensions: int | None = None) -> np.ndarray:
+              prompt_name: str | None = None, prompt: str | None = None, dimensions: int | None = None,
+              long_text: str = "truncate", stride: int | None = None, window_pooling: str = "mean") -> np.ndarray:
         """Sentence embeddings (n, hidden) float32 with the checkpoint's pooling (and normalization
         when the sentence-transformers config has a Normalize module, unless ``normalize`` says).
         prompt_name / prompt: prepended as sentence-transformers does (the model's default prompt
         when it names one); dimensions: keep the first d values (Matryoshka), renormalized when the
-        output is normalized -> (n, d)."""
-        texts = self.prompts.apply(check_texts(texts), prompt_name, prompt)
+        output is normalized -> (n, d). long_text="window": texts over max_length tokens are read in
+        windows overlapping by ``stride`` tokens, pooled by window_pooling ("mean"/"max"; renormalized
+        when the model normalizes)."""
+        self._check_long_text(long_text)
+        items, pairs = split_texts(texts)
+        self.check_input_kind(pairs, "embed")
+        texts = self.prompts.apply(items, prompt_name, prompt)
         if not texts:
             return np.zeros((0, dimensions or self.hidden_size), dtype=np.float32)
-        encodings = self.tokenizer.encode_batch(texts, truncation)
-        rows = self.run_encodings([e.ids for e in encodings], [e.type_ids for e in encodings], "embed")
-        out = torch.stack(rows)
+        if long_text == "window":
+            out = torch.stack(self._windowed(texts, "embed", stride, window_pooling))
+            if self.checkpoint.model.pooling.normalize:
+                out = torch.nn.functional.normalize(out, dim=-1)
+        else:
+            encodings = self.tokenizer.encode_batch(texts, truncation)
+            rows = self.run_encodings([e.ids for e in encodings], [e.type_ids for e in encodings], "embed")
+            out = torch.stack(rows)
         if normalize is True and not self.checkpoint.model.pooling.normalize:
             out = torch.nn.functional.normalize(out, dim=-1)
         elif normalize is False and self.checkpoint.model.pooling.normalize:
@@ -131,15 +184,23 @@ class Engine:
         normalized = normalize is True or (normalize is None and self.checkpoint.model.pooling.normalize)
         return truncate_dimensions(out.numpy(), dimensions, normalized)
 
-    def classify(self, texts, truncation: str = "truncate") -> list[dict]:
-        """One {"label", "score", "scores"} per text (softmax, or sigmoid for multi-label models)."""
+    def classify(self, texts, truncation: str = "truncate", long_text: str = "truncate", stride: int | None = None,
+                 window_pooling: str = "mean") -> list[dict]:
+        """One {"label", "score", "scores"} per text (softmax, or sigmoid for multi-label models).
+        texts: strings, or (text, text_pair) pairs for cross-encoders (NLI, rerankers, paraphrase);
+        truncation for pairs: "truncate" (= "longest_first"), "only_first", "only_second", "error".
+        long_text="window": logits pooled (mean/max) over windows of a long single text."""
         self._require("classify")
-        texts = check_texts(texts)
-        if not texts:
-            return []
-        encodings = self.tokenizer.encode_batch(texts, truncation)
-        rows = self.run_encodings([e.ids for e in encodings], [e.type_ids for e in encodings], "classify")
-        multi = self.config.problem_type == "multi_label_classification"
+        self._check_long_text(long_text)
+        if long_text == "window":
+            rows = self._windowed(texts, "classify", stride, window_pooling)
+        else:
+            texts, encodings = self._encode_inputs(texts, truncation, "classify")
+            if not texts:
+                return []
+            rows = self.run_encodings([e.ids for e in encodings], [e.type_ids for e in encodings], "classify")
+        # one output (a cross-encoder's relevance): sigmoid, as transformers' pipeline and CrossEncoder do
+        multi = self.config.problem_type == "multi_label_classification" or self.config.num_labels == 1
         return [tasks.classification_result(r.numpy(), self.config.id2label, multi) for r in rows]
 
     def ner(self, texts, aggregation: str = "simple", truncation: str = "truncate") -> list[list[dict]]:
@@ -148,10 +209,9 @@ class Engine:
         self._require("ner")
         if aggregation not in tasks.AGGREGATIONS:
             raise InputError(f"aggregation must be one of {tasks.AGGREGATIONS}, got {aggregation!r}")
-        texts = check_texts(texts)
+        texts, encodings = self._encode_inputs(texts, truncation, "ner")
         if not texts:
             return []
-        encodings = self.tokenizer.encode_batch(texts, truncation)
         rows = self.run_encodings([e.ids for e in encodings], [e.type_ids for e in encodings], "ner")
         return [self.ner_entities(text, enc, logits.numpy(), aggregation)
                 for text, enc, logits in zip(texts, encodings, rows)]
@@ -214,7 +274,7 @@ def _check_task(checkpoint: Checkpoint, task: str | None, max_length: int | None
     task = config.task if task is None else task
     if task not in TASKS:
         raise InputError(f"task must be one of {TASKS}, got {task!r}")
-    if task != "embed" and task != config.task:
+    if task not in config.tasks:
         raise InputError(f"task {task!r} needs a {_architecture_for(task)} checkpoint; "
                          f"{checkpoint.model_dir} is {config.architecture}")
     if max_length is not None:
@@ -239,7 +299,9 @@ def _load_quantized(path, task, device, backend, kernels, max_length, batch_inva
 
 
 def _architecture_for(task: str) -> str:
-    return next(arch for arch, t in ARCHITECTURE_TASKS.items() if t == task)
+    if task == "embed_sparse":
+        return "BertForMaskedLM (SPLADE)"
+    return next((arch for arch, t in ARCHITECTURE_TASKS.items() if t == task), "matching")
 
 
 def load(path: str | Path | None = None, task: str | None = None, device: str = "auto", backend: str = "auto",

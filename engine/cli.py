@@ -32,6 +32,7 @@ PLUGINS = {
     "bertrt.quant.cli": ("quantize",),
     "bertrt.train.cli": ("finetune", "distill"),
     "bertrt.loadgen.cli": ("loadgen",),
+    "bertrt.task_cli": ("rerank", "fill-mask", "next-sentence", "embed-sparse"),
 }
 
 
@@ -160,7 +161,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
     p.add_argument("--kernels", default="auto",
                    help="op kernels for the torch backend: auto (measured here) | torch | cpu[:isa] | cuda | triton")
-    p.add_argument("--truncation", default="truncate", choices=("truncate", "error"))
+    p.add_argument("--truncation", default="truncate",
+                   choices=("truncate", "error", "longest_first", "only_first", "only_second"),
+                   help="over-long input: cut (pairs: longest_first / only_first / only_second) or error")
     p.add_argument("--batch-invariant", action="store_true",
                    help="only kernels whose result for a text does not depend on its batch (bit-identical)")
 

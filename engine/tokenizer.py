@@ -14,6 +14,9 @@ from tokenizers.implementations import BertWordPieceTokenizer
 from .errors import BertrtError, InputError, ModelLoadError
 
 TRUNCATION_MODES = ("truncate", "error")
+# for sentence pairs: "truncate" is longest_first (the tokenizers/transformers default)
+PAIR_TRUNCATION_MODES = ("truncate", "error", "longest_first", "only_first", "only_second")
+MASK_TOKENS = ("[MASK]", "<mask>")
 # Truncation settings come from callers (a server's QA requests choose max_length and stride), so the
 # configured copies are kept in a small LRU rather than one per setting ever seen.
 MAX_TRUNCATING_COPIES = 8
@@ -53,6 +56,33 @@ def check_texts(texts, what: str = "texts") -> list[str]:
         if not isinstance(item, str):
             raise InputError(f"{what}[{index}] must be a string, got {type(item).__name__}")
     return list(texts)
+
+
+def check_pairs(pairs, what: str = "pairs") -> list[tuple[str, str]]:
+    """A list of (text, text_pair) string pairs, or an InputError naming the first bad item."""
+    if isinstance(pairs, tuple) and len(pairs) == 2 and all(isinstance(x, str) for x in pairs):
+        return [pairs]
+    if not isinstance(pairs, Sequence) or isinstance(pairs, str):
+        raise InputError(f"{what} must be a list of (text, text_pair) pairs, got {type(pairs).__name__}")
+    out = []
+    for index, item in enumerate(pairs):
+        if (not isinstance(item, (tuple, list)) or len(item) != 2
+                or not all(isinstance(x, str) for x in item)):
+            raise InputError(f"{what}[{index}] must be a pair of two strings (text, text_pair), got {item!r:.80}")
+        out.append((item[0], item[1]))
+    return out
+
+
+def split_texts(texts, what: str = "texts") -> tuple[list, bool]:
+    """(items, are_pairs): a string or list of strings, or a list of (text, text_pair) pairs;
+    mixing the two kinds is an InputError."""
+    if isinstance(texts, str):
+        return [texts], False
+    if isinstance(texts, tuple) and len(texts) == 2 and all(isinstance(x, str) for x in texts):
+        return [texts], True
+    if isinstance(texts, Sequence) and texts and not isinstance(texts[0], str):
+        return check_pairs(texts, what), True
+    return check_texts(texts, what), False
 
 
 class BertTokenizer:
@@ -115,6 +145,11 @@ class BertTokenizer:
         wordpiece = guarded(ModelLoadError, f"{vocab}: cannot load the WordPiece vocabulary", BertWordPieceTokenizer,
                             str(vocab), lowercase=lowercase)
         return cls(wordpiece._tokenizer, max_length)
+
+    @property
+    def mask_token(self) -> str | None:
+        """The mask token of the vocabulary ([MASK] for BERT, <mask> for RoBERTa), or None."""
+        return next((t for t in MASK_TOKENS if self._tok.token_to_id(t) is not None), None)
 
     @property
     def vocab_size(self) -> int:
@@ -226,6 +261,45 @@ class BertTokenizer:
         if context_tokens > most:
             return max_windows + 1
         return 1 if context_tokens <= room else 1 + -(-(context_tokens - room) // step)
+
+    def encode_pair_batch(self, pairs: list[tuple[str, str]], truncation: str = "truncate",
+                          max_length: int | None = None) -> list[Encoding]:
+        """Encode (text, text_pair) with the tokenizer's own pair template (post_processor: BERT's
+        [CLS] a [SEP] b [SEP] with token types 0/1, RoBERTa's <s> a </s></s> b </s>).
+        truncation: "truncate" = "longest_first" | "only_first" | "only_second" | "error"."""
+        if truncation not in PAIR_TRUNCATION_MODES:
+            raise InputError(f"truncation must be one of {PAIR_TRUNCATION_MODES}, got {truncation!r}")
+        limit = max_length or self.max_length
+        encodings = self._tok.encode_batch(pairs) if pairs else []
+        long_ones = [i for i, e in enumerate(encodings) if len(e.ids) > limit]
+        if long_ones and truncation == "error":
+            i = long_ones[0]
+            raise InputError(f"pair {i} is {len(encodings[i].ids)} tokens long, over the limit of {limit} "
+                             "(pass truncation='longest_first' or 'only_second' to cut it)")
+        if long_ones:
+            strategy = "longest_first" if truncation == "truncate" else truncation
+            try:
+                redone = self._truncating_copy(limit, 0, strategy).encode_batch([pairs[i] for i in long_ones])
+            except Exception as exc:  # only_first / only_second when that text alone cannot make room
+                raise InputError(f"cannot truncate a pair to {limit} tokens with {strategy}: {exc}") from exc
+            for i, enc in zip(long_ones, redone):
+                encodings[i] = enc
+        return encodings
+
+    def encode_windows(self, texts: list[str], stride: int, max_length: int | None = None) -> list[list[Encoding]]:
+        """Each text as windows of at most max_length tokens (special tokens in each), consecutive
+        windows sharing ``stride`` tokens; a text that fits is one window."""
+        limit = max_length or self.max_length
+        if not 0 <= stride < limit // 2:
+            raise InputError(f"stride must be in [0, {limit // 2}) for windows of {limit} tokens, got {stride}")
+        encodings = self._tok.encode_batch(texts) if texts else []
+        windows = [[e] for e in encodings]
+        long_ones = [i for i, e in enumerate(encodings) if len(e.ids) > limit]
+        if long_ones:
+            redone = self._truncating_copy(limit, stride).encode_batch([texts[i] for i in long_ones])
+            for i, enc in zip(long_ones, redone):
+                windows[i] = [enc, *enc.overflowing]
+        return windows
 
     def encode_pairs_with_stride(self, question: str, context: str, max_length: int, stride: int) -> list[Encoding]:
         """(question, context) windows over a long context: the first window plus its overflow windows.

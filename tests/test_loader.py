@@ -56,8 +56,11 @@ def test_vocab_txt_alone_is_enough(model_copy):
 
 
 def test_unsupported_architecture(model_copy):
-    edit_config(model_copy, architectures=["BertForMaskedLM"])
-    with pytest.raises(ModelLoadError, match="unsupported architecture 'BertForMaskedLM'"):
+    edit_config(model_copy, architectures=["BertForMultipleChoice"])
+    with pytest.raises(ModelLoadError, match="unsupported architecture 'BertForMultipleChoice'"):
+        load_checkpoint(model_copy)
+    edit_config(model_copy, architectures=["BertForMaskedLM"])  # supported, but MiniLM has no MLM head
+    with pytest.raises(ModelLoadError, match="missing weights .*cls.predictions"):
         load_checkpoint(model_copy)
 
 

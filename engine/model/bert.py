@@ -10,6 +10,10 @@ from torch import nn
 from .config import EncoderConfig
 from .encoder import Encoder, KernelPlan
 from .heads import PoolingConfig, build_head, load_head_state, pool
+from .lm_heads import PreTrainingHeads, head_parts
+
+# tasks of the pre-training heads (they need the input ids: fill_mask predicts at the [MASK] tokens)
+PRETRAINING_TASKS = ("fill_mask", "next_sentence", "embed_sparse")
 
 
 class BertModel(nn.Module):
@@ -28,6 +32,8 @@ class BertModel(nn.Module):
         self.config = config
         self.encoder = Encoder(config)
         self.head = build_head(config)
+        if head_parts(config.architecture):
+            self.head = PreTrainingHeads(config, self.encoder.embeddings.word)
         self.pooling = pooling or PoolingConfig()
 
     @property
@@ -36,11 +42,18 @@ class BertModel(nn.Module):
 
     def load_hf_state(self, state: dict[str, torch.Tensor]) -> None:
         self.encoder.load_hf_state(state)
-        load_head_state(self.head, state)
+        if isinstance(self.head, PreTrainingHeads):
+            self.head.load_state(state)
+        else:
+            load_head_state(self.head, state)
 
     def forward_packed(self, input_ids, cu_seqlens, max_seqlen, token_type_ids=None, task: str | None = None):
         task = task or self.config.task
         hidden = self.encoder.forward_packed(input_ids, cu_seqlens, max_seqlen, token_type_ids)
+        if task in PRETRAINING_TASKS:
+            if task not in self.config.tasks:
+                raise ValueError(f"this {self.config.architecture} checkpoint has no head for task {task!r}")
+            return self.head.run(task, hidden, cu_seqlens, input_ids)
         return self.apply_head(hidden, cu_seqlens, task)
 
     def apply_head(self, hidden: torch.Tensor, cu_seqlens: torch.Tensor, task: str) -> torch.Tensor:

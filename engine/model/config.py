@@ -14,7 +14,12 @@ ARCHITECTURE_TASKS = {
     "BertForSequenceClassification": "classify",
     "BertForTokenClassification": "ner",
     "BertForQuestionAnswering": "qa",
+    "BertForMaskedLM": "fill_mask",
+    "BertForNextSentencePrediction": "next_sentence",
+    "BertForPreTraining": "fill_mask",
 }
+# architecture suffix -> tasks its head runs besides its own (any family's *ForMaskedLM maps the same way)
+EXTRA_TASKS = {"ForMaskedLM": ("embed_sparse",), "ForPreTraining": ("next_sentence", "embed_sparse")}
 # hidden_act -> bias_gelu's approximate argument (BERT uses exact erf GELU)
 GELU_VARIANTS = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh"}
 
@@ -42,6 +47,12 @@ class EncoderConfig:
     @property
     def task(self) -> str:
         return ARCHITECTURE_TASKS[self.architecture]
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """Every task this checkpoint runs: embed (any encoder), its head's own, and the extras."""
+        extra = next((t for suffix, t in EXTRA_TASKS.items() if self.architecture.endswith(suffix)), ())
+        return tuple(dict.fromkeys(("embed", self.task, *extra)))
 
     @property
     def gelu_approximation(self) -> str:

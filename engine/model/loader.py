@@ -84,6 +84,9 @@ def load_checkpoint(path: str | Path | None = None, dtype: torch.dtype = torch.f
     check_tokenizer_fits(tokenizer.vocab_size, config.vocab_size, str(model_dir))
     model = BertModel(config, pooling)
     model.load_hf_state(state)
+    mlm = getattr(model.head, "mlm", None)
+    if mlm is not None:  # fill_mask predicts where the input holds the tokenizer's mask token
+        mlm.mask_token_id = tokenizer.token_to_id(tokenizer.mask_token) if tokenizer.mask_token else None
     model = model.to(device=device, dtype=dtype).eval()
     model.requires_grad_(False)
     return Checkpoint(model_dir=model_dir, config=config, model=model, tokenizer=tokenizer)

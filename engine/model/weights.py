@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from ..errors import ModelLoadError
 from .config import EncoderConfig
+from .lm_heads import weight_shapes as lm_head_shapes
 from .validate import check_shard_index, check_state_dict, check_tensors, read_json, read_torch_file
 
 # Prefixes a BERT checkpoint may put in front of the encoder's own names
@@ -80,6 +81,7 @@ def expected_shapes(config: EncoderConfig) -> dict[str, tuple[int, ...]]:
     elif task == "qa":
         shapes["qa_outputs.weight"] = (2, h)
         shapes["qa_outputs.bias"] = (2,)
+    shapes.update(lm_head_shapes(config)[0])
     return shapes
 
 
@@ -97,4 +99,8 @@ def checked_state_dict(raw: dict[str, torch.Tensor], config: EncoderConfig, sour
     state = {_canonical(k): v for k, v in raw.items()}
     expected = expected_shapes(config)
     check_tensors(state, expected, source)
-    return {k: state[k] for k in expected}
+    optional = {k: shape for k, shape in lm_head_shapes(config)[1].items() if k in state}
+    for name, shape in optional.items():
+        if tuple(state[name].shape) != shape:
+            raise ModelLoadError(f"{source}: weight {name} has shape {tuple(state[name].shape)}, expected {shape}")
+    return {k: state[k] for k in (*expected, *optional)}

@@ -20,6 +20,7 @@ from .config import ServeConfig
 from .guard import CLIENT_CLOSED, BodyTimeout, run_bounded
 from .models import ModelSet
 from .protocol import ApiError, dumps
+from .routes_tasks import router as tasks_router
 from .routes_tei import TeiError, tei_error_body
 from .routes_tei import router as tei_router
 from .routes_v1 import router as v1_router
@@ -190,6 +191,7 @@ def create_app(engine, config: ServeConfig | None = None) -> FastAPI:
     app.include_router(v2_router)
     app.include_router(v1_router)
     app.include_router(tei_router)
+    app.include_router(tasks_router)  # /rerank, /v1/rerank, /embed_sparse, /v1/fill_mask, /v1/next_sentence
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

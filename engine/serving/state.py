@@ -91,8 +91,7 @@ class ServerState:
         self.tracing = Tracing(config.otel, config.model_name)
         self.ready = False
         self.draining = False
-        model_task = engine.config.task
-        self.tasks = ("embed",) if model_task == "embed" else ("embed", model_task)
+        self.tasks = engine.config.tasks  # embed, the head's own task and its extras (fill_mask: embed_sparse)
 
     def _observe_queue(self, depth: int) -> None:
         self.metrics.queue_depth.set(depth)

@@ -78,7 +78,8 @@ def run_finetune(args) -> int:
         return 2
     config = FinetuneConfig(model_dir=model_dir, train_file=args.data, task=args.task, eval_file=args.eval_data,
                             labels_file=args.labels, max_length=args.max_length, columns=_columns(args),
-                            train=_train_config(args), export_checkpoint=args.export_checkpoint)
+                            train=_train_config(args), export_checkpoint=args.export_checkpoint,
+                            doc_stride=args.doc_stride)
     try:
         results = finetune(config)
     except TrainingInterrupted as stop:
@@ -132,7 +133,10 @@ def register(subparsers) -> None:
     parser.add_argument("--model", default=None, help="pretrained HF model directory (default: bundled MiniLM-L6)")
     parser.add_argument("--data", required=True, help="training file (.csv, .tsv or .jsonl)")
     parser.add_argument("--eval-data", default=None, help="held-out file; its accuracy goes to eval_results.json")
-    parser.add_argument("--task", choices=("sequence", "token"), default="sequence")
+    parser.add_argument("--task", choices=("sequence", "token", "qa"), default="sequence",
+                        help="qa: SQuAD-format JSON, or JSONL with question, context, answers")
+    parser.add_argument("--doc-stride", type=int, default=32,
+                        help="qa: tokens shared by consecutive windows of a long context")
     parser.add_argument("--labels", default=None, help="label file, one a line (default: sorted labels of --data)")
     parser.add_argument("--export-checkpoint", action="store_true",
                         help="no training: save the model of the checkpoint in --out (a run stopped early)")

@@ -1,4 +1,4 @@
-"""Fine-tune a pretrained encoder for sequence or token classification.
+"""Fine-tune a pretrained encoder for sequence or token classification, or extractive QA (train/qa.py).
 
 The output directory is a Hugging Face model (``config.json`` with ``id2label``/``label2id``,
 ``model.safetensors``, tokenizer files) plus ``checkpoint/`` (resumable state), ``training_log.json``
@@ -16,6 +16,7 @@ from .checkpoint import load_checkpoint
 from .data import Columns, load_examples, read_label_file, read_labels
 from .loop import TrainConfig, setup_determinism, train
 from .models import classification_accuracy, load_model, load_tokenizer, predict, save_model
+from .qa import finetune_qa
 
 log = logging.getLogger("bertrt.train")
 
@@ -31,12 +32,15 @@ class FinetuneConfig:
     columns: Columns = field(default_factory=Columns)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="out/finetune"))
     export_checkpoint: bool = False  # save the model from out_dir/checkpoint (a run stopped early), no training
+    doc_stride: int = 32  # qa: tokens shared by consecutive windows of a long context
 
 
 def finetune(config: FinetuneConfig) -> dict:
     """Train, save the model to ``config.train.out_dir`` and return the evaluation results."""
+    if config.task == "qa":
+        return finetune_qa(config)
     if config.task not in ("sequence", "token"):
-        raise ValueError(f"finetune task must be 'sequence' or 'token', got {config.task!r}")
+        raise ValueError(f"finetune task must be 'sequence', 'token' or 'qa', got {config.task!r}")
     out_dir = Path(config.train.out_dir)
     tokenizer = load_tokenizer(config.model_dir)
     labels = (read_label_file(config.labels_file) if config.labels_file

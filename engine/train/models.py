@@ -67,10 +67,15 @@ def load_tokenizer(model_dir: str | Path):
 def load_model(model_dir: str | Path, task: str, **config_overrides):
     """The transformers model for ``task``, with eager attention so attention probabilities are returned."""
     # optional dependency (training)
-    from transformers import AutoModel, AutoModelForSequenceClassification, AutoModelForTokenClassification
+    from transformers import (
+        AutoModel,
+        AutoModelForQuestionAnswering,
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+    )
 
     cls = {"sequence": AutoModelForSequenceClassification, "token": AutoModelForTokenClassification,
-           "embedding": AutoModel}[task]
+           "embedding": AutoModel, "qa": AutoModelForQuestionAnswering}[task]
     with _load_errors(model_dir, "model"):
         return cls.from_pretrained(str(model_dir), attn_implementation="eager", **config_overrides)
 

@@ -77,3 +77,24 @@ def write_token_jsonl(path: Path, rows: int, seed: int = 0) -> Path:
             tokens = sentence(rng, rng.choice(sorted(WORDS))).split() + [rng.choice(WORDS[rng.choice(sorted(WORDS))])]
             handle.write(json.dumps({"tokens": tokens, "tags": [tag_of.get(t, "O") for t in tokens]}) + "\n")
     return path
+
+
+def write_qa_squad(path: Path, rows: int, seed: int = 0) -> Path:
+    """SQuAD-format JSON in the tiny vocabulary: each context says what three animals were like
+    ("the dog was red and the cat was old and ..."), the question names one animal, the answer is
+    its adjective (so a model must find the animal in the context)."""
+    rng = random.Random(seed)
+    adjectives = "small large old new red".split()
+    paragraphs = []
+    for i in range(rows):
+        animals = rng.sample(WORDS["animal"], 3)
+        described = [rng.choice(adjectives) for _ in animals]
+        clauses = [f"the {a} was {d}" for a, d in zip(animals, described)]
+        context = " and ".join(clauses)
+        asked = rng.randrange(3)
+        start = context.index(clauses[asked]) + len(f"the {animals[asked]} was ")
+        qa = {"id": str(i), "question": f"the {animals[asked]}",
+              "answers": [{"text": described[asked], "answer_start": start}]}
+        paragraphs.append({"context": context, "qas": [qa]})
+    path.write_text(json.dumps({"version": "tiny", "data": [{"title": "animals", "paragraphs": paragraphs}]}))
+    return path
