@@ -1,9 +1,12 @@
 """The KServe predictor on KServe's own ModelServer (a real process on a loopback port), driven by the
-real clients: tritonclient for v2, httpx for v1 ``:predict``; and the deploy/ manifests parsed."""
+real clients: tritonclient for v2, httpx for v1 ``:predict``; and the deploy/ manifests parsed.
+
+kserve is imported only in the predictor processes: its v2 protos and tritonclient's share the proto
+package ``inference``, and protobuf refuses the second registration in one process (test_serving_grpc)."""
 
 from __future__ import annotations
 
-import asyncio
+import importlib.util
 import os
 import socket
 import subprocess
@@ -17,8 +20,8 @@ import numpy as np
 import pytest
 import yaml
 
-kserve = pytest.importorskip("kserve", reason="bertrt[kserve] is not installed")
-from bertrt.integrations.kserve import BertrtModel  # noqa: E402
+if importlib.util.find_spec("kserve") is None:
+    pytest.skip("bertrt[kserve] is not installed", allow_module_level=True)
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = ["a", "the quick brown fox jumps over the lazy dog", "ünïcode naïve café", "x " * 41]
@@ -30,11 +33,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def predictor(minilm_dir):
+def start_predictor(model_dir, name: str):
+    """A ``python -m bertrt.integrations.kserve`` process; returns (process, http port) once ready."""
     port = free_port()
-    command = [sys.executable, "-m", "bertrt.integrations.kserve", "--model_dir", str(minilm_dir), "--model_name",
-               "minilm", "--http_port", str(port), "--grpc_port", str(free_port()), "--enable_grpc", "false",
+    command = [sys.executable, "-m", "bertrt.integrations.kserve", "--model_dir", str(model_dir), "--model_name",
+               name, "--http_port", str(port), "--grpc_port", str(free_port()), "--enable_grpc", "false",
                "--dtype", "float32", "--configure_logging", "false"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
     url = f"http://127.0.0.1:{port}"
@@ -44,16 +47,28 @@ def predictor(minilm_dir):
             raise RuntimeError(f"predictor exited: {process.stderr.read().decode()[-3000:]}")
         try:
             if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
-                break
+                return process, port
         except httpx.HTTPError:
             pass
         if time.monotonic() > deadline:
             process.kill()
             raise RuntimeError("predictor did not become ready")
         time.sleep(0.5)
-    yield port
+
+
+def stop(process) -> None:
     process.terminate()
-    process.wait(30)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+@pytest.fixture(scope="module")
+def predictor(minilm_dir):
+    process, port = start_predictor(minilm_dir, "minilm")
+    yield port
+    stop(process)
 
 
 @pytest.fixture(scope="module")
@@ -94,17 +109,23 @@ def test_v1_predict_with_httpx(predictor, reference):
 
 
 def test_classify_model_v1_and_v2(tiny_model_dirs):
-    model = BertrtModel("tiny", str(tiny_model_dirs["classify"]), dtype="float32")
-    model.load()
-    reference = bertrt.load(tiny_model_dirs["classify"], dtype="float32").classify(TEXTS)
-    v1 = asyncio.run(model.predict({"instances": TEXTS}))["predictions"]
-    assert [p["label"] for p in v1] == [r["label"] for r in reference]
-    request = kserve.InferRequest("tiny", [kserve.InferInput("text", [len(TEXTS)], "BYTES", TEXTS)])
-    response = asyncio.run(model.predict(request))
-    outputs = {o.name: o.as_numpy() for o in response.outputs}
-    assert [label.decode() if isinstance(label, bytes) else label for label in outputs["label"]] == \
-        [r["label"] for r in reference]
-    np.testing.assert_allclose(outputs["probabilities"].max(-1), [r["score"] for r in reference], atol=1e-5)
+    http = pytest.importorskip("tritonclient.http")
+    process, port = start_predictor(tiny_model_dirs["classify"], "tiny")
+    try:
+        reference = bertrt.load(tiny_model_dirs["classify"], dtype="float32").classify(TEXTS)
+        reply = httpx.post(f"http://127.0.0.1:{port}/v1/models/tiny:predict", json={"instances": TEXTS}, timeout=60)
+        assert reply.status_code == 200, reply.text
+        assert [p["label"] for p in reply.json()["predictions"]] == [r["label"] for r in reference]
+        client = http.InferenceServerClient(url=f"127.0.0.1:{port}")
+        text = http.InferInput("text", [len(TEXTS)], "BYTES")
+        text.set_data_from_numpy(np.array([t.encode() for t in TEXTS], dtype=object), binary_data=True)
+        result = client.infer("tiny", [text])
+        labels = [label.decode() if isinstance(label, bytes) else label for label in result.as_numpy("label")]
+        assert labels == [r["label"] for r in reference]
+        np.testing.assert_allclose(result.as_numpy("probabilities").max(-1), [r["score"] for r in reference],
+                                   atol=1e-5)
+    finally:
+        stop(process)
 
 
 def test_deploy_manifests_parse():
