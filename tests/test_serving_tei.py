@@ -113,6 +113,16 @@ def test_tei_errors_have_tei_shape_and_status(engine, tiny_model_dirs):
         assert [s["score"] for s in single] == sorted((s["score"] for s in single), reverse=True)
         batch = tei.post("/predict", json={"inputs": [["great"], ["awful movie"]]}).json()
         assert [b[0]["label"] for b in batch] == [r["label"] for r in expected]
+        pairs = [("great", "a fine film"), ("awful movie", "x")]
+        expected_pairs = classifier.classify(pairs)
+        one_pair = tei.post("/predict", json={"inputs": list(pairs[0])}).json()
+        assert one_pair[0]["label"] == expected_pairs[0]["label"]
+        assert one_pair[0]["score"] == pytest.approx(expected_pairs[0]["score"], abs=1e-6)
+        pair_batch = tei.post("/predict", json={"inputs": [list(p) for p in pairs]}).json()
+        assert [b[0]["label"] for b in pair_batch] == [r["label"] for r in expected_pairs]
+        assert [b[0]["score"] for b in pair_batch] == pytest.approx([r["score"] for r in expected_pairs], abs=1e-6)
+        mixed = tei.post("/predict", json={"inputs": [["great"], ["awful movie", "x"]]})
+        assert mixed.status_code == 422 and "mixes single texts" in mixed.json()["error"]
         raw = tei.post("/predict", json={"inputs": "great", "raw_scores": True}).json()
         assert sum(r["score"] for r in raw) != pytest.approx(1.0)
         info = tei.get("/info").json()

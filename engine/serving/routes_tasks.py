@@ -44,8 +44,7 @@ def _usage(ids) -> dict:
 
 
 async def _pairs(state: ServerState, pairs: list[tuple[str, str]], truncation: str):
-    inline = len(pairs) <= 8 and sum(len(a) + len(b) for a, b in pairs) <= 4096
-    return await state._tokenize(inline, state.engine.encode_pairs, pairs, truncation)
+    return await state.tokenize_pairs(pairs, truncation)
 
 
 async def _scores(state: ServerState, query: str, documents: list[str], truncation: str, raw: bool):

@@ -155,11 +155,22 @@ async def predict(request: Request) -> Response:
         raise TeiError(424, f"/predict needs a sequence classification model; this one is "
                             f"{state.engine.config.architecture}", "backend")
     single, items = _predict_inputs(obj.get("inputs"), state)
-    if any(pair is not None for _, pair in items):
-        raise TeiError(422, "sentence pairs are not supported by this model's server yet; send single texts",
+    pairs = [(text, pair) for text, pair in items if pair is not None]
+    if pairs and len(pairs) != len(items):
+        raise TeiError(422, "`inputs` mixes single texts and [text, text_pair] pairs; send one kind per request",
                        "validation")
-    texts = [text for text, _ in items]
-    encodings = await _encode(state, _texts({"inputs": texts}, state), _truncation(obj))
+    try:
+        state.engine.check_input_kind(bool(pairs), "classify")
+    except InputError as exc:
+        raise TeiError(422, str(exc), "validation") from None
+    truncation = _truncation(obj)
+    if pairs:
+        try:
+            encodings = await state.tokenize_pairs(pairs, truncation)
+        except ApiError as exc:
+            raise _tei(exc) from None
+    else:
+        encodings = await _encode(state, _texts({"inputs": [text for text, _ in items]}, state), truncation)
     rows = await _infer(state, encodings, "classify")
     raw = get_bool(obj, "raw_scores", False)
     config = state.engine.config

@@ -196,6 +196,13 @@ class ServerState:
             "truncate" if truncate else "error"
         )
 
+    async def tokenize_pairs(self, pairs: list[tuple[str, str]], truncation: str):
+        """Sentence pairs (cross-encoders, NSP), admitted against the token budget like single texts."""
+        inline = len(pairs) <= INLINE_TEXTS and sum(len(a) + len(b) for a, b in pairs) <= INLINE_CHARS
+        tokens = sum(min(self.max_length, 4 * (len(a) + len(b)) + self.engine.tokenizer.num_special_tokens(pair=True))
+                     for a, b in pairs)
+        return await self._admitted(tokens, "the request", inline, self.engine.encode_pairs, pairs, truncation)
+
     async def tokenize_pair(self, question: str, context: str, max_length: int, stride: int):
         """QA windows: counted first from bounded token counts (BertTokenizer.qa_windows), refused
         over --max-inputs windows or the token budget, and only then encoded."""
