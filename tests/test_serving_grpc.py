@@ -38,6 +38,12 @@ def test_grpc_health_metadata_and_text_infer_equal_engine(engines):
         metadata = client.get_model_metadata("test-model", as_json=True)
         assert metadata["outputs"] == [{"name": "embedding", "datatype": "FP32", "shape": ["-1", "384"]}]
         assert client.get_server_metadata(as_json=True)["name"] == "bertrt"
+        config = client.get_model_config("test-model", as_json=True)["config"]
+        assert config["name"] == "test-model" and config["parameters"]["task"]["string_value"] == "embed"
+        assert config["output"] == [{"name": "embedding", "data_type": "TYPE_FP32", "dims": ["-1", "384"]}]
+        assert {i["name"]: i["data_type"] for i in config["input"]}["text"] == "TYPE_STRING"
+        with pytest.raises(InferenceServerException, match="nope"):
+            client.get_model_config("nope")
         result = client.infer("test-model", [_text_input(texts)], request_id="g1",
                               outputs=[grpcclient.InferRequestedOutput("embedding")])
         np.testing.assert_array_equal(result.as_numpy("embedding"), expected)

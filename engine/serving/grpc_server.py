@@ -16,12 +16,12 @@ import time
 
 import grpc
 import numpy as np
-from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from .. import __version__
 from .models import ModelSet
 from .protocol import NUMPY_DTYPES, ApiError, V2Request, V2Tensor, decode_texts
-from .routes_v2 import input_specs, output_specs, run_infer
+from .routes_v2 import input_specs, model_config, output_specs, run_infer
 from .state import ServerState
 
 log = logging.getLogger("bertrt.serving")
@@ -120,6 +120,32 @@ def _encode(state: ServerState, request_id: str, wanted, arrays: dict):
     return response
 
 
+def _config_message(config: dict):
+    """routes_v2.model_config's dict as Triton's ModelConfig message (perf_analyzer asks it first)."""
+    def tensors(specs, message, optional: bool):
+        out = []
+        for spec in specs:
+            kind = "STRING" if spec["datatype"] == "BYTES" else spec["datatype"]
+            fields = dict(name=spec["name"], data_type=model_config_pb2.DataType.Value(f"TYPE_{kind}"),
+                          dims=spec["shape"])
+            if optional:
+                fields["optional"] = bool(spec.get("optional", False))
+            out.append(message(**fields))
+        return out
+
+    batching = config["dynamic_batching"]
+    return model_config_pb2.ModelConfig(
+        name=config["name"], platform=config["platform"], backend=config["backend"],
+        max_batch_size=config["max_batch_size"],
+        input=tensors(config["input"], model_config_pb2.ModelInput, True),
+        output=tensors(config["output"], model_config_pb2.ModelOutput, False),
+        dynamic_batching=model_config_pb2.ModelDynamicBatching(
+            max_queue_delay_microseconds=batching["max_queue_delay_microseconds"]),
+        parameters={key: model_config_pb2.ModelParameter(string_value=str(config[key]))
+                    for key in ("task", "device", "precision", "max_inputs", "max_sequence_length")},
+    )
+
+
 def _spec_messages(specs, message):
     return [message(name=s["name"], datatype=s["datatype"], shape=s["shape"]) for s in specs]
 
@@ -193,6 +219,12 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
                            outputs=_spec_messages(output_specs(state), message.TensorMetadata))
 
         return await self._guard(context, "ModelMetadata", work)
+
+    async def ModelConfig(self, request, context):
+        async def work():
+            return service_pb2.ModelConfigResponse(config=_config_message(model_config(self._model(request.name))))
+
+        return await self._guard(context, "ModelConfig", work)
 
     async def ModelInfer(self, request, context):
         async def work():

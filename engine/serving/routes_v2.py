@@ -116,36 +116,39 @@ async def model_metadata(request: Request, name: str, version: str = "1") -> Res
     )
 
 
+def model_config(state: ServerState) -> dict:
+    """The model's configuration in Triton's ModelConfig shape (HTTP ``/config`` and the gRPC
+    ``ModelConfig`` RPC both answer it)."""
+    engine = state.engine
+    return {
+        "name": state.model_name,
+        "platform": f"bertrt_{engine.backend}",
+        "backend": "bertrt",
+        # Triton's convention: 0 means the shapes above already include the batch dimension (so
+        # perf_analyzer sends [n] texts, not [n, 1]); the per-request limit is max_inputs.
+        "max_batch_size": 0,
+        "max_inputs": state.config.max_inputs,
+        "task": engine.task,
+        "device": engine.device,
+        "precision": engine.precision,
+        "max_sequence_length": state.max_length,
+        "dynamic_batching": {
+            "max_batch_tokens": state.config.max_batch_tokens,
+            "max_queue_delay_microseconds": int(state.config.max_wait_ms * 1000),
+            "max_queue_size": state.config.max_queue,
+        },
+        # Triton's config marks inputs a request may leave out (perf_analyzer reads it): text or
+        # input_ids, and the mask and token types, which have defaults.
+        "input": [{**spec, "optional": state.engine.task != "qa" or spec["name"] != "input_ids"}
+                  for spec in input_specs(state)],
+        "output": output_specs(state),
+    }
+
+
 @router.get("/models/{name}/config")
 @router.get("/models/{name}/versions/{version}/config")
-async def model_config(request: Request, name: str, version: str = "1") -> Response:
-    state = _model(request, name, version)
-    engine = state.engine
-    return _json(
-        {
-            "name": state.model_name,
-            "platform": f"bertrt_{engine.backend}",
-            "backend": "bertrt",
-            # Triton's convention: 0 means the shapes above already include the batch dimension (so
-            # perf_analyzer sends [n] texts, not [n, 1]); the per-request limit is max_inputs.
-            "max_batch_size": 0,
-            "max_inputs": state.config.max_inputs,
-            "task": engine.task,
-            "device": engine.device,
-            "precision": engine.precision,
-            "max_sequence_length": state.max_length,
-            "dynamic_batching": {
-                "max_batch_tokens": state.config.max_batch_tokens,
-                "max_queue_delay_microseconds": int(state.config.max_wait_ms * 1000),
-                "max_queue_size": state.config.max_queue,
-            },
-            # Triton's config marks inputs a request may leave out (perf_analyzer reads it): text or
-            # input_ids, and the mask and token types, which have defaults.
-            "input": [{**spec, "optional": state.engine.task != "qa" or spec["name"] != "input_ids"}
-                      for spec in input_specs(state)],
-            "output": output_specs(state),
-        }
-    )
+async def model_config_route(request: Request, name: str, version: str = "1") -> Response:
+    return _json(model_config(_model(request, name, version)))
 
 
 @router.get("/models/{name}/ready")
