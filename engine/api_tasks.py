@@ -4,6 +4,8 @@ tokenizer and checks they use."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import torch
 
@@ -135,8 +137,6 @@ class PairTaskMethods:
     def tokenizer_clean_up(self) -> bool:
         """tokenizer_config.json's clean_up_tokenization_spaces (transformers' default: False)."""
         if not hasattr(self, "_clean_up"):
-            import json
-
             path = self.checkpoint.model_dir / "tokenizer_config.json"
             raw = json.loads(path.read_text()) if path.exists() else {}
             self._clean_up = bool(raw.get("clean_up_tokenization_spaces", False))

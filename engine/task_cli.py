@@ -14,6 +14,7 @@ import sys
 
 from .cli import _common
 from .cli import _engine as load_engine
+from .cli import cmd_embed as cmd_embed_plain
 from .errors import InputError
 
 
@@ -86,7 +87,9 @@ def _long_text(args) -> dict:
 
 
 def cmd_embed(args) -> int:
-    """bertrt embed, with --long-text window."""
+    """bertrt embed, with --long-text window (``--ray`` runs the files job of bertrt.cli)."""
+    if args.ray:
+        return cmd_embed_plain(args)
     texts = list(args.text) if args.text else read_records(args)
     vectors = _engine(args, "embed").embed(texts, truncation=args.truncation, **_long_text(args))
     _emit({"text": t, "embedding": [round(float(x), 7) for x in v]} for t, v in zip(texts, vectors))

@@ -29,7 +29,7 @@ LADDER: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("quant", ("bertrt.quant",)),
     ("api", ("bertrt.api", "bertrt")),
     ("features", ("bertrt.serving", "bertrt.bench", "bertrt.train", "bertrt.integrations", "bertrt.cli",
-                  "bertrt.__main__")),
+                  "bertrt.task_cli", "bertrt.loadgen", "bertrt.__main__")),
 )
 
 # Inside bertrt.runtime, bottom to top; an import must go to a strictly lower rung.
@@ -57,6 +57,9 @@ LAZY_ALLOWED = {
     "tritonclient": "bertrt[serve] gRPC protocol stubs",
     "opentelemetry": "tracing (optional)",
     "ray": "bertrt[ray]",
+    "mlperf_loadgen": "bertrt[loadgen]",
+    "httpx": "bertrt[serve] (loadgen's network SUT)",
+    "sentence_transformers": "bertrt[bench] peer",
     "pyarrow": "bertrt[ray] files",
     "bertrt.integrations.ray": "imports ray at its top",
     "bertrt.serving.grpc_server": "imports grpc at its top",

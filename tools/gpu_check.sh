@@ -96,7 +96,7 @@ except ImportError:  # torch ships pybind11's headers
     import os, torch; pb = os.path.join(os.path.dirname(torch.__file__), 'include')
 print(sysconfig.get_paths()['include'], pb)")
 build_cuda() {  # one object per source (nvcc for .cu, its host compiler for module.cpp), then one link
-  local objects=() flags=(-O3 -std=c++17 -Xcompiler -fPIC,-fvisibility=hidden -Icsrc/cuda) python_includes=()
+  local objects=() flags=(-O3 -std=c++17 -Xcompiler -fPIC,-fvisibility=hidden -Icsrc/cuda -Icsrc) python_includes=()
   for i in $PYTHON_INCLUDES; do python_includes+=("-I$i"); done  # module.cpp only (the kernels need neither)
   mkdir -p "$PKG/build"
   local pids=() source

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import torch
 
+from ..api import load
 from ..errors import InputError
 from .dataset import TASKS, load_dataset
 from .peak import find_peak
 from .report import plot_png, summary_lines, write_json
 from .runner import SCENARIOS, RunConfig, run_loadgen
+from .sut import EngineTarget, HttpTarget
 
 
 def register(sub) -> None:
@@ -68,23 +70,17 @@ def _config(args) -> tuple[list[RunConfig], object]:
 
 
 def _targets(args, dataset) -> list:
-    import bertrt
-
-    from .sut import EngineTarget, HttpTarget
-
     if args.url:
         return [HttpTarget(args.url, dataset)]
     task = "embed" if args.task == "embed" else args.task
     backends = [args.backend] + ([args.compare] if args.compare else [])
-    return [EngineTarget(bertrt.load(args.model, task=task, device=args.device, backend=b, dtype=args.dtype), dataset)
+    return [EngineTarget(load(args.model, task=task, device=args.device, backend=b, dtype=args.dtype), dataset)
             for b in backends]
 
 
 def _reference(args, dataset):
     """FP32 vectors (n, hidden) of the dataset's texts from bertrt's torch backend: embed accuracy's yardstick."""
-    import bertrt
-
-    return bertrt.load(args.model, task="embed", device=args.device, backend="torch", dtype="float32").embed(
+    return load(args.model, task="embed", device=args.device, backend="torch", dtype="float32").embed(
         dataset.texts)
 
 

@@ -9,17 +9,16 @@ import platform
 from datetime import datetime, timezone
 from pathlib import Path
 
+import torch
+
+from .._version import __version__
 from ..runtime import probe
 
 _PERCENTILES = ("p50", "p90", "p95", "p99", "p99.9")
 
 
 def meta() -> dict:
-    from .. import __version__
-
     cpu = probe.cpu()
-    import torch
-
     return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": {"cpu_model": cpu.model, "isa": cpu.isa, "cores": cpu.cores,
                         "torch_threads": torch.get_num_threads(), "loadavg": list(os.getloadavg())},

@@ -9,11 +9,14 @@ shorter runs). Server and MultiStream judge latency at ``latency_percentile`` (M
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from ..errors import InputError
 from . import accuracy
@@ -213,10 +216,6 @@ def run_loadgen(target, dataset: Dataset, config: RunConfig, out_dir: str | Path
 
 def score(dataset: Dataset, responses: dict[int, bytes], reference=None, id2label: dict | None = None) -> dict:
     """Accuracy of the logged responses (sample index -> bytes, see sut.py) for the dataset's task."""
-    import json
-
-    import numpy as np
-
     if dataset.task == "qa":
         rows = sorted(responses)
         predictions = [json.loads(responses[i].decode())["answer"] for i in rows]

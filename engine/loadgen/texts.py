@@ -19,6 +19,9 @@ import random
 import re
 from pathlib import Path
 
+from tokenizers import Tokenizer
+
+from ..model.loader import default_model_dir
 from ..train.sentences import pydoc_sentences
 
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "examples" / "loadgen" / "pydoc-512.jsonl"
@@ -79,10 +82,6 @@ def make_lines(tokenizer, count: int = 512, min_tokens: int = 16, max_tokens: in
 
 
 def main(argv: list[str] | None = None) -> None:
-    from tokenizers import Tokenizer
-
-    from ..model.loader import default_model_dir
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=str(DEFAULT_PATH))
     parser.add_argument("--count", type=int, default=512)
