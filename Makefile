@@ -65,7 +65,7 @@ bench-baseline:
 # Triton's perf_analyzer against `bertrt serve` (KServe v2 HTTP), concurrency sweep -> docs/results/.
 perf-analyzer:
 	$(MAKE) setup EXTRAS=test
-	$(BIN)/python benchmarks/perf_analyzer.py --concurrency 1 2 4 8 16 --out docs/results
+	$(BIN)/python benchmarks/perf_analyzer.py --protocols http grpc --concurrency 1 2 4 8 16 --out docs/results
 
 # MLPerf LoadGen: MiniLM on bertrt and on ONNX Runtime (same run) -> docs/results/loadgen-minilm/.
 loadgen-results:

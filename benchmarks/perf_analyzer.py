@@ -199,7 +199,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=None, help="checkpoint directory (default: the bundled MiniLM)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16])
-    # gRPC: perf_analyzer asks for ModelConfig first, which bertrt's gRPC server does not implement yet
     parser.add_argument("--protocols", nargs="+", default=["http"], choices=("http", "grpc"),
                         help="KServe v2 over HTTP and/or gRPC (bertrt serve --grpc-port)")
     parser.add_argument("--texts", type=int, default=512, help="distinct texts in the input data")
