@@ -125,3 +125,16 @@ def test_grpc_api_key_in_metadata(engines):
         assert ok.as_numpy("embedding").shape == (1, 384)
         metrics = __import__("httpx").get(f"{server.url}/metrics", headers={"x-api-key": "s3cret"}).text
         assert 'endpoint="grpc:ModelInfer"' in metrics
+
+
+def test_grpc_timeout_counts_from_arrival_and_client_deadline(engines):
+    texts = [sentence(i) * 8 for i in range(64)]
+    with LiveServer(engines["embed"], grpc_port=0, timeout_s=0.001) as server:
+        with pytest.raises(InferenceServerException, match="did not finish within") as caught:
+            _client(server).infer("test-model", [_text_input(texts)])
+        assert "DEADLINE_EXCEEDED" in str(caught.value)
+    with LiveServer(engines["embed"], grpc_port=0) as server:
+        client = _client(server)
+        assert client.infer("test-model", [_text_input(texts[:2])]).as_numpy("embedding").shape == (2, 384)
+        with pytest.raises(InferenceServerException, match="(?i)deadline"):
+            client.infer("test-model", [_text_input(texts)], client_timeout=0.001)

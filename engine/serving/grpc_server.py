@@ -9,6 +9,7 @@ tritonclient reads), in the order the request asked for them.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import struct
@@ -22,7 +23,7 @@ from .. import __version__
 from .models import ModelSet
 from .protocol import NUMPY_DTYPES, ApiError, V2Request, V2Tensor, decode_texts
 from .routes_v2 import input_specs, model_config, output_specs, run_infer
-from .state import ServerState
+from .state import REQUEST_DEADLINE, ServerState
 
 log = logging.getLogger("bertrt.serving")
 
@@ -173,8 +174,19 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
             if state.draining and method not in ("ServerLive", "ServerReady"):
                 code = 503
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+            # --timeout from the call's arrival (or the client's own deadline, if sooner), tokenization
+            # and queueing included, as for HTTP (guard.py)
+            budget = state.config.timeout_s
+            remaining = context.time_remaining()
+            if remaining is not None:
+                budget = min(budget, remaining)
+            REQUEST_DEADLINE.set(asyncio.get_running_loop().time() + budget)
             try:
-                return await work()
+                return await asyncio.wait_for(work(), budget)
+            except asyncio.TimeoutError:
+                code = 504
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                    f"request did not finish within {budget:g} s")
             except ApiError as exc:
                 code = exc.status
                 await context.abort(STATUS.get(exc.status, grpc.StatusCode.INTERNAL), exc.message)
