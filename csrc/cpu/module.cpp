@@ -369,7 +369,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("bias_dtype"), py::arg("threads"));
   m.def("bias_residual_layer_norm", &bias_residual_layer_norm, py::arg("isa"), py::arg("x"),
         py::arg("residual"), py::arg("bias"), py::arg("weight"), py::arg("beta"), py::arg("out"),
-        py::arg("sum_out"), py::arg("rows"), py::arg("hidden"), py::arg("eps"), py::arg("dtype"), py::arg("param_dtype"),
+        py::arg("sum_out"), py::arg("rows"), py::arg("hidden"), py::arg("eps"), py::arg("dtype"),
+        py::arg("param_dtype"),
         py::arg("threads"));
   m.def("embedding_layer_norm", &embedding_layer_norm, py::arg("isa"), py::arg("input_ids"),
         py::arg("token_type_ids"), py::arg("position_ids"), py::arg("ids_int64"), py::arg("word"),

@@ -49,11 +49,12 @@ __global__ void __launch_bounds__(kLayerNormMaxThreads)
 
 template <typename T>
 cudaError_t launch_typed(const void* x, const void* bias, const void* residual, const void* weight,
-                         const void* beta, void* out, void* sum_out, int64_t tokens, int64_t hidden, float eps,
-                         cudaStream_t stream) {
+                         const void* beta, void* out, void* sum_out, int64_t tokens, int64_t hidden,
+                         float eps, cudaStream_t stream) {
   const auto aligned_or_null = [](const void* p) { return p == nullptr || aligned16(p); };
-  const bool aligned = aligned16(x) && aligned_or_null(residual) && aligned16(weight) && aligned_or_null(beta) &&
-                       aligned16(out) && aligned_or_null(bias) && aligned_or_null(sum_out);
+  const bool aligned = aligned16(x) && aligned_or_null(residual) && aligned16(weight) &&
+                       aligned_or_null(beta) && aligned16(out) && aligned_or_null(bias) &&
+                       aligned_or_null(sum_out);
   const LayerNormConfig cfg = pick_layer_norm_config(hidden, sizeof(T), aligned);
   dispatch_layer_norm_config<16 / sizeof(T)>(cfg, [&](auto vec, auto vpt) {
     bias_residual_layer_norm_kernel<T, decltype(vec)::value, decltype(vpt)::value>

@@ -61,7 +61,8 @@ __global__ void __launch_bounds__(kLayerNormMaxThreads)
   if constexpr (VPT == 0) {
     layer_norm_row_loop<T>(load, hidden, weight, bias, out_row, eps, scratch, static_cast<T*>(nullptr));
   } else {
-    layer_norm_row_regs<T, VEC, VPT>(load, hidden, weight, bias, out_row, eps, scratch, static_cast<T*>(nullptr));
+    layer_norm_row_regs<T, VEC, VPT>(load, hidden, weight, bias, out_row, eps, scratch,
+                                     static_cast<T*>(nullptr));
   }
 }
 

@@ -167,7 +167,8 @@ void bias_gelu(std::uintptr_t x, std::uintptr_t bias, std::uintptr_t out, long l
   require(approximate == "none" || approximate == "tanh", op,
           "approximate must be 'none' or 'tanh', got '" + approximate + "'");
   require(tokens >= 0 && features >= 0, op, "tokens and features must be >= 0");
-  require(!gated || features % 2 == 0, op, "gated needs an even number of features, got " + std::to_string(features));
+  require(!gated || features % 2 == 0, op,
+          "gated needs an even number of features, got " + std::to_string(features));
   if (tokens == 0 || features == 0) return;
   check_cuda(op, bertrt::cuda::launch_bias_gelu(pointer(op, "x", x), pointer(op, "bias", bias, false),
                                                 const_cast<void*>(pointer(op, "out", out)), tokens, features,
@@ -214,7 +215,8 @@ void embedding_layer_norm(std::uintptr_t input_ids, const std::string& input_ids
              bertrt::cuda::launch_embedding_layer_norm(
                  pointer(op, "input_ids", input_ids), ids64,
                  pointer(op, "token_type_ids", token_type_ids, token_type != 0), types64,
-                 pointer(op, "position_ids", position_ids, position != 0), pos64, pointer(op, "word", word), vocab,
+                 pointer(op, "position_ids", position_ids, position != 0), pos64, pointer(op, "word", word),
+                 vocab,
                  pointer(op, "position", position, false), max_positions,
                  pointer(op, "token_type", token_type, false), type_vocab, pointer(op, "weight", weight),
                  pointer(op, "bias", bias, false),
