@@ -31,7 +31,7 @@ CSRC = ROOT / "csrc" / "cuda"
 EXPECTED_ARCHS = sorted(int(a) for a in os.environ.get("BERTRT_CUDA_ARCHS", "75;80;86;89;90").split(";") if a)
 KERNELS = (
     "attention_mma_kernel", "attention_simt_kernel", "bias_gelu_kernel", "bias_residual_layer_norm_kernel",
-    "embedding_layer_norm_kernel",
+    "embedding_layer_norm_kernel", "gated_gelu_kernel",
 )
 
 _spec = importlib.util.spec_from_file_location("cuda_inspect", ROOT / "csrc" / "cuda" / "cuda_inspect.py")
