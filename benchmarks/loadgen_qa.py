@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 import transformers
-
 from bertrt.model.loader import default_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -27,13 +27,20 @@ def _config(setup, out, steps, **train):
                                             progress=False, **train))
 
 
-def test_qa_learns_and_output_runs_in_bertrt(setup, tmp_path):
+@pytest.fixture(scope="module")
+def trained(setup, tmp_path_factory):
+    """(directory, results) of the QA model fine-tuned for 150 steps (the distillation's teacher too)."""
+    out = tmp_path_factory.mktemp("qa-trained") / "out"
+    return out, finetune(_config(setup, out, 150))
+
+
+def test_qa_learns_and_output_runs_in_bertrt(setup, trained):
     import bertrt
 
-    results = finetune(_config(setup, tmp_path / "out", 150))
+    out, results = trained
     before = results["eval_before"]["f1"]
     assert results["f1"] >= max(2 * before, before + 10), results  # seeded: 9.9 -> 26.0 on the dev file here
-    engine = bertrt.load(tmp_path / "out", device="cpu", dtype="float32")
+    engine = bertrt.load(out, device="cpu", dtype="float32")
     example = load_qa_data(setup["dev"])[0]
     answer = engine.qa(example.question, example.context)
     assert answer["answer"] == example.context[answer["start"]:answer["end"]]
@@ -75,3 +82,28 @@ def test_bad_qa_data_is_named(tmp_path):
     path.write_text(json.dumps({"question": "", "context": "c"}) + "\n")
     with pytest.raises(DataError, match="missing or empty 'question'"):
         load_qa_data(path)
+
+
+def test_distill_qa_student_keeps_the_teacher_answers(setup, trained, tmp_path):
+    """bertrt distill --task qa: a 1-layer student of the fine-tuned 2-layer teacher, soft start/end
+    distributions plus the gold spans, EM/F1 of both on the dev file; the student runs in bertrt."""
+    import bertrt
+    from bertrt.train import cli
+
+    teacher_dir, teacher_results = trained
+    out = tmp_path / "student"
+    argv = ["distill", "--teacher", str(teacher_dir), "--student-layers", "1", "--data",
+            str(setup["train"]), "--eval-data", str(setup["dev"]), "--max-length", "32", "--doc-stride", "8",
+            "--w-hard", "1", "--max-steps", "150", "--batch-size", "16", "--lr", "1e-3", "--out", str(out),
+            "--no-progress", "--no-latency"]
+    assert cli.main(argv) == 0
+    report = json.loads((out / "distill_results.json").read_text())
+    assert report["task"] == "qa"
+    teacher, student = report["report"]["teacher"], report["report"]["student"]
+    untrained = teacher_results["eval_before"]["f1"]
+    assert teacher["f1"] == pytest.approx(teacher_results["f1"])
+    assert student["f1"] >= max(untrained + 5, 0.6 * teacher["f1"]), report
+    engine = bertrt.load(out, device="cpu", dtype="float32")
+    example = load_qa_data(setup["dev"])[0]
+    answer = engine.qa(example.question, example.context)
+    assert answer["answer"] == example.context[answer["start"]:answer["end"]]

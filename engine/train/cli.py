@@ -102,7 +102,7 @@ def run_distill(args) -> int:
     config = DistillConfig(
         teacher_dir=teacher, train_file=args.data, student_layers=args.student_layers, hidden_size=args.hidden,
         layer_map=layer_map, task=args.task, eval_file=args.eval_data, max_length=args.max_length,
-        temperature=args.temperature, columns=_columns(args), train=_train_config(args),
+        doc_stride=args.doc_stride, temperature=args.temperature, columns=_columns(args), train=_train_config(args),
         weights=LossWeights(soft=args.w_soft, hard=args.w_hard, hidden=args.w_hidden, attention=args.w_attention,
                             embedding_mse=args.w_embedding_mse, embedding_cosine=args.w_embedding_cosine,
                             similarity=args.w_similarity, similarity_correlation=args.w_similarity_correlation),
@@ -159,8 +159,10 @@ def register(subparsers) -> None:
                              "ending at the top layer)")
     parser.add_argument("--data", required=True, help="training file; labels are optional (soft labels suffice)")
     parser.add_argument("--eval-data", default=None, help="held-out file for the report (accuracy, agreement)")
-    parser.add_argument("--task", choices=("sequence", "token", "embedding"), default=None,
+    parser.add_argument("--task", choices=("sequence", "token", "embedding", "qa"), default=None,
                         help="default: from the teacher's config")
+    parser.add_argument("--doc-stride", type=int, default=32,
+                        help="qa: tokens shared by consecutive windows of a long context")
     parser.add_argument("--temperature", type=float, default=2.0)
     weights = parser.add_argument_group("loss weights (0 turns a term off)")
     weights.add_argument("--w-soft", type=float, default=1.0, help="soft-label KL (classification)")

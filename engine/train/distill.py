@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from .data import Columns, load_examples
 from .loop import TrainConfig, setup_determinism, train
 from .models import Pooling, detect_task, load_model, load_tokenizer, save_model
+from .qa import encode_qa, evaluate, load_qa_data
 from .report import compare
 from .teacher_cache import load_or_compute
 
@@ -73,6 +74,7 @@ class DistillConfig:
     task: str | None = None  # default: from the teacher's architecture
     eval_file: str | None = None
     max_length: int = 128
+    doc_stride: int = 32  # qa: tokens shared by consecutive windows of a long context
     temperature: float = 2.0
     weights: LossWeights = field(default_factory=LossWeights)
     columns: Columns = field(default_factory=Columns)
@@ -178,6 +180,23 @@ def soft_label_kl(student_logits, teacher_logits, temperature: float, mask=None)
     return kl * temperature**2
 
 
+def _qa_losses(s_out, t_out, labels, mask, temperature: float, weights: LossWeights, parts: dict):
+    """Soft: KL(teacher || student) of the start and of the end distributions over a window's real
+    tokens, at temperature T (times T^2); hard: cross-entropy with the answer's tokens."""
+    loss = 0.0
+    pad = ~mask.bool()
+    pairs = [(s_out.start_logits, t_out.start_logits), (s_out.end_logits, t_out.end_logits)]
+    if weights.soft:
+        parts["soft"] = sum(soft_label_kl(s.masked_fill(pad, -1e4), t.masked_fill(pad, -1e4), temperature)
+                            for s, t in pairs) / 2
+        loss = loss + weights.soft * parts["soft"]
+    if weights.hard and labels is not None:
+        parts["hard"] = sum(F.cross_entropy(s.masked_fill(pad, -1e4), labels[:, k])
+                            for k, (s, _) in enumerate(pairs)) / 2
+        loss = loss + weights.hard * parts["hard"]
+    return loss
+
+
 def attention_kl(student_attention, teacher_attention, mask) -> torch.Tensor:
     """attentions (batch, heads, query, key) -> KL(teacher || student) per query row, mean over heads and
     real query tokens; different head counts compare head-averaged distributions."""
@@ -247,9 +266,13 @@ def distill(config: DistillConfig) -> dict:
         raise ValueError(
             f"layer map {layer_map} needs {config.student_layers} teacher layers in 0..{teacher_layers - 1}")
 
-    label2id = getattr(teacher.config, "label2id", None) if task != "embedding" else None
-    examples = load_examples(task, config.train_file, tokenizer, config.max_length, label2id, config.columns,
-                             labelled=weights.hard > 0)
+    label2id = getattr(teacher.config, "label2id", None) if task not in ("embedding", "qa") else None
+    if task == "qa":  # every window of every context; labels are the (start, end) tokens of the answer
+        examples = [f.encoded for f in encode_qa(load_qa_data(config.train_file), tokenizer, config.max_length,
+                                                 config.doc_stride)]
+    else:
+        examples = load_examples(task, config.train_file, tokenizer, config.max_length, label2id, config.columns,
+                                 labelled=weights.hard > 0)
 
     setup_determinism(config.train.seed, config.train.threads)
     s_config = student_config(teacher.config, config.student_layers, config.hidden_size)
@@ -315,6 +338,8 @@ def distill(config: DistillConfig) -> dict:
                     + weights.embedding_cosine * parts.get("emb_cos", 0.0)
                     + weights.similarity * parts.get("sim", 0.0)
                     + weights.similarity_correlation * parts.get("sim_corr", 0.0))
+        elif task == "qa":
+            loss = _qa_losses(s_out, t_out, labels, mask, config.temperature, weights, parts)
         else:
             token_mask = mask if task == "token" else None
             if weights.soft:
@@ -350,7 +375,11 @@ def distill(config: DistillConfig) -> dict:
     save_model(student_model, tokenizer, config.teacher_dir, out_dir, task)
     summary = {"task": task, "student_dir": str(out_dir), "layer_map": layer_map, "steps": result["total_steps"],
                "final_loss": sum(h["loss"] for h in result["history"][-50:]) / max(1, len(result["history"][-50:]))}
-    if config.eval_file:
+    if config.eval_file and task == "qa":  # SQuAD EM/F1 of both on the same windows
+        dev = load_qa_data(config.eval_file)
+        summary["report"] = {name: evaluate(model, dev, tokenizer, config.max_length, config.doc_stride)
+                             for name, model in (("teacher", teacher), ("student", student_model))}
+    elif config.eval_file:
         report = compare(config.teacher_dir, str(out_dir), config.eval_file, task=task, max_length=config.max_length,
                          columns=config.columns, latency=config.latency, threads=config.train.threads)
         summary["report"] = report

@@ -45,13 +45,15 @@ def read_config(model_dir: str | Path) -> dict:
 
 
 def detect_task(model_dir: str | Path) -> str:
-    """'sequence', 'token' or 'embedding', from the architecture the directory was saved with."""
+    """'sequence', 'token', 'qa' or 'embedding', from the architecture the directory was saved with."""
     architectures = read_config(model_dir).get("architectures") or []
     name = architectures[0] if architectures else ""
     if name.endswith("ForSequenceClassification"):
         return "sequence"
     if name.endswith("ForTokenClassification"):
         return "token"
+    if name.endswith("ForQuestionAnswering"):
+        return "qa"
     if (Path(model_dir) / "modules.json").is_file() or name.endswith("Model"):
         return "embedding"
     raise ValueError(f"{model_dir}: cannot tell the task from architectures={architectures}; pass --task")
