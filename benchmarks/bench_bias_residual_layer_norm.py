@@ -1,4 +1,5 @@
-"""LayerNorm(x + bias + residual): 1024 tokens x hidden."""
+"""LayerNorm(x + bias + residual): 1024 tokens x hidden; and the pre-norm form (return_sum, no beta) at
+ModernBERT-base's shape."""
 
 from __future__ import annotations
 
@@ -39,3 +40,27 @@ def test_bias_residual_layer_norm_gpu(benchmark, impl, model, dtype):
     args = make_inputs(8 * TOKENS, hidden, DTYPES[dtype], "cuda")
     benchmark.group = f"{OP} gpu {8 * TOKENS}x{hidden} {dtype}"
     time_gpu(benchmark, lambda: fn(*args))
+
+
+# ModernBERT-base (hidden 768): pre-norm, so the LayerNorm also returns the residual sum; no bias, no beta
+MODERN_HIDDEN = 768
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("impl", cpu_implementations(OP))
+def test_prenorm_layer_norm_cpu(benchmark, impl, dtype):
+    fn, isa_scope = resolve_cpu(OP, impl)
+    x, _, residual, weight, _ = make_inputs(TOKENS, MODERN_HIDDEN, DTYPES[dtype])
+    benchmark.group = f"{OP} return_sum nobeta cpu {TOKENS}x{MODERN_HIDDEN} {dtype} (modernbert-base)"
+    with isa_scope:
+        benchmark(lambda: fn(x, None, residual, weight, None, 1e-5, return_sum=True))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["bf16"])
+@pytest.mark.parametrize("impl", gpu_implementations(OP))
+def test_prenorm_layer_norm_gpu(benchmark, impl, dtype):
+    fn = resolve_gpu(OP, impl)
+    x, _, residual, weight, _ = make_inputs(8 * TOKENS, MODERN_HIDDEN, DTYPES[dtype], "cuda")
+    benchmark.group = f"{OP} return_sum nobeta gpu {8 * TOKENS}x{MODERN_HIDDEN} {dtype} (modernbert-base)"
+    time_gpu(benchmark, lambda: fn(x, None, residual, weight, None, 1e-5, return_sum=True))

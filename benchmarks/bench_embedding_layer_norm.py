@@ -1,4 +1,5 @@
-"""Embedding gather (word + position + token type) + LayerNorm: 1024 tokens, BERT vocabulary."""
+"""Embedding gather (word + position + token type) + LayerNorm: 1024 tokens, BERT vocabulary; and the
+word-only, beta-free form at ModernBERT-base's shape."""
 
 from __future__ import annotations
 
@@ -44,3 +45,20 @@ def test_embedding_layer_norm_gpu(benchmark, impl, model, dtype):
     args = make_inputs(8 * TOKENS, hidden, DTYPES[dtype], "cuda")
     benchmark.group = f"{OP} gpu {8 * TOKENS}x{hidden} {dtype}"
     time_gpu(benchmark, lambda: fn(*args))
+
+
+# ModernBERT-base: word embeddings only (rotary positions, no token types), LayerNorm without beta
+MODERN_VOCAB, MODERN_HIDDEN = 50368, 768
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("impl", cpu_implementations(OP))
+def test_word_only_embedding_layer_norm_cpu(benchmark, impl, dtype):
+    fn, isa_scope = resolve_cpu(OP, impl)
+    torch.manual_seed(0)
+    input_ids = torch.randint(0, MODERN_VOCAB, (TOKENS,))
+    word = torch.randn(MODERN_VOCAB, MODERN_HIDDEN).to(DTYPES[dtype])
+    weight = torch.randn(MODERN_HIDDEN).to(DTYPES[dtype])
+    benchmark.group = f"{OP} word-only nobeta cpu {TOKENS}x{MODERN_HIDDEN} {dtype} (modernbert-base)"
+    with isa_scope:
+        benchmark(fn, input_ids, None, None, word, None, None, weight, None, 1e-5)

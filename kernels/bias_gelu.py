@@ -3,6 +3,7 @@
     x:    (tokens, features) fp32/bf16/fp16, unit stride along features (rows may be strided)
     bias: (features,) fp32/bf16/fp16 (loaded and added in fp32), or None
     approximate: "none" (erf) | "tanh"
+    gated:  GeGLU: features = 2 * I, returns (tokens, I) = gelu(x[:, :I] + b[:I]) * (x[:, I:] + b[I:])
     returns (tokens, features), x's dtype, contiguous
 
 Same contract as ``bertrt.ops.bias_gelu.bias_gelu_ref``: the sum and the GELU are computed in fp32 and
@@ -79,7 +80,32 @@ def _bias_gelu_kernel(
     tl.store(out_ptr + rows[:, None] * stride_om + offs_n[None, :], round_to(y, out_ptr.dtype.element_ty), mask=mask)
 
 
-def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, approximate: str = "none") -> torch.Tensor:
+@triton.autotune(configs=_CONFIGS, key=["M_BUCKET", "N_BUCKET"])
+@triton.jit
+def _gated_gelu_kernel(
+    x_ptr, bias_ptr, out_ptr,
+    M, N, stride_xm, stride_om,  # N: output features (half of x's)
+    M_BUCKET, N_BUCKET,  # rounded shapes: autotune key only
+    HAS_BIAS: tl.constexpr, TANH: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    mask = (offs_m < M)[:, None] & n_mask[None, :]
+    rows = offs_m.to(tl.int64)
+    value_ptrs = x_ptr + rows[:, None] * stride_xm + offs_n[None, :]
+    y = tl.load(value_ptrs, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(value_ptrs + N, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        y = y + tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+        g = g + tl.load(bias_ptr + N + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    y = gelu_fp32(y, TANH) * g
+    tl.store(out_ptr + rows[:, None] * stride_om + offs_n[None, :], round_to(y, out_ptr.dtype.element_ty), mask=mask)
+
+
+def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, approximate: str = "none", *,
+              gated: bool = False) -> torch.Tensor:
     """GELU(x + bias); shapes and semantics as in the module docstring.
 
     Raises ValueError naming the offending shape/dtype/device for invalid inputs. GPU speed unmeasured
@@ -94,7 +120,9 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, approximate: str = "no
     check_device([("x", x), ("bias", bias)])
     check_rows("x", x)
     check_vector("bias", bias, x.shape[1])
-    M, N = x.shape
+    if gated and x.shape[1] % 2:
+        raise ValueError(f"gated bias_gelu needs an even last dim (activated half, gate half), got {tuple(x.shape)}")
+    M, N = x.shape[0], x.shape[1] // 2 if gated else x.shape[1]
     out = torch.empty(M, N, dtype=x.dtype, device=x.device)
     if M == 0 or N == 0:
         return out
@@ -102,7 +130,7 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, approximate: str = "no
     def grid(meta):
         return (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(N, meta["BLOCK_N"]))
 
-    _bias_gelu_kernel[grid](
+    (_gated_gelu_kernel if gated else _bias_gelu_kernel)[grid](
         x, x if bias is None else bias, out,
         M, N, x.stride(0), out.stride(0),
         bucket(M), bucket(N),

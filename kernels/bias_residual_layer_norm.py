@@ -1,10 +1,13 @@
 """LayerNorm(x + bias + residual) in one pass (Triton), with fp32 statistics.
 
-    x, residual:  (tokens, hidden) fp32/bf16/fp16, unit stride along hidden (rows may be strided)
+    x, residual:  (tokens, hidden) fp32/bf16/fp16, unit stride along hidden (rows may be strided);
+                  residual may be None (LayerNorm of x + bias)
     bias:         (hidden,) or None
-    weight, beta: (hidden,) LayerNorm gamma and beta (any of fp32/bf16/fp16, applied in fp32)
+    weight, beta: (hidden,) LayerNorm gamma and beta (any of fp32/bf16/fp16, applied in fp32); beta may
+                  be None (bias-free LayerNorm)
     eps:          float
-    returns (tokens, hidden), x's dtype, contiguous
+    return_sum:   also return x + bias + residual (fp32 sum rounded once to x's dtype)
+    returns (tokens, hidden), x's dtype, contiguous; (normed, summed) with return_sum
 
 Same contract as ``bertrt.ops.bias_residual_layer_norm.bias_residual_layer_norm_ref``: the sum, mean,
 variance (two-pass over the row held in registers, biased like ``F.layer_norm``) and the affine are
@@ -57,24 +60,28 @@ _CONFIGS = autotune_configs([
 
 
 @triton.jit
-def layer_norm_rows(y, mask_h, hidden, w_ptr, b_ptr, offs_h, eps):
-    """Normalize each row of the fp32 tile y (ROWS, BLOCK_H; masked lanes hold 0) and apply gamma/beta."""
+def layer_norm_rows(y, mask_h, hidden, w_ptr, b_ptr, offs_h, eps, HAS_BETA: tl.constexpr):
+    """Normalize each row of the fp32 tile y (ROWS, BLOCK_H; masked lanes hold 0) and apply gamma (and
+    beta when HAS_BETA)."""
     mean = tl.sum(y, axis=1) / hidden
     diff = tl.where(mask_h[None, :], y - mean[:, None], 0.0)
     var = tl.sum(diff * diff, axis=1) / hidden
     rstd = 1.0 / tl.sqrt(var + eps)
     w = tl.load(w_ptr + offs_h, mask=mask_h, other=0.0).to(tl.float32)
-    b = tl.load(b_ptr + offs_h, mask=mask_h, other=0.0).to(tl.float32)
-    return diff * rstd[:, None] * w[None, :] + b[None, :]
+    out = diff * rstd[:, None] * w[None, :]
+    if HAS_BETA:
+        out += tl.load(b_ptr + offs_h, mask=mask_h, other=0.0).to(tl.float32)[None, :]
+    return out
 
 
 @triton.autotune(configs=_CONFIGS, key=["M_BUCKET", "BLOCK_H"], prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _bias_residual_layer_norm_kernel(
-    x_ptr, bias_ptr, res_ptr, w_ptr, beta_ptr, out_ptr,
+    x_ptr, bias_ptr, res_ptr, w_ptr, beta_ptr, out_ptr, sum_ptr,
     M, hidden, stride_xm, stride_rm, stride_om, eps,
     M_BUCKET,  # rounded token count: autotune key only
-    HAS_BIAS: tl.constexpr, BLOCK_H: tl.constexpr, ROWS: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_BETA: tl.constexpr, WRITE_SUM: tl.constexpr,
+    BLOCK_H: tl.constexpr, ROWS: tl.constexpr,
 ):
     offs_m = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     offs_h = tl.arange(0, BLOCK_H)
@@ -82,14 +89,18 @@ def _bias_residual_layer_norm_kernel(
     mask = (offs_m < M)[:, None] & mask_h[None, :]
     rows = offs_m.to(tl.int64)
     y = tl.load(x_ptr + rows[:, None] * stride_xm + offs_h[None, :], mask=mask, other=0.0).to(tl.float32)
-    y += tl.load(res_ptr + rows[:, None] * stride_rm + offs_h[None, :], mask=mask, other=0.0).to(tl.float32)
+    if HAS_RESIDUAL:
+        y += tl.load(res_ptr + rows[:, None] * stride_rm + offs_h[None, :], mask=mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
         y += tl.load(bias_ptr + offs_h, mask=mask_h, other=0.0).to(tl.float32)[None, :]
-    out = layer_norm_rows(y, mask_h, hidden, w_ptr, beta_ptr, offs_h, eps)
+    if WRITE_SUM:  # the summed output is contiguous like out
+        tl.store(sum_ptr + rows[:, None] * stride_om + offs_h[None, :], round_to(y, sum_ptr.dtype.element_ty),
+                 mask=mask)
+    out = layer_norm_rows(y, mask_h, hidden, w_ptr, beta_ptr, offs_h, eps, HAS_BETA)
     tl.store(out_ptr + rows[:, None] * stride_om + offs_h[None, :], round_to(out, out_ptr.dtype.element_ty), mask=mask)
 
 
-def bias_residual_layer_norm(x, bias, residual, weight, beta, eps: float = 1e-12) -> torch.Tensor:
+def bias_residual_layer_norm(x, bias, residual, weight, beta, eps: float = 1e-12, *, return_sum: bool = False):
     """LayerNorm(x + bias + residual); shapes and semantics as in the module docstring.
 
     Raises ValueError naming the offending shape/dtype/device for invalid inputs. GPU speed unmeasured
@@ -97,31 +108,35 @@ def bias_residual_layer_norm(x, bias, residual, weight, beta, eps: float = 1e-12
     """
     if x.dim() != 2:
         raise ValueError(f"x must be (tokens, hidden), got {tuple(x.shape)}")
-    if residual.shape != x.shape:
+    if residual is not None and residual.shape != x.shape:
         raise ValueError(f"residual must match x {tuple(x.shape)}, got {tuple(residual.shape)}")
     for name, t in (("x", x), ("bias", bias), ("residual", residual), ("weight", weight), ("beta", beta)):
         check_dtype(name, t, FLOAT_DTYPES)
     check_device([("x", x), ("bias", bias), ("residual", residual), ("weight", weight), ("beta", beta)])
     check_rows("x", x)
-    check_rows("residual", residual)
+    if residual is not None:
+        check_rows("residual", residual)
     M, hidden = x.shape
     for name, t in (("bias", bias), ("weight", weight), ("beta", beta)):
         check_vector(name, t, hidden)
-    if weight is None or beta is None:
-        raise ValueError("weight and beta are required")
+    if weight is None:
+        raise ValueError("weight (the LayerNorm gamma) is required")
     if hidden > MAX_HIDDEN:
         raise ValueError(f"hidden must be <= {MAX_HIDDEN} (one row per program in registers), got {tuple(x.shape)}")
     out = torch.empty(M, hidden, dtype=x.dtype, device=x.device)
+    summed = torch.empty_like(out) if return_sum else None
     if M == 0 or hidden == 0:
-        return out
+        return (out, summed) if return_sum else out
 
     def grid(meta):
         return (triton.cdiv(M, meta["ROWS"]),)
 
     _bias_residual_layer_norm_kernel[grid](
-        x, x if bias is None else bias, residual, weight, beta, out,
-        M, hidden, x.stride(0), residual.stride(0), out.stride(0), float(eps),
+        x, x if bias is None else bias, x if residual is None else residual, weight,
+        weight if beta is None else beta, out, out if summed is None else summed,
+        M, hidden, x.stride(0), x.stride(0) if residual is None else residual.stride(0), out.stride(0), float(eps),
         bucket(M),
-        HAS_BIAS=bias is not None, BLOCK_H=next_pow2(hidden),
+        HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, HAS_BETA=beta is not None,
+        WRITE_SUM=return_sum, BLOCK_H=next_pow2(hidden),
     )
-    return out
+    return (out, summed) if return_sum else out

@@ -1,11 +1,12 @@
 """LayerNorm(word[input_ids] + position[position_ids] + token_type[token_type_ids]) in one pass (Triton).
 
-    input_ids, token_type_ids, position_ids: (tokens,) int32 or int64 (packed, padding-free)
+    input_ids, token_type_ids, position_ids: (tokens,) int32 or int64 (packed, padding-free); the ids of
+        a missing table may be None and are ignored
     word_embeddings:       (vocab, hidden)
-    position_embeddings:   (max_positions, hidden)
-    token_type_embeddings: (type_vocab, hidden)
+    position_embeddings:   (max_positions, hidden) or None
+    token_type_embeddings: (type_vocab, hidden) or None
         tables fp32/bf16/fp16, unit stride along hidden (rows may be strided)
-    weight, bias:          (hidden,) LayerNorm gamma and beta
+    weight, bias:          (hidden,) LayerNorm gamma and beta (bias may be None)
     eps:                   float
     returns (tokens, hidden) in word_embeddings' dtype, contiguous
 
@@ -63,6 +64,7 @@ def _embedding_layer_norm_kernel(
     word_ptr, pos_ptr, type_ptr, w_ptr, b_ptr, out_ptr,
     M, hidden, stride_word, stride_pos, stride_type, stride_om, eps,
     M_BUCKET,  # rounded token count: autotune key only
+    HAS_POSITION: tl.constexpr, HAS_TYPE: tl.constexpr, HAS_BETA: tl.constexpr,
     BLOCK_H: tl.constexpr, ROWS: tl.constexpr,
 ):
     offs_m = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
@@ -72,12 +74,14 @@ def _embedding_layer_norm_kernel(
     mask = m_mask[:, None] & mask_h[None, :]
     # ids were range-checked by the wrapper; masked rows read row 0
     word_row = tl.load(ids_ptr + offs_m, mask=m_mask, other=0).to(tl.int64)
-    type_row = tl.load(type_ids_ptr + offs_m, mask=m_mask, other=0).to(tl.int64)
-    pos_row = tl.load(pos_ids_ptr + offs_m, mask=m_mask, other=0).to(tl.int64)
     y = tl.load(word_ptr + word_row[:, None] * stride_word + offs_h[None, :], mask=mask, other=0.0).to(tl.float32)
-    y += tl.load(pos_ptr + pos_row[:, None] * stride_pos + offs_h[None, :], mask=mask, other=0.0).to(tl.float32)
-    y += tl.load(type_ptr + type_row[:, None] * stride_type + offs_h[None, :], mask=mask, other=0.0).to(tl.float32)
-    out = layer_norm_rows(y, mask_h, hidden, w_ptr, b_ptr, offs_h, eps)
+    if HAS_POSITION:
+        pos_row = tl.load(pos_ids_ptr + offs_m, mask=m_mask, other=0).to(tl.int64)
+        y += tl.load(pos_ptr + pos_row[:, None] * stride_pos + offs_h[None, :], mask=mask, other=0.0).to(tl.float32)
+    if HAS_TYPE:
+        type_row = tl.load(type_ids_ptr + offs_m, mask=m_mask, other=0).to(tl.int64)
+        y += tl.load(type_ptr + type_row[:, None] * stride_type + offs_h[None, :], mask=mask, other=0.0).to(tl.float32)
+    out = layer_norm_rows(y, mask_h, hidden, w_ptr, b_ptr, offs_h, eps, HAS_BETA)
     rows = offs_m.to(tl.int64)
     tl.store(out_ptr + rows[:, None] * stride_om + offs_h[None, :], round_to(out, out_ptr.dtype.element_ty), mask=mask)
 
@@ -91,9 +95,14 @@ def embedding_layer_norm(
     Raises ValueError naming the offending shape/dtype/device (or out-of-range id) for invalid inputs.
     GPU speed unmeasured until run on a GPU; correctness verified under TRITON_INTERPRET=1 on CPU.
     """
-    tables = (("word_embeddings", word_embeddings), ("position_embeddings", position_embeddings),
-              ("token_type_embeddings", token_type_embeddings))
-    ids = (("input_ids", input_ids), ("token_type_ids", token_type_ids), ("position_ids", position_ids))
+    tables = tuple((name, t) for name, t in (
+        ("word_embeddings", word_embeddings), ("position_embeddings", position_embeddings),
+        ("token_type_embeddings", token_type_embeddings)) if t is not None)
+    ids = (("input_ids", input_ids),)  # the ids of a missing table are ignored
+    if token_type_embeddings is not None:
+        ids += (("token_type_ids", token_type_ids),)
+    if position_embeddings is not None:
+        ids += (("position_ids", position_ids),)
     for name, t in tables:
         check_rows(name, t)
         check_dtype(name, t, FLOAT_DTYPES)
@@ -101,39 +110,48 @@ def embedding_layer_norm(
     for name, t in tables[1:]:
         if t.shape[1] != hidden:
             raise ValueError(f"{name} must have hidden size {hidden} like word_embeddings, got {tuple(t.shape)}")
+    if weight is None:
+        raise ValueError("weight (the LayerNorm gamma) is required")
     for name, t in (("weight", weight), ("bias", bias)):
-        if t is None:
-            raise ValueError(f"{name} is required")
         check_dtype(name, t, FLOAT_DTYPES)
+    table_of = {"input_ids": word_embeddings, "token_type_ids": token_type_embeddings,
+                "position_ids": position_embeddings}
+    for name, t in ids:
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a tensor of ids when its table is given, got {type(t).__name__}")
     check_device([*tables, *ids, ("weight", weight), ("bias", bias)])
     check_vector("weight", weight, hidden)
     check_vector("bias", bias, hidden)
-    check_ids("input_ids", input_ids, word_embeddings)
-    check_ids("token_type_ids", token_type_ids, token_type_embeddings)
-    check_ids("position_ids", position_ids, position_embeddings)
-    if not (input_ids.shape == token_type_ids.shape == position_ids.shape):
-        raise ValueError(
-            "input_ids, token_type_ids and position_ids must have one shape, got "
-            f"{tuple(input_ids.shape)}, {tuple(token_type_ids.shape)}, {tuple(position_ids.shape)}"
-        )
+    for name, t in ids:
+        check_ids(name, t, table_of[name])
+    if len({t.shape for _, t in ids}) > 1:
+        raise ValueError(f"{', '.join(n for n, _ in ids)} must have one shape, got "
+                         + ", ".join(str(tuple(t.shape)) for _, t in ids))
     if hidden > MAX_HIDDEN:
         raise ValueError(f"hidden must be <= {MAX_HIDDEN}, got word_embeddings {tuple(word_embeddings.shape)}")
     M = input_ids.shape[0]
     out = torch.empty(M, hidden, dtype=word_embeddings.dtype, device=word_embeddings.device)
     if M == 0 or hidden == 0:
         return out
-    # strided 1D ids are rare; make them unit-stride rather than carry three more strides
-    input_ids, token_type_ids, position_ids = (t.contiguous() for t in (input_ids, token_type_ids, position_ids))
+    # strided 1D ids are rare; make them unit-stride rather than carry three more strides. A missing
+    # table (and its ids) is replaced by the word table / input_ids, never read (HAS_* is off).
+    has_position, has_type = position_embeddings is not None, token_type_embeddings is not None
+    input_ids = input_ids.contiguous()
+    position_ids = position_ids.contiguous() if has_position else input_ids
+    token_type_ids = token_type_ids.contiguous() if has_type else input_ids
+    position_embeddings = position_embeddings if has_position else word_embeddings
+    token_type_embeddings = token_type_embeddings if has_type else word_embeddings
 
     def grid(meta):
         return (triton.cdiv(M, meta["ROWS"]),)
 
     _embedding_layer_norm_kernel[grid](
         input_ids, token_type_ids, position_ids,
-        word_embeddings, position_embeddings, token_type_embeddings, weight, bias, out,
+        word_embeddings, position_embeddings, token_type_embeddings, weight, weight if bias is None else bias, out,
         M, hidden, word_embeddings.stride(0), position_embeddings.stride(0), token_type_embeddings.stride(0),
         out.stride(0), float(eps),
         bucket(M),
+        HAS_POSITION=has_position, HAS_TYPE=has_type, HAS_BETA=bias is not None,
         BLOCK_H=next_pow2(hidden),
     )
     return out

@@ -11,6 +11,7 @@ import time
 import bertrt
 import numpy as np
 import pytest
+import torch
 from bertrt.ops import measure, plan, registry
 from bertrt.ops.plan import KernelPlan, plan_for
 
@@ -78,6 +79,52 @@ class warnings_as_errors:
 
     def __exit__(self, *exc):
         return self._context.__exit__(*exc)
+
+
+# ModernBERT: GeGLU MLP, pre-norm LayerNorms returning the residual sum, no LayerNorm beta, embeddings
+# without position (rotary) or token-type tables
+MODERN_SHAPE = {**SHAPE, "gated": True, "prenorm": True, "norm_bias": False, "position_table": False,
+                "type_table": False}
+
+
+def test_family_options_are_checked_and_an_implementation_without_them_is_never_picked(fresh_cache, fake_candidates):
+    # "slow" takes no gated= option: for BERT it passes, for a GeGLU model its check fails and it is disabled
+    with pytest.warns(UserWarning, match="'slow' failed its self-check") as caught:
+        kernel_plan = plan_for("cpu", "float32", "auto", MODERN_SHAPE)
+    assert not any("'cpu:" in str(w.message) or "'torch'" in str(w.message) for w in caught)
+    for op in plan.PLANNED_OPS:
+        choice = kernel_plan.choice(op)
+        assert choice.reason.startswith("measured"), (op, choice.reason)
+        assert "slow" not in choice.impls and "broken" not in choice.impls
+    store = measure.store("cpu")
+    options = "gated=True,norm_bias=False,position_table=False,prenorm=True,type_table=False"
+    for op in ("bias_gelu", "bias_residual_layer_norm", "embedding_layer_norm"):
+        record = store.get(f"check|{op}|torch|float32|h48|n3|{options}")
+        assert record is not None and record["passed"] is True, (op, record)
+    assert store.get(f"check|bias_gelu|slow|float32|h48|n3|{options}")["passed"] is False
+    # the BERT records are separate: the same candidate still passes there
+    assert measure.store("cpu").get("check|bias_gelu|slow|float32|h48|n3") is None
+
+
+def test_model_shape_of_names_what_the_family_needs():
+    from types import SimpleNamespace
+
+    bert = SimpleNamespace(hidden_size=48, num_attention_heads=3, intermediate_size=72, layer_norm_eps=1e-12)
+    assert plan.model_shape_of(bert) == SHAPE  # a BERT's shape, hence its cached records, are unchanged
+    modern_family = SimpleNamespace(modern=True, position_embeddings=False, token_type_table=False)
+    modern = SimpleNamespace(**vars(bert), family=modern_family, norm_bias=False)
+    assert plan.model_shape_of(modern) == MODERN_SHAPE
+    distil = SimpleNamespace(**vars(bert), family=SimpleNamespace(token_type_table=False))
+    assert plan.model_shape_of(distil) == {**SHAPE, "type_table": False}
+
+
+def test_measured_inputs_follow_the_family_options():
+    args = measure.inputs("bias_gelu", torch.float32, {**MODERN_SHAPE, "tokens": 3}, "cpu")
+    assert args[0].shape == (3, 2 * 72) and measure.options("bias_gelu", MODERN_SHAPE) == {"gated": True}
+    args = measure.inputs("embedding_layer_norm", torch.float32, {**MODERN_SHAPE, "tokens": 3}, "cpu")
+    assert args[2] is None and args[4] is None and args[1] is None and args[5] is None and args[7] is None
+    args = measure.inputs("bias_residual_layer_norm", torch.float32, {**MODERN_SHAPE, "tokens": 3}, "cpu")
+    assert args[4] is None and measure.options("bias_residual_layer_norm", MODERN_SHAPE) == {"return_sum": True}
 
 
 def test_the_fastest_passing_candidate_wins_per_bucket(fresh_cache, monkeypatch):

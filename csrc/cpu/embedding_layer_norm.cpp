@@ -1,6 +1,7 @@
 // LayerNorm(word[input_ids] + position[position_ids] + token_type[token_type_ids]): gather the three
 // rows, add in fp32, normalise, in one pass per token; tokens in parallel. Ids were range-checked
-// by the binding before this runs.
+// by the binding before this runs. The position and token-type tables may be absent (rotary
+// positions, no token types): their ids are then not read.
 #include "layer_norm_row.h"
 #include "parallel.h"
 
@@ -26,20 +27,23 @@ void run(const EmbeddingArgs& a) {
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < tokens; ++t) {
       const T* wr = word + int64_t(input_ids[t]) * hidden;
-      const T* pr = position + int64_t(position_ids[t]) * hidden;
-      const T* tr = token_type + int64_t(type_ids[t]) * hidden;
+      const T* pr = position ? position + int64_t(position_ids[t]) * hidden : nullptr;
+      const T* tr = token_type ? token_type + int64_t(type_ids[t]) * hidden : nullptr;
       Vec sum = vzero();
       int64_t c = 0;
       for (; c + W <= hidden; c += W) {
-        Vec v = vadd(vadd(vload(wr + c), vload(pr + c)), vload(tr + c));
+        Vec v = vload(wr + c);
+        if (pr) v = vadd(v, vload(pr + c));
+        if (tr) v = vadd(v, vload(tr + c));
         vstore(y + c, v);
         sum = vadd(sum, v);
       }
       float row_sum = vreduce_add(sum);
       if (c < hidden) {
         const int64_t rest = hidden - c;
-        Vec v =
-            vadd(vadd(vload_partial(wr + c, rest), vload_partial(pr + c, rest)), vload_partial(tr + c, rest));
+        Vec v = vload_partial(wr + c, rest);
+        if (pr) v = vadd(v, vload_partial(pr + c, rest));
+        if (tr) v = vadd(v, vload_partial(tr + c, rest));
         vstore_partial(y + c, v, rest);
         row_sum += vreduce_add(v);
       }

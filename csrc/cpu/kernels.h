@@ -31,20 +31,22 @@ struct AttentionArgs {
 struct BiasGeluArgs {
   const void* x;     // (rows, cols)
   const void* bias;  // (cols,) or null
-  void* out;         // (rows, cols)
+  void* out;         // (rows, cols), or (rows, cols / 2) when gated
   int64_t rows, cols;
   bool tanh_approximation;
+  bool gated;  // GeGLU: out = gelu(x[:, :cols/2] + b[:cols/2]) * (x[:, cols/2:] + b[cols/2:]); cols even
   DType dtype, bias_dtype;  // bias_dtype is dtype or F32
   int threads;
 };
 
 struct LayerNormArgs {
   const void* x;         // (rows, hidden)
-  const void* residual;  // (rows, hidden)
+  const void* residual;  // (rows, hidden) or null (LayerNorm of x + bias)
   const void* bias;      // (hidden,) or null
   const void* weight;    // (hidden,)
-  const void* beta;      // (hidden,)
+  const void* beta;      // (hidden,) or null (bias-free LayerNorm)
   void* out;             // (rows, hidden)
+  void* sum_out;         // (rows, hidden) x + bias + residual in x's dtype, or null
   int64_t rows, hidden;
   float eps;
   DType dtype, param_dtype;  // param_dtype (bias, weight, beta) is dtype or F32
@@ -53,14 +55,14 @@ struct LayerNormArgs {
 
 struct EmbeddingArgs {
   const void* input_ids;  // (tokens,) int32 or int64, all three alike
-  const void* token_type_ids;
-  const void* position_ids;
+  const void* token_type_ids;  // null when token_type is null
+  const void* position_ids;    // null when position is null
   bool ids_int64;
   const void* word;        // (vocab, hidden)
-  const void* position;    // (max_positions, hidden)
-  const void* token_type;  // (type_vocab, hidden)
+  const void* position;    // (max_positions, hidden) or null
+  const void* token_type;  // (type_vocab, hidden) or null
   const void* weight;      // (hidden,)
-  const void* bias;        // (hidden,)
+  const void* bias;        // (hidden,) or null (bias-free LayerNorm)
   void* out;               // (tokens, hidden)
   int64_t tokens, hidden;
   float eps;

@@ -1,6 +1,6 @@
 // LayerNorm of one fp32 row held in scratch (L1-resident), written out in the storage type.
 // Statistics in fp32: the mean first, then the centred variance (two cheap passes over scratch;
-// the caller made the one pass over memory that filled it).
+// the caller made the one pass over memory that filled it). beta may be null (bias-free LayerNorm).
 #pragma once
 
 #include "simd.h"
@@ -39,12 +39,13 @@ BERTRT_INLINE void normalize_row(const float* y, float row_sum, int64_t hidden, 
   c = 0;
   for (; c + W <= hidden; c += W) {
     Vec n = vmul(vsub(vload(y + c), vmean), vrstd);
-    vstore(out + c, vfmadd(n, vload(weight + c), vload(beta + c)));
+    vstore(out + c, beta ? vfmadd(n, vload(weight + c), vload(beta + c)) : vmul(n, vload(weight + c)));
   }
   if (c < hidden) {
     const int64_t rest = hidden - c;
     Vec n = vmul(vsub(vload_partial(y + c, rest), vmean), vrstd);
-    vstore_partial(out + c, vfmadd(n, vload_partial(weight + c, rest), vload_partial(beta + c, rest)), rest);
+    Vec w = vload_partial(weight + c, rest);
+    vstore_partial(out + c, beta ? vfmadd(n, w, vload_partial(beta + c, rest)) : vmul(n, w), rest);
   }
 }
 

@@ -90,7 +90,7 @@ void attention(int isa, uintptr_t qkv, uintptr_t out, uintptr_t cu_seqlens, int6
 }
 
 void bias_gelu(int isa, uintptr_t x, uintptr_t bias, uintptr_t out, int64_t rows, int64_t cols,
-               bool tanh_approx, int dtype, int bias_dtype, int threads) {
+               bool tanh_approx, bool gated, int dtype, int bias_dtype, int threads) {
   BiasGeluArgs a{};
   const Isa chosen = checked_isa(isa);
   a.dtype = checked_dtype("x", dtype);
@@ -100,6 +100,8 @@ void bias_gelu(int isa, uintptr_t x, uintptr_t bias, uintptr_t out, int64_t rows
   if (rows < 0 || cols < 0)
     throw py::value_error("x shape must be non-negative, got (" + std::to_string(rows) + ", " +
                           std::to_string(cols) + ")");
+  if (gated && cols % 2)
+    throw py::value_error("gated bias_gelu needs an even number of columns, got " + std::to_string(cols));
   if (rows * cols > 0) {
     require_pointer("x", x);
     require_pointer("out", out);
@@ -110,6 +112,7 @@ void bias_gelu(int isa, uintptr_t x, uintptr_t bias, uintptr_t out, int64_t rows
   a.rows = rows;
   a.cols = cols;
   a.tanh_approximation = tanh_approx;
+  a.gated = gated;
   a.threads = checked_threads(threads);
   if (rows * cols == 0) return;
   py::gil_scoped_release release;
@@ -117,8 +120,8 @@ void bias_gelu(int isa, uintptr_t x, uintptr_t bias, uintptr_t out, int64_t rows
 }
 
 void bias_residual_layer_norm(int isa, uintptr_t x, uintptr_t residual, uintptr_t bias, uintptr_t weight,
-                              uintptr_t beta, uintptr_t out, int64_t rows, int64_t hidden, double eps,
-                              int dtype, int param_dtype, int threads) {
+                              uintptr_t beta, uintptr_t out, uintptr_t sum_out, int64_t rows, int64_t hidden,
+                              double eps, int dtype, int param_dtype, int threads) {
   LayerNormArgs a{};
   const Isa chosen = checked_isa(isa);
   a.dtype = checked_dtype("x", dtype);
@@ -127,19 +130,18 @@ void bias_residual_layer_norm(int isa, uintptr_t x, uintptr_t residual, uintptr_
     throw py::value_error("LayerNorm parameter dtype must be x's dtype or float32");
   require_positive("hidden", hidden);
   if (rows < 0) throw py::value_error("rows must be non-negative, got " + std::to_string(rows));
-  require_pointer("weight", weight);
-  require_pointer("beta", beta);
+  require_pointer("weight", weight);  // residual, bias, beta and sum_out may be null (absent)
   if (rows > 0) {
     require_pointer("x", x);
-    require_pointer("residual", residual);
     require_pointer("out", out);
   }
   a.x = ptr<void>(x);
-  a.residual = ptr<void>(residual);
+  a.residual = residual ? ptr<void>(residual) : nullptr;
   a.bias = bias ? ptr<void>(bias) : nullptr;
   a.weight = ptr<void>(weight);
-  a.beta = ptr<void>(beta);
+  a.beta = beta ? ptr<void>(beta) : nullptr;
   a.out = reinterpret_cast<void*>(out);
+  a.sum_out = sum_out ? reinterpret_cast<void*>(sum_out) : nullptr;
   a.rows = rows;
   a.hidden = hidden;
   a.eps = float(eps);
@@ -175,34 +177,32 @@ void embedding_layer_norm(int isa, uintptr_t input_ids, uintptr_t token_type_ids
   require_positive("hidden", hidden);
   if (tokens < 0) throw py::value_error("tokens must be non-negative, got " + std::to_string(tokens));
   if (tokens == 0) return;
+  // The position and token-type tables may be absent (null): then their ids are not read.
   for (auto [name, p] : {std::pair<const char*, uintptr_t>{"input_ids", input_ids},
-                         {"token_type_ids", token_type_ids},
-                         {"position_ids", position_ids},
                          {"word_embeddings", word},
-                         {"position_embeddings", position},
-                         {"token_type_embeddings", token_type},
                          {"weight", weight},
-                         {"bias", bias},
                          {"out", out}})
     require_pointer(name, p);
+  if (position) require_pointer("position_ids", position_ids);
+  if (token_type) require_pointer("token_type_ids", token_type_ids);
   if (ids_int64) {
     check_id_range("input_ids", ptr<int64_t>(input_ids), tokens, vocab);
-    check_id_range("token_type_ids", ptr<int64_t>(token_type_ids), tokens, type_vocab);
-    check_id_range("position_ids", ptr<int64_t>(position_ids), tokens, max_positions);
+    if (token_type) check_id_range("token_type_ids", ptr<int64_t>(token_type_ids), tokens, type_vocab);
+    if (position) check_id_range("position_ids", ptr<int64_t>(position_ids), tokens, max_positions);
   } else {
     check_id_range("input_ids", ptr<int32_t>(input_ids), tokens, vocab);
-    check_id_range("token_type_ids", ptr<int32_t>(token_type_ids), tokens, type_vocab);
-    check_id_range("position_ids", ptr<int32_t>(position_ids), tokens, max_positions);
+    if (token_type) check_id_range("token_type_ids", ptr<int32_t>(token_type_ids), tokens, type_vocab);
+    if (position) check_id_range("position_ids", ptr<int32_t>(position_ids), tokens, max_positions);
   }
   a.input_ids = ptr<void>(input_ids);
-  a.token_type_ids = ptr<void>(token_type_ids);
-  a.position_ids = ptr<void>(position_ids);
+  a.token_type_ids = token_type ? ptr<void>(token_type_ids) : nullptr;
+  a.position_ids = position ? ptr<void>(position_ids) : nullptr;
   a.ids_int64 = ids_int64;
   a.word = ptr<void>(word);
-  a.position = ptr<void>(position);
-  a.token_type = ptr<void>(token_type);
+  a.position = position ? ptr<void>(position) : nullptr;
+  a.token_type = token_type ? ptr<void>(token_type) : nullptr;
   a.weight = ptr<void>(weight);
-  a.bias = ptr<void>(bias);
+  a.bias = bias ? ptr<void>(bias) : nullptr;
   a.out = reinterpret_cast<void*>(out);
   a.tokens = tokens;
   a.hidden = hidden;
@@ -365,11 +365,11 @@ PYBIND11_MODULE(_C, m) {
         py::arg("total_tokens"), py::arg("batch"), py::arg("heads"), py::arg("head_dim"), py::arg("scale"),
         py::arg("dtype"), py::arg("threads"));
   m.def("bias_gelu", &bias_gelu, py::arg("isa"), py::arg("x"), py::arg("bias"), py::arg("out"),
-        py::arg("rows"), py::arg("cols"), py::arg("tanh"), py::arg("dtype"), py::arg("bias_dtype"),
-        py::arg("threads"));
+        py::arg("rows"), py::arg("cols"), py::arg("tanh"), py::arg("gated"), py::arg("dtype"),
+        py::arg("bias_dtype"), py::arg("threads"));
   m.def("bias_residual_layer_norm", &bias_residual_layer_norm, py::arg("isa"), py::arg("x"),
         py::arg("residual"), py::arg("bias"), py::arg("weight"), py::arg("beta"), py::arg("out"),
-        py::arg("rows"), py::arg("hidden"), py::arg("eps"), py::arg("dtype"), py::arg("param_dtype"),
+        py::arg("sum_out"), py::arg("rows"), py::arg("hidden"), py::arg("eps"), py::arg("dtype"), py::arg("param_dtype"),
         py::arg("threads"));
   m.def("embedding_layer_norm", &embedding_layer_norm, py::arg("isa"), py::arg("input_ids"),
         py::arg("token_type_ids"), py::arg("position_ids"), py::arg("ids_int64"), py::arg("word"),

@@ -2,7 +2,8 @@
 // token_type[token_type_ids]). One CTA per token; 128-bit loads when the tables, weight, bias and out are
 // 16-byte aligned and hidden % (16 / sizeof(T)) == 0. Ids are int32 or int64 (a flag per tensor). The Python
 // glue rejects out-of-range ids before the launch (ValueError, as the reference does); the kernel also clamps
-// every id into its table so that a bad id can never read outside it.
+// every id into its table so that a bad id can never read outside it. The position and token-type tables
+// may be null (rotary positions, no token types): their ids are then never read; bias may be null.
 #include <type_traits>
 
 #include "layer_norm.cuh"
@@ -25,15 +26,22 @@ struct IdArray {
 template <typename T, int VEC>
 struct EmbeddingLoader {
   const T* __restrict__ word;
-  const T* __restrict__ position;
-  const T* __restrict__ token_type;
+  const T* __restrict__ position;    // may be null
+  const T* __restrict__ token_type;  // may be null
   __device__ __forceinline__ void operator()(int64_t col, float (&v)[VEC]) const {
-    float p[VEC], t[VEC];
     load_float<T, VEC>(word + col, v);
-    load_float<T, VEC>(position + col, p);
-    load_float<T, VEC>(token_type + col, t);
+    if (position != nullptr) {  // (word + position) + token_type, the reference's order
+      float p[VEC];
+      load_float<T, VEC>(position + col, p);
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) v[i] = (v[i] + p[i]) + t[i];  // the reference's order
+      for (int i = 0; i < VEC; ++i) v[i] += p[i];
+    }
+    if (token_type != nullptr) {
+      float t[VEC];
+      load_float<T, VEC>(token_type + col, t);
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) v[i] += t[i];
+    }
   }
 };
 
@@ -45,14 +53,15 @@ __global__ void __launch_bounds__(kLayerNormMaxThreads)
                                 const T* __restrict__ bias, T* __restrict__ out, int hidden, float eps) {
   __shared__ float scratch[32];
   const int64_t token = blockIdx.x;
-  const EmbeddingLoader<T, VEC> load{word + input_ids.row(token) * hidden,
-                                     position + position_ids.row(token) * hidden,
-                                     token_type + token_type_ids.row(token) * hidden};
+  const EmbeddingLoader<T, VEC> load{
+      word + input_ids.row(token) * hidden,
+      position != nullptr ? position + position_ids.row(token) * hidden : nullptr,
+      token_type != nullptr ? token_type + token_type_ids.row(token) * hidden : nullptr};
   T* out_row = out + token * hidden;
   if constexpr (VPT == 0) {
-    layer_norm_row_loop<T>(load, hidden, weight, bias, out_row, eps, scratch);
+    layer_norm_row_loop<T>(load, hidden, weight, bias, out_row, eps, scratch, static_cast<T*>(nullptr));
   } else {
-    layer_norm_row_regs<T, VEC, VPT>(load, hidden, weight, bias, out_row, eps, scratch);
+    layer_norm_row_regs<T, VEC, VPT>(load, hidden, weight, bias, out_row, eps, scratch, static_cast<T*>(nullptr));
   }
 }
 
@@ -61,8 +70,9 @@ cudaError_t launch_typed(const IdArray& input_ids, const IdArray& token_type_ids
                          const void* word, const void* position, const void* token_type, const void* weight,
                          const void* bias, void* out, int64_t tokens, int64_t hidden, float eps,
                          cudaStream_t stream) {
-  const bool aligned = aligned16(word) && aligned16(position) && aligned16(token_type) && aligned16(weight) &&
-                       aligned16(bias) && aligned16(out);
+  const auto aligned_or_null = [](const void* p) { return p == nullptr || aligned16(p); };
+  const bool aligned = aligned16(word) && aligned_or_null(position) && aligned_or_null(token_type) &&
+                       aligned16(weight) && aligned_or_null(bias) && aligned16(out);
   const LayerNormConfig cfg = pick_layer_norm_config(hidden, sizeof(T), aligned);
   dispatch_layer_norm_config<16 / sizeof(T)>(cfg, [&](auto vec, auto vpt) {
     embedding_layer_norm_kernel<T, decltype(vec)::value, decltype(vpt)::value>

@@ -26,16 +26,20 @@ cudaError_t launch_attention(const void* qkv, const int32_t* cu_seqlens, void* o
 // Which path `auto` picks for (dtype, sm): 1 tensor cores, 2 SIMT.
 AttentionPath attention_auto_path(DType dtype, int sm);
 
-// bias_gelu: out = gelu(x + bias), x/out (tokens, features); bias (features) or null.
+// bias_gelu: out = gelu(x + bias), x/out (tokens, features); bias (features) or null. gated (GeGLU):
+// features even, out (tokens, features / 2) = gelu(x[:, :half] + bias[:half]) * (x[:, half:] + bias[half:]).
 cudaError_t launch_bias_gelu(const void* x, const void* bias, void* out, int64_t tokens, int64_t features,
-                             bool tanh_approx, DType dtype, cudaStream_t stream);
+                             bool tanh_approx, bool gated, DType dtype, cudaStream_t stream);
 
-// bias_residual_layer_norm: out = LayerNorm(x + bias + residual) * weight + beta; bias may be null.
+// bias_residual_layer_norm: out = LayerNorm(x + bias + residual) * weight + beta; bias, residual and beta
+// may be null; sum_out (tokens, hidden), when not null, receives x + bias + residual.
 cudaError_t launch_bias_residual_layer_norm(const void* x, const void* bias, const void* residual,
-                                            const void* weight, const void* beta, void* out, int64_t tokens,
-                                            int64_t hidden, float eps, DType dtype, cudaStream_t stream);
+                                            const void* weight, const void* beta, void* out, void* sum_out,
+                                            int64_t tokens, int64_t hidden, float eps, DType dtype,
+                                            cudaStream_t stream);
 
-// embedding_layer_norm: ids are int32 (ids_are_64 false) or int64, one flag per id tensor.
+// embedding_layer_norm: ids are int32 (ids_are_64 false) or int64, one flag per id tensor. position and
+// token_type (and their ids) may be null; bias may be null.
 cudaError_t launch_embedding_layer_norm(const void* input_ids, bool input_ids_64, const void* token_type_ids,
                                         bool token_type_ids_64, const void* position_ids,
                                         bool position_ids_64, const void* word, int64_t vocab,

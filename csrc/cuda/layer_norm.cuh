@@ -7,7 +7,9 @@
 //     (VEC = 16 / sizeof(T) gives 128-bit loads/stores), so the row is read from global memory once
 //     and the variance is the exact two-pass sum((y - mean)^2).
 //   * layer_norm_row_loop<T>: any hidden size, one element per step, reloading the row three times.
-// Statistics are fp32, like the reference (F.layer_norm on the fp32 sum).
+// Statistics are fp32, like the reference (F.layer_norm on the fp32 sum). beta may be null (bias-free
+// LayerNorm); sum_row, when not null, receives the pre-normalization values rounded to T (the residual
+// stream of a pre-norm layer).
 #pragma once
 
 #include "common.cuh"
@@ -19,7 +21,8 @@ constexpr int kLayerNormMaxThreads = 512;
 template <typename T, int VEC, int VPT, typename Loader>
 __device__ __forceinline__ void layer_norm_row_regs(const Loader& load, int hidden,
                                                     const T* __restrict__ gamma, const T* __restrict__ beta,
-                                                    T* __restrict__ out_row, float eps, float* scratch) {
+                                                    T* __restrict__ out_row, float eps, float* scratch,
+                                                    T* __restrict__ sum_row) {
   const int nvec = hidden / VEC;
   float vals[VPT][VEC];
   float sum = 0.0f;
@@ -28,6 +31,7 @@ __device__ __forceinline__ void layer_norm_row_regs(const Loader& load, int hidd
     const int v = threadIdx.x + k * blockDim.x;
     if (v < nvec) {
       load(static_cast<int64_t>(v) * VEC, vals[k]);
+      if (sum_row != nullptr) store_float<T, VEC>(sum_row + static_cast<int64_t>(v) * VEC, vals[k]);
 #pragma unroll
       for (int i = 0; i < VEC; ++i) sum += vals[k][i];
     } else {
@@ -56,7 +60,12 @@ __device__ __forceinline__ void layer_norm_row_regs(const Loader& load, int hidd
       const int64_t col = static_cast<int64_t>(v) * VEC;
       float g[VEC], b[VEC], y[VEC];
       load_float<T, VEC>(gamma + col, g);
-      load_float<T, VEC>(beta + col, b);
+      if (beta != nullptr) {
+        load_float<T, VEC>(beta + col, b);
+      } else {
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) b[i] = 0.0f;
+      }
 #pragma unroll
       for (int i = 0; i < VEC; ++i) y[i] = (vals[k][i] - mean) * rstd * g[i] + b[i];
       store_float<T, VEC>(out_row + col, y);
@@ -67,11 +76,13 @@ __device__ __forceinline__ void layer_norm_row_regs(const Loader& load, int hidd
 template <typename T, typename Loader>
 __device__ __forceinline__ void layer_norm_row_loop(const Loader& load, int hidden,
                                                     const T* __restrict__ gamma, const T* __restrict__ beta,
-                                                    T* __restrict__ out_row, float eps, float* scratch) {
+                                                    T* __restrict__ out_row, float eps, float* scratch,
+                                                    T* __restrict__ sum_row) {
   float sum = 0.0f;
   for (int c = threadIdx.x; c < hidden; c += blockDim.x) {
     float v[1];
     load(c, v);
+    if (sum_row != nullptr) sum_row[c] = from_float<T>(v[0]);
     sum += v[0];
   }
   const float mean = block_sum(sum, scratch) / static_cast<float>(hidden);
@@ -86,7 +97,8 @@ __device__ __forceinline__ void layer_norm_row_loop(const Loader& load, int hidd
   for (int c = threadIdx.x; c < hidden; c += blockDim.x) {
     float v[1];
     load(c, v);
-    out_row[c] = from_float<T>((v[0] - mean) * rstd * to_float(gamma[c]) + to_float(beta[c]));
+    const float b = beta != nullptr ? to_float(beta[c]) : 0.0f;
+    out_row[c] = from_float<T>((v[0] - mean) * rstd * to_float(gamma[c]) + b);
   }
 }
 

@@ -161,22 +161,23 @@ void attention(std::uintptr_t qkv, std::uintptr_t cu_seqlens, std::uintptr_t out
 
 void bias_gelu(std::uintptr_t x, std::uintptr_t bias, std::uintptr_t out, long long tokens,
                long long features, const std::string& approximate, const std::string& dtype,
-               std::uintptr_t stream) {
+               std::uintptr_t stream, bool gated) {
   const std::string op = "bias_gelu";
   const DType dt = parse_dtype(op, dtype);
   require(approximate == "none" || approximate == "tanh", op,
           "approximate must be 'none' or 'tanh', got '" + approximate + "'");
   require(tokens >= 0 && features >= 0, op, "tokens and features must be >= 0");
+  require(!gated || features % 2 == 0, op, "gated needs an even number of features, got " + std::to_string(features));
   if (tokens == 0 || features == 0) return;
   check_cuda(op, bertrt::cuda::launch_bias_gelu(pointer(op, "x", x), pointer(op, "bias", bias, false),
                                                 const_cast<void*>(pointer(op, "out", out)), tokens, features,
-                                                approximate == "tanh", dt, as_stream(stream)));
+                                                approximate == "tanh", gated, dt, as_stream(stream)));
 }
 
 void bias_residual_layer_norm(std::uintptr_t x, std::uintptr_t bias, std::uintptr_t residual,
                               std::uintptr_t weight, std::uintptr_t beta, std::uintptr_t out,
                               long long tokens, long long hidden, double eps, const std::string& dtype,
-                              std::uintptr_t stream) {
+                              std::uintptr_t stream, std::uintptr_t sum_out) {
   const std::string op = "bias_residual_layer_norm";
   const DType dt = parse_dtype(op, dtype);
   require(tokens >= 0 && tokens <= INT_MAX, op, "tokens must be in [0, 2^31), got " + std::to_string(tokens));
@@ -184,10 +185,11 @@ void bias_residual_layer_norm(std::uintptr_t x, std::uintptr_t bias, std::uintpt
   require(eps >= 0.0 && std::isfinite(eps), op, "eps must be finite and >= 0");
   if (tokens == 0) return;
   check_cuda(op, bertrt::cuda::launch_bias_residual_layer_norm(
-                     pointer(op, "x", x), pointer(op, "bias", bias, false), pointer(op, "residual", residual),
-                     pointer(op, "weight", weight), pointer(op, "beta", beta),
-                     const_cast<void*>(pointer(op, "out", out)), tokens, hidden, static_cast<float>(eps), dt,
-                     as_stream(stream)));
+                     pointer(op, "x", x), pointer(op, "bias", bias, false),
+                     pointer(op, "residual", residual, false), pointer(op, "weight", weight),
+                     pointer(op, "beta", beta, false), const_cast<void*>(pointer(op, "out", out)),
+                     const_cast<void*>(pointer(op, "sum_out", sum_out, false)), tokens, hidden,
+                     static_cast<float>(eps), dt, as_stream(stream)));
 }
 
 void embedding_layer_norm(std::uintptr_t input_ids, const std::string& input_ids_dtype,
@@ -204,15 +206,18 @@ void embedding_layer_norm(std::uintptr_t input_ids, const std::string& input_ids
   const bool pos64 = parse_id_dtype(op, "position_ids", position_ids_dtype);
   require(tokens >= 0 && tokens <= INT_MAX, op, "tokens must be in [0, 2^31), got " + std::to_string(tokens));
   require(hidden >= 1 && hidden <= INT_MAX, op, "hidden must be in [1, 2^31), got " + std::to_string(hidden));
-  require(vocab >= 1 && max_positions >= 1 && type_vocab >= 1, op, "every embedding table needs >= 1 row");
+  require(vocab >= 1 && (position == 0 || max_positions >= 1) && (token_type == 0 || type_vocab >= 1), op,
+          "every embedding table needs >= 1 row");
   require(eps >= 0.0 && std::isfinite(eps), op, "eps must be finite and >= 0");
   if (tokens == 0) return;
   check_cuda(op,
              bertrt::cuda::launch_embedding_layer_norm(
-                 pointer(op, "input_ids", input_ids), ids64, pointer(op, "token_type_ids", token_type_ids),
-                 types64, pointer(op, "position_ids", position_ids), pos64, pointer(op, "word", word), vocab,
-                 pointer(op, "position", position), max_positions, pointer(op, "token_type", token_type),
-                 type_vocab, pointer(op, "weight", weight), pointer(op, "bias", bias),
+                 pointer(op, "input_ids", input_ids), ids64,
+                 pointer(op, "token_type_ids", token_type_ids, token_type != 0), types64,
+                 pointer(op, "position_ids", position_ids, position != 0), pos64, pointer(op, "word", word), vocab,
+                 pointer(op, "position", position, false), max_positions,
+                 pointer(op, "token_type", token_type, false), type_vocab, pointer(op, "weight", weight),
+                 pointer(op, "bias", bias, false),
                  const_cast<void*>(pointer(op, "out", out)), tokens, hidden, static_cast<float>(eps), dt,
                  as_stream(stream)));
 }
@@ -247,11 +252,14 @@ PYBIND11_MODULE(_cuda, m) {
         "out (total, heads, head_dim). path: 'auto', 'mma' (tensor cores) or 'simt' (fp32 CUDA cores).");
   m.def("bias_gelu", &bias_gelu, py::arg("x"), py::arg("bias"), py::arg("out"), py::arg("tokens"),
         py::arg("features"), py::arg("approximate"), py::arg("dtype"), py::arg("stream") = 0,
-        "out = gelu(x + bias) for x, out (tokens, features); bias (features,) or 0 for none.");
+        py::arg("gated") = false,
+        "out = gelu(x + bias) for x, out (tokens, features); bias (features,) or 0 for none. gated: "
+        "out (tokens, features / 2) = gelu(x[:, :half] + bias[:half]) * (x[:, half:] + bias[half:]).");
   m.def("bias_residual_layer_norm", &bias_residual_layer_norm, py::arg("x"), py::arg("bias"),
         py::arg("residual"), py::arg("weight"), py::arg("beta"), py::arg("out"), py::arg("tokens"),
-        py::arg("hidden"), py::arg("eps"), py::arg("dtype"), py::arg("stream") = 0,
-        "out = LayerNorm(x + bias + residual) * weight + beta; bias may be 0 (none).");
+        py::arg("hidden"), py::arg("eps"), py::arg("dtype"), py::arg("stream") = 0, py::arg("sum_out") = 0,
+        "out = LayerNorm(x + bias + residual) * weight + beta; bias, residual, beta and sum_out may be 0 "
+        "(none); sum_out receives x + bias + residual.");
   m.def("embedding_layer_norm", &embedding_layer_norm, py::arg("input_ids"), py::arg("input_ids_dtype"),
         py::arg("token_type_ids"), py::arg("token_type_ids_dtype"), py::arg("position_ids"),
         py::arg("position_ids_dtype"), py::arg("word"), py::arg("vocab"), py::arg("position"),

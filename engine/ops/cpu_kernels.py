@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 import torch
 from bertrt import _C
 
+from .embedding_layer_norm import used_ids
 from .int8_linear import PackedInt8Weight
 from .linear import PackedWeight, pack_weight
 
@@ -194,8 +195,10 @@ def attention(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, scal
     return out
 
 
-def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, approximate: str = "none") -> torch.Tensor:
-    """GELU(x + bias): x (tokens, features), bias (features,) or None; approximate "none" | "tanh"."""
+def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, approximate: str = "none", *,
+              gated: bool = False) -> torch.Tensor:
+    """GELU(x + bias): x (tokens, features), bias (features,) or None; approximate "none" | "tanh".
+    gated: GeGLU, (tokens, 2 * I) -> (tokens, I) = gelu(first half + bias) * (second half + bias)."""
     if approximate not in ("none", "tanh"):
         raise ValueError(f"approximate must be one of ('none', 'tanh'), got {approximate!r}")
     _require_tensor("x", x)
@@ -204,8 +207,10 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, approximate: str = "no
         raise ValueError(f"x must be (tokens, features), got {tuple(x.shape)}")
     if bias is not None:
         _require_shape("bias", bias, (x.shape[1],))
+    if gated and x.shape[1] % 2:
+        raise ValueError(f"gated bias_gelu needs an even last dim (activated half, gate half), got {tuple(x.shape)}")
     bias_code, (bias,) = _params(x.dtype, ("bias",), (bias,))
-    out = torch.empty_like(x)
+    out = torch.empty((x.shape[0], x.shape[1] // 2 if gated else x.shape[1]), dtype=x.dtype)
     _C.bias_gelu(
         _isa_code(),
         x.data_ptr(),
@@ -214,6 +219,7 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, approximate: str = "no
         x.shape[0],
         x.shape[1],
         approximate == "tanh",
+        bool(gated),
         code,
         bias_code,
         _threads(),
@@ -221,34 +227,38 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, approximate: str = "no
     return out
 
 
-def bias_residual_layer_norm(x, bias, residual, weight, beta, eps: float = 1e-12) -> torch.Tensor:
-    """LayerNorm(x + bias + residual) * weight + beta: x, residual (tokens, hidden); the rest (hidden,)."""
+def bias_residual_layer_norm(x, bias, residual, weight, beta, eps: float = 1e-12, *, return_sum: bool = False):
+    """LayerNorm(x + bias + residual) * weight + beta: x, residual (tokens, hidden) (residual may be
+    None); bias, beta (hidden,) or None; weight (hidden,). return_sum: (normed, x + bias + residual)."""
     _require_tensor("x", x)
-    _require_tensor("residual", residual)
     code = _require_float("x", x)
     if x.dim() != 2:
         raise ValueError(f"x must be (tokens, hidden), got {tuple(x.shape)}")
-    if residual.dtype != x.dtype:
-        raise ValueError(f"residual must have x's dtype {x.dtype}, got {residual.dtype}")
-    _require_shape("residual", residual, tuple(x.shape))
+    if residual is not None:
+        _require_tensor("residual", residual)
+        if residual.dtype != x.dtype:
+            raise ValueError(f"residual must have x's dtype {x.dtype}, got {residual.dtype}")
+        _require_shape("residual", residual, tuple(x.shape))
     hidden = x.shape[1]
     if hidden < 1:
         raise ValueError(f"x must have hidden >= 1, got {tuple(x.shape)}")
+    if weight is None:
+        raise ValueError("weight (the LayerNorm gamma) is required")
     for name, t in (("bias", bias), ("weight", weight), ("beta", beta)):
-        if t is None and name != "bias":
-            raise ValueError(f"{name} is required")
         if t is not None:
             _require_shape(name, t, (hidden,))
     param_code, (bias, weight, beta) = _params(x.dtype, ("bias", "weight", "beta"), (bias, weight, beta))
     out = torch.empty_like(x)
+    summed = torch.empty_like(x) if return_sum else None
     _C.bias_residual_layer_norm(
         _isa_code(),
         x.data_ptr(),
-        residual.data_ptr(),
+        _ptr(residual),
         _ptr(bias),
         weight.data_ptr(),
-        beta.data_ptr(),
+        _ptr(beta),
         out.data_ptr(),
+        _ptr(summed),
         x.shape[0],
         hidden,
         float(eps),
@@ -256,7 +266,7 @@ def bias_residual_layer_norm(x, bias, residual, weight, beta, eps: float = 1e-12
         param_code,
         _threads(),
     )
-    return out
+    return (out, summed) if return_sum else out
 
 
 def embedding_layer_norm(
@@ -270,26 +280,29 @@ def embedding_layer_norm(
     bias,
     eps: float = 1e-12,
 ) -> torch.Tensor:
-    """LayerNorm(word[input_ids] + position[position_ids] + token_type[token_type_ids]) -> (tokens, hidden)."""
-    ids = {"input_ids": input_ids, "token_type_ids": token_type_ids, "position_ids": position_ids}
+    """LayerNorm(word[input_ids] + position[position_ids] + token_type[token_type_ids]) -> (tokens, hidden).
+    position_embeddings / token_type_embeddings may be None (their ids are then ignored); bias may be None."""
+    ids = used_ids(input_ids, token_type_ids, position_ids, position_embeddings, token_type_embeddings)
     for name, t in ids.items():
         _require_tensor(name, t)
         if t.dim() != 1:
             raise ValueError(f"{name} must be (tokens,), got {tuple(t.shape)}")
         if t.dtype not in (torch.int32, torch.int64):
             raise ValueError(f"{name} must be int32 or int64, got {t.dtype}")
-    if not (input_ids.shape == token_type_ids.shape == position_ids.shape):
+    if len({t.shape for t in ids.values()}) > 1:
         raise ValueError(
-            "input_ids, token_type_ids and position_ids must have one shape, got "
-            f"{tuple(input_ids.shape)}, {tuple(token_type_ids.shape)}, {tuple(position_ids.shape)}"
+            f"{', '.join(ids)} must have one shape, got " + ", ".join(str(tuple(t.shape)) for t in ids.values())
         )
     if len({t.dtype for t in ids.values()}) > 1:
-        input_ids, token_type_ids, position_ids = (t.long() for t in ids.values())
+        ids = {name: t.long() for name, t in ids.items()}
+    input_ids = ids["input_ids"]
+    token_type_ids, position_ids = ids.get("token_type_ids"), ids.get("position_ids")
     tables = {
         "word_embeddings": word_embeddings,
         "position_embeddings": position_embeddings,
         "token_type_embeddings": token_type_embeddings,
     }
+    tables = {name: t for name, t in tables.items() if t is not None}
     for name, t in tables.items():
         _require_tensor(name, t)
         if t.dim() != 2:
@@ -303,25 +316,28 @@ def embedding_layer_norm(
             raise ValueError(f"{name} must have hidden size {hidden}, got {tuple(t.shape)}")
     if hidden < 1:
         raise ValueError(f"hidden size must be >= 1, got {tuple(word_embeddings.shape)}")
+    if weight is None:
+        raise ValueError("weight (the LayerNorm gamma) is required")
     _require_shape("weight", weight, (hidden,))
-    _require_shape("bias", bias, (hidden,))
+    if bias is not None:
+        _require_shape("bias", bias, (hidden,))
     param_code, (weight, bias) = _params(word_embeddings.dtype, ("weight", "bias"), (weight, bias))
     tokens = input_ids.shape[0]
     out = torch.empty((tokens, hidden), dtype=word_embeddings.dtype)
     _C.embedding_layer_norm(
         _isa_code(),
         input_ids.data_ptr(),
-        token_type_ids.data_ptr(),
-        position_ids.data_ptr(),
+        _ptr(token_type_ids),
+        _ptr(position_ids),
         input_ids.dtype == torch.int64,
         word_embeddings.data_ptr(),
         word_embeddings.shape[0],
-        position_embeddings.data_ptr(),
-        position_embeddings.shape[0],
-        token_type_embeddings.data_ptr(),
-        token_type_embeddings.shape[0],
+        _ptr(position_embeddings),
+        0 if position_embeddings is None else position_embeddings.shape[0],
+        _ptr(token_type_embeddings),
+        0 if token_type_embeddings is None else token_type_embeddings.shape[0],
         weight.data_ptr(),
-        bias.data_ptr(),
+        _ptr(bias),
         out.data_ptr(),
         tokens,
         hidden,

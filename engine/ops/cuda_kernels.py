@@ -22,6 +22,7 @@ from .attention import _check as _check_attention
 from .bias_gelu import _check as _check_bias_gelu
 from .bias_residual_layer_norm import _check as _check_bias_residual_layer_norm
 from .embedding_layer_norm import _check as _check_embedding_layer_norm
+from .embedding_layer_norm import used_ids
 
 _FLOAT_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 _ID_DTYPES = {torch.int32: "int32", torch.int64: "int64"}
@@ -98,25 +99,28 @@ def attention_with_path(
     return out
 
 
-def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, approximate: str = "none") -> torch.Tensor:
-    """GELU(x + bias), exact or tanh (see ``bias_gelu_ref``)."""
+def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, approximate: str = "none", *,
+              gated: bool = False) -> torch.Tensor:
+    """GELU(x + bias), exact or tanh; gated: GeGLU (tokens, 2 * I) -> (tokens, I) (see ``bias_gelu_ref``).
+    Unverified on a GPU (compiled for sm_75..90)."""
     op = "bias_gelu"
-    _check_bias_gelu(x, bias, approximate)
+    _check_bias_gelu(x, bias, approximate, gated)
     dtype = _float_dtype(op, "x", x)
     device = _validate(op, {"x": x, "bias": bias}, x.dtype)
-    out = torch.empty_like(x)
-    if x.numel() == 0:
+    out = torch.empty((x.shape[0], x.shape[1] // 2 if gated else x.shape[1]), dtype=x.dtype, device=device)
+    if out.numel() == 0:
         return out
     with torch.cuda.device(device):
         _cuda.bias_gelu(
             x.data_ptr(), _ptr(bias), out.data_ptr(), x.shape[0], x.shape[1], approximate, dtype,
-            torch.cuda.current_stream(device).cuda_stream,
+            torch.cuda.current_stream(device).cuda_stream, bool(gated),
         )
     return out
 
 
-def bias_residual_layer_norm(x, bias, residual, weight, beta, eps: float = 1e-12) -> torch.Tensor:
-    """LayerNorm(x + bias + residual) with fp32 statistics (see ``bias_residual_layer_norm_ref``)."""
+def bias_residual_layer_norm(x, bias, residual, weight, beta, eps: float = 1e-12, *, return_sum: bool = False):
+    """LayerNorm(x + bias + residual) with fp32 statistics; residual, bias, beta may be None; return_sum:
+    (normed, summed) (see ``bias_residual_layer_norm_ref``). The options are unverified on a GPU."""
     op = "bias_residual_layer_norm"
     _check_bias_residual_layer_norm(x, bias, residual, weight, beta)
     dtype = _float_dtype(op, "x", x)
@@ -124,28 +128,36 @@ def bias_residual_layer_norm(x, bias, residual, weight, beta, eps: float = 1e-12
         op, {"x": x, "bias": bias, "residual": residual, "weight": weight, "beta": beta}, x.dtype
     )
     out = torch.empty_like(x)
-    if x.numel() == 0:
-        return out
-    with torch.cuda.device(device):
-        _cuda.bias_residual_layer_norm(
-            x.data_ptr(), _ptr(bias), residual.data_ptr(), weight.data_ptr(), beta.data_ptr(), out.data_ptr(),
-            x.shape[0], x.shape[1], float(eps), dtype, torch.cuda.current_stream(device).cuda_stream,
-        )
-    return out
+    summed = torch.empty_like(x) if return_sum else None
+    if x.numel() > 0:
+        with torch.cuda.device(device):
+            _cuda.bias_residual_layer_norm(
+                x.data_ptr(), _ptr(bias), _ptr(residual), weight.data_ptr(), _ptr(beta), out.data_ptr(),
+                x.shape[0], x.shape[1], float(eps), dtype, torch.cuda.current_stream(device).cuda_stream,
+                _ptr(summed),
+            )
+    return (out, summed) if return_sum else out
 
 
 def embedding_layer_norm(
     input_ids, token_type_ids, position_ids, word_embeddings, position_embeddings,
     token_type_embeddings, weight, bias, eps: float = 1e-12,
 ) -> torch.Tensor:
-    """LayerNorm of the summed embeddings (see ``embedding_layer_norm_ref``). Out-of-range ids raise
+    """LayerNorm of the summed embeddings (see ``embedding_layer_norm_ref``); the position / token-type
+    tables and bias may be None (their ids are then ignored; unverified on a GPU). Out-of-range ids raise
     ValueError (this check reads the ids' min and max, a device synchronization)."""
     op = "embedding_layer_norm"
-    ids = {"input_ids": input_ids, "token_type_ids": token_type_ids, "position_ids": position_ids}
+    ids = used_ids(input_ids, token_type_ids, position_ids, position_embeddings, token_type_embeddings)
+    for name, t in ids.items():
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{op}: {name} must be a tensor of ids when its table is given, got {type(t).__name__}")
     tables = {
         "word_embeddings": word_embeddings, "position_embeddings": position_embeddings,
         "token_type_embeddings": token_type_embeddings, "weight": weight, "bias": bias,
     }
+    tables = {name: t for name, t in tables.items() if t is not None}
+    if "weight" not in tables:
+        raise ValueError(f"{op}: weight (the LayerNorm gamma) is required")
     for name, t in tables.items():
         if t.dim() != (1 if name in ("weight", "bias") else 2):
             raise ValueError(f"{op}: {name} has shape {tuple(t.shape)}")
@@ -164,15 +176,16 @@ def embedding_layer_norm(
     out = torch.empty(tokens, hidden, dtype=word_embeddings.dtype, device=device)
     if tokens == 0:
         return out
+    token_type_ids, position_ids = ids.get("token_type_ids"), ids.get("position_ids")
     with torch.cuda.device(device):
         _cuda.embedding_layer_norm(
             input_ids.data_ptr(), _ID_DTYPES[input_ids.dtype],
-            token_type_ids.data_ptr(), _ID_DTYPES[token_type_ids.dtype],
-            position_ids.data_ptr(), _ID_DTYPES[position_ids.dtype],
+            _ptr(token_type_ids), _ID_DTYPES[token_type_ids.dtype] if token_type_ids is not None else "int64",
+            _ptr(position_ids), _ID_DTYPES[position_ids.dtype] if position_ids is not None else "int64",
             word_embeddings.data_ptr(), word_embeddings.shape[0],
-            position_embeddings.data_ptr(), position_embeddings.shape[0],
-            token_type_embeddings.data_ptr(), token_type_embeddings.shape[0],
-            weight.data_ptr(), bias.data_ptr(), out.data_ptr(), tokens, hidden, float(eps), dtype,
+            _ptr(position_embeddings), 0 if position_embeddings is None else position_embeddings.shape[0],
+            _ptr(token_type_embeddings), 0 if token_type_embeddings is None else token_type_embeddings.shape[0],
+            weight.data_ptr(), _ptr(bias), out.data_ptr(), tokens, hidden, float(eps), dtype,
             torch.cuda.current_stream(device).cuda_stream,
         )
     return out

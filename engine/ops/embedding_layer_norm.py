@@ -1,12 +1,16 @@
 """LayerNorm(word[input_ids] + position[position_ids] + token_type[token_type_ids]).
 
-    input_ids, token_type_ids, position_ids: (tokens,) int32 or int64 (packed, padding-free)
+    input_ids:             (tokens,) int32 or int64 (packed, padding-free)
+    token_type_ids:        (tokens,) int32/int64, or None when token_type_embeddings is None
+    position_ids:          (tokens,) int32/int64, or None when position_embeddings is None
     word_embeddings:       (vocab, hidden)
-    position_embeddings:   (max_positions, hidden)
-    token_type_embeddings: (type_vocab, hidden)
-    weight, bias:          (hidden,) LayerNorm gamma and beta
+    position_embeddings:   (max_positions, hidden), or None (rotary positions: ModernBERT)
+    token_type_embeddings: (type_vocab, hidden), or None (no token types: DistilBERT, ModernBERT)
+    weight:                (hidden,) LayerNorm gamma
+    bias:                  (hidden,) LayerNorm beta, or None (a bias-free LayerNorm)
     returns (tokens, hidden) in the embeddings' dtype
-Out-of-range ids raise ValueError (never a silent wrong row or an out-of-bounds read).
+Ids of a missing table are ignored. Out-of-range ids raise ValueError (never a silent wrong row or an
+out-of-bounds read).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from .registry import pick
 
 
 def check_ids(name: str, ids: torch.Tensor, table: torch.Tensor) -> None:
+    if not isinstance(ids, torch.Tensor):
+        raise ValueError(f"{name} must be a tensor of ids when its table is given, got {type(ids).__name__}")
     if ids.dim() != 1:
         raise ValueError(f"{name} must be (tokens,), got {tuple(ids.shape)}")
     if ids.dtype not in (torch.int32, torch.int64):
@@ -28,15 +34,28 @@ def check_ids(name: str, ids: torch.Tensor, table: torch.Tensor) -> None:
         )
 
 
+def used_ids(input_ids, token_type_ids, position_ids, position, token_type) -> dict:
+    """name -> ids of the tables that are present (the ids of a missing table are ignored)."""
+    found = {"input_ids": input_ids}
+    if token_type is not None:
+        found["token_type_ids"] = token_type_ids
+    if position is not None:
+        found["position_ids"] = position_ids
+    return found
+
+
 def _check(input_ids, token_type_ids, position_ids, word, position, token_type) -> None:
-    check_ids("input_ids", input_ids, word)
-    check_ids("token_type_ids", token_type_ids, token_type)
-    check_ids("position_ids", position_ids, position)
-    if not (input_ids.shape == token_type_ids.shape == position_ids.shape):
+    tables = {"input_ids": word, "token_type_ids": token_type, "position_ids": position}
+    ids = used_ids(input_ids, token_type_ids, position_ids, position, token_type)
+    for name, t in ids.items():
+        check_ids(name, t, tables[name])
+    if len({t.shape for t in ids.values()}) > 1:
         raise ValueError(
-            "input_ids, token_type_ids and position_ids must have one shape, got "
-            f"{tuple(input_ids.shape)}, {tuple(token_type_ids.shape)}, {tuple(position_ids.shape)}"
+            f"{', '.join(ids)} must have one shape, got " + ", ".join(str(tuple(t.shape)) for t in ids.values())
         )
+    for name, t in (("position_embeddings", position), ("token_type_embeddings", token_type)):
+        if t is not None and (t.dim() != 2 or t.shape[1] != word.shape[1]):
+            raise ValueError(f"{name} must be (rows, {word.shape[1]}), got {tuple(t.shape)}")
 
 
 def embedding_layer_norm_ref(
@@ -44,13 +63,14 @@ def embedding_layer_norm_ref(
     token_type_embeddings, weight, bias, eps: float = 1e-12,
 ) -> torch.Tensor:
     _check(input_ids, token_type_ids, position_ids, word_embeddings, position_embeddings, token_type_embeddings)
-    y = (
-        word_embeddings[input_ids].float()
-        + position_embeddings[position_ids].float()
-        + token_type_embeddings[token_type_ids].float()
-    )
+    y = word_embeddings[input_ids].float()
+    if position_embeddings is not None:
+        y = y + position_embeddings[position_ids].float()
+    if token_type_embeddings is not None:
+        y = y + token_type_embeddings[token_type_ids].float()
     hidden = word_embeddings.shape[1]
-    return F.layer_norm(y, (hidden,), weight.float(), bias.float(), eps).to(word_embeddings.dtype)
+    beta = None if bias is None else bias.float()
+    return F.layer_norm(y, (hidden,), weight.float(), beta, eps).to(word_embeddings.dtype)
 
 
 def embedding_layer_norm_torch(
@@ -58,7 +78,11 @@ def embedding_layer_norm_torch(
     token_type_embeddings, weight, bias, eps: float = 1e-12,
 ) -> torch.Tensor:
     _check(input_ids, token_type_ids, position_ids, word_embeddings, position_embeddings, token_type_embeddings)
-    y = word_embeddings[input_ids] + position_embeddings[position_ids] + token_type_embeddings[token_type_ids]
+    y = word_embeddings[input_ids]
+    if position_embeddings is not None:
+        y = y + position_embeddings[position_ids]
+    if token_type_embeddings is not None:
+        y = y + token_type_embeddings[token_type_ids]
     return F.layer_norm(y, (word_embeddings.shape[1],), weight, bias, eps)
 
 

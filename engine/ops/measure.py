@@ -136,9 +136,31 @@ def forget() -> None:
 # ---- inputs ---------------------------------------------------------------------------------------
 
 
+# What a model family needs of an op beyond BERT's, as ``model_shape`` keys (``plan.model_shape_of``; absent
+# = BERT's): gated (GeGLU MLP), prenorm (LayerNorm that also returns the residual sum), norm_bias=False
+# (LayerNorms without beta), position_table / type_table=False (embeddings without those tables). A
+# candidate is checked and timed with exactly what the model will ask of it.
+FAMILY_OPTIONS = {"gated": False, "prenorm": False, "norm_bias": True, "position_table": True, "type_table": True}
+
+
+def family_options(shape: dict) -> dict:
+    """The model_shape keys that differ from BERT's defaults (empty for BERT itself)."""
+    return {k: shape[k] for k, default in FAMILY_OPTIONS.items() if k in shape and shape[k] != default}
+
+
+def options(op: str, shape: dict) -> dict:
+    """The keyword-only options ``op`` is called with for a model of ``shape``."""
+    if op == "bias_gelu" and shape.get("gated"):
+        return {"gated": True}
+    if op == "bias_residual_layer_norm" and shape.get("prenorm"):
+        return {"return_sum": True}
+    return {}
+
+
 def inputs(op: str, dtype: torch.dtype, shape: dict, device: str, seed: int = 0) -> tuple:
     """Arguments for ``op`` (the signature of ``<op>_ref``) at ``shape``: tokens, hidden, heads,
-    intermediate, lengths (attention), gelu ("none"/"tanh"), eps."""
+    intermediate, lengths (attention), gelu ("none"/"tanh"), eps, and the FAMILY_OPTIONS keys (a gated
+    bias_gelu takes 2 * intermediate features; beta / tables are None where the family has none)."""
     g = torch.Generator().manual_seed(seed)
     tokens, hidden = shape["tokens"], shape["hidden"]
 
@@ -151,19 +173,27 @@ def inputs(op: str, dtype: torch.dtype, shape: dict, device: str, seed: int = 0)
         head_dim = hidden // heads
         cu = torch.tensor([0, *accumulate(lengths)], dtype=torch.int32, device=device)
         return rand(sum(lengths), 3, heads, head_dim), cu, max(lengths)
+    with_beta = shape.get("norm_bias", True)
     if op == "bias_gelu":
-        width = shape["intermediate"]
+        width = shape["intermediate"] * (2 if shape.get("gated") else 1)
         return rand(tokens, width, scale=2.0), rand(width), shape.get("gelu", "none")
     if op == "bias_residual_layer_norm":
         eps = shape.get("eps", 1e-12)
-        return rand(tokens, hidden), rand(hidden), rand(tokens, hidden), 1 + rand(hidden, scale=0.1), rand(hidden), eps
+        beta = rand(hidden) if with_beta else None
+        return rand(tokens, hidden), rand(hidden), rand(tokens, hidden), 1 + rand(hidden, scale=0.1), beta, eps
     if op == "embedding_layer_norm":
         vocab, positions = 997, max(tokens, 8)
         ids = torch.randint(0, vocab, (tokens,), generator=g).to(device)
         types = torch.randint(0, 2, (tokens,), generator=g).to(device)
         pos = torch.arange(tokens, device=device) % positions
-        return (ids, types, pos, rand(vocab, hidden), rand(positions, hidden), rand(2, hidden),
-                1 + rand(hidden, scale=0.1), rand(hidden), shape.get("eps", 1e-12))
+        word, position, token_type = rand(vocab, hidden), rand(positions, hidden), rand(2, hidden)
+        weight, beta = 1 + rand(hidden, scale=0.1), rand(hidden)
+        if not shape.get("position_table", True):
+            pos, position = None, None
+        if not shape.get("type_table", True):
+            types, token_type = None, None
+        return (ids, types, pos, word, position, token_type, weight, beta if with_beta else None,
+                shape.get("eps", 1e-12))
     if op == "linear":
         out_features, act = shape["intermediate"], "gelu_tanh" if shape.get("gelu") == "tanh" else "gelu"
         return rand(tokens, hidden), rand(out_features, hidden, scale=hidden**-0.5), rand(out_features), act
@@ -189,35 +219,46 @@ def check(op: str, impl: str, dtype: torch.dtype, model_shape: dict, device: str
     error, bound (and the exception text when it raised)."""
     shape = check_shape(op, model_shape)
     args = inputs(op, dtype, shape, device, seed=7)
+    kwargs = options(op, shape)
     try:
-        out = registry.resolve(op, impl)(*args)
-        exact = registry.resolve(op, "ref")(*_upcast(args, torch.float32)).float()
-        out = out.float().cpu()
-        if out.shape != exact.shape:
-            return {"passed": False, "error": f"shape {tuple(out.shape)}, expected {tuple(exact.shape)}"}
-        if not torch.isfinite(out).all():
-            return {"passed": False, "error": "non-finite values"}
-        error = (out - exact).abs()
+        outs = _outputs(registry.resolve(op, impl)(*args, **kwargs))
+        exacts = [e.float() for e in _outputs(registry.resolve(op, "ref")(*_upcast(args, torch.float32), **kwargs))]
+        if len(outs) != len(exacts):
+            return {"passed": False, "error": f"{len(outs)} outputs, expected {len(exacts)}"}
+        outs = [o.float().cpu() for o in outs]
+        for out, exact in zip(outs, exacts):
+            if out.shape != exact.shape:
+                return {"passed": False, "error": f"shape {tuple(out.shape)}, expected {tuple(exact.shape)}"}
+            if not torch.isfinite(out).all():
+                return {"passed": False, "error": "non-finite values"}
+        errors = [(out - exact).abs() for out, exact in zip(outs, exacts)]
+        worst = max(float(e.max()) for e in errors)
         if dtype == torch.float32:
             atol, rtol = FP32_BOUND.get(op, (1e-5, 1e-5))
-            own = _reference_error(op, args, exact)
-            bound = atol + own + rtol * exact.abs()
-            passed = bool((error <= bound).all())
-            return {"passed": passed, "error": float(error.max()), "bound": float(bound.min()),
+            own = _reference_error(op, args, kwargs, exacts)
+            bounds = [atol + own + rtol * exact.abs() for exact in exacts]
+            passed = all(bool((e <= b).all()) for e, b in zip(errors, bounds))
+            return {"passed": passed, "error": worst, "bound": min(float(b.min()) for b in bounds),
                     "reference_error": own}
-        torch_out = registry.resolve(op, "torch")(*_upcast(args, dtype)).float()
-        bound = 2.0 * float((torch_out - exact).abs().max()) + LOW_PRECISION_ATOL[dtype]
-        return {"passed": float(error.max()) <= bound, "error": float(error.max()), "bound": bound}
+        torch_outs = _outputs(registry.resolve(op, "torch")(*_upcast(args, dtype), **kwargs))
+        torch_error = max(float((t.float() - e).abs().max()) for t, e in zip(torch_outs, exacts))
+        bound = 2.0 * torch_error + LOW_PRECISION_ATOL[dtype]
+        return {"passed": worst <= bound, "error": worst, "bound": bound}
     except Exception as exc:  # a crash disables the candidate; it must not stop the load
         return {"passed": False, "error": f"{type(exc).__name__}: {exc}"}
 
 
-def _reference_error(op: str, args: tuple, exact: torch.Tensor) -> float:
+def _outputs(result) -> list[torch.Tensor]:
+    """An op's result as a list of tensors (return_sum=True gives two)."""
+    return list(result) if isinstance(result, tuple) else [result]
+
+
+def _reference_error(op: str, args: tuple, kwargs: dict, exacts: list[torch.Tensor]) -> float:
     """How far the fp32 reference itself is from a float64 evaluation of the op on this machine:
     the part of an FP32 kernel's error that no kernel can avoid (it moves with torch's ISA path)."""
     try:
-        truth = registry.resolve(op, "torch")(*_upcast(args, torch.float64)).double()
-        return float((exact.double() - truth).abs().max())
+        truths = _outputs(registry.resolve(op, "torch")(*_upcast(args, torch.float64), **kwargs))
+        return max(float((e.double() - t.double()).abs().max()) for e, t in zip(exacts, truths))
     except Exception:  # an op without a float64 path: the table bound alone
         return 0.0
 
@@ -245,8 +286,9 @@ def best_seconds(fn: Callable[[], object], min_repeats: int = REPEATS, max_repea
 
 def time_op(op: str, impl: str, dtype: torch.dtype, shape: dict, device: str) -> float:
     args = inputs(op, dtype, shape, device)
+    kwargs = options(op, shape)
     fn = registry.resolve(op, impl)
-    return best_seconds(lambda: fn(*args))
+    return best_seconds(lambda: fn(*args, **kwargs))
 
 
 def shape_key(shape: dict) -> str:
@@ -262,6 +304,9 @@ def checked(op: str, impl: str, precision: str, model_shape: dict, device: str) 
     """The cached check record of (op, impl, precision), made now when missing."""
     s = store(device)
     key = f"check|{op}|{impl}|{precision}|h{model_shape['hidden']}|n{model_shape['heads']}"
+    family = family_options(model_shape)
+    if family:  # a family's options are part of what was checked (BERT's keys stay as they were)
+        key += "|" + ",".join(f"{k}={v}" for k, v in sorted(family.items()))
     record = s.get(key)
     if record is None:
         record = check(op, impl, DTYPES[precision], model_shape, device)

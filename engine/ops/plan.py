@@ -132,10 +132,18 @@ def validate_kernels(kernels: str) -> str:
 
 
 def model_shape_of(config) -> dict:
-    """The widths the candidates are checked and timed at, from an EncoderConfig-like object."""
-    return {"hidden": config.hidden_size, "heads": config.num_attention_heads,
-            "intermediate": config.intermediate_size, "eps": float(config.layer_norm_eps),
-            "gelu": "tanh" if getattr(config, "gelu_approximation", "none") == "tanh" else "none"}
+    """The widths the candidates are checked and timed at, from an EncoderConfig-like object, and what
+    its family needs of the fused ops beyond BERT's (``measure.FAMILY_OPTIONS``; only the keys that
+    differ, so a BERT's shape, and its cached measurements, stay as they were)."""
+    shape = {"hidden": config.hidden_size, "heads": config.num_attention_heads,
+             "intermediate": config.intermediate_size, "eps": float(config.layer_norm_eps),
+             "gelu": "tanh" if getattr(config, "gelu_approximation", "none") == "tanh" else "none"}
+    family = getattr(config, "family", None)
+    modern = bool(getattr(family, "modern", False))  # pre-norm, GeGLU (ModernBERT)
+    needs = {"gated": modern, "prenorm": modern, "norm_bias": bool(getattr(config, "norm_bias", True)),
+             "position_table": bool(getattr(family, "position_embeddings", True)),
+             "type_table": bool(getattr(family, "token_type_table", True))}
+    return {**shape, **measure.family_options(needs)}
 
 
 def plan_for(device: str, precision: str, kernels: str = "auto", model_shape: dict | None = None,
