@@ -13,6 +13,7 @@ projections are fused into one (3 * hidden, hidden) matrix at load time.
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -21,6 +22,7 @@ from torch import nn
 
 from .. import ops
 from ..ops.plan import KERNEL_CHOICES, KernelPlan
+from ..ops.registry import pick
 from .config import EncoderConfig
 
 __all__ = ["KERNEL_CHOICES", "Encoder", "EncoderLayer", "KernelPlan", "apply_rotary", "positions_from_cu_seqlens",
@@ -134,8 +136,8 @@ class EncoderLayer(nn.Module):
 
 class Embeddings(nn.Module):
     """LayerNorm(word + position + token type), by the family's data: positions counted from an
-    offset (RoBERTa) or absent (ModernBERT: rotary), token types absent (a single zero row then, so
-    every kernel sees one layout), ELECTRA's embedding_size then a projection to hidden_size."""
+    offset (RoBERTa) or absent (ModernBERT: rotary), token types absent (DistilBERT, MPNet,
+    ModernBERT) or all 0 (RoBERTa), ELECTRA's embedding_size then a projection to hidden_size."""
 
     def __init__(self, config: EncoderConfig):
         super().__init__()
@@ -143,9 +145,7 @@ class Embeddings(nn.Module):
         width = config.embedding_size or config.hidden_size
         self.word = nn.Embedding(config.vocab_size, width)
         self.position = nn.Embedding(config.max_position_embeddings, width) if family.position_embeddings else None
-        self.token_type = nn.Embedding(config.type_vocab_size if family.token_type_table else 1, width)
-        if not family.token_type_table:
-            nn.init.zeros_(self.token_type.weight)
+        self.token_type = nn.Embedding(config.type_vocab_size, width) if family.token_type_table else None
         self.norm = nn.LayerNorm(width, eps=config.layer_norm_eps, bias=config.norm_bias)
         self.project = nn.Linear(width, config.hidden_size) if config.embedding_size else None
         self.token_types = family.token_types
@@ -153,20 +153,31 @@ class Embeddings(nn.Module):
 
     def forward(self, input_ids, token_type_ids, position_ids, plan: KernelPlan) -> torch.Tensor:
         """ids: (tokens,); position_ids: in-sequence positions from 0 -> (tokens, hidden)."""
-        if not self.token_types or token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
+        token_types = None
+        if self.token_type is not None:  # RoBERTa-likes hold a table but every token is type 0
+            token_types = token_type_ids if self.token_types and token_type_ids is not None else \
+                torch.zeros_like(input_ids)
         if self.position is None:
             position_ids, position = None, None
         else:
             position_ids, position = position_ids + self.position_offset, self.position.weight
         x = ops.embedding_layer_norm(
-            input_ids, token_type_ids, position_ids, self.word.weight, position,
-            self.token_type.weight, self.norm.weight, self.norm.bias, self.norm.eps,
+            input_ids, token_types, position_ids, self.word.weight, position,
+            None if self.token_type is None else self.token_type.weight, self.norm.weight, self.norm.bias,
+            self.norm.eps,
             impl=plan.impl("embedding_layer_norm", input_ids.shape[0]),
         )
         if self.project is not None:
             x, _, _ = _dense(self.project, x, plan, defer=False)
         return x
+
+
+def attention_impl_for_options(impl: str, device_type: str) -> str:
+    """The plan's attention implementation when it takes the family options (rel_bias, window,
+    rotary), else "torch" (the reference-checked fallback that has them): kernels gain the options
+    one at a time, and a kernel without them must not run plain attention in their place."""
+    fn = pick("attention", device_type, impl)
+    return impl if "window" in inspect.signature(fn).parameters else "torch"
 
 
 def positions_from_cu_seqlens(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
@@ -273,6 +284,8 @@ class Encoder(nn.Module):
         shared = {}
         if self.relative_bias is not None:  # computed once, shared by every layer (as MPNet does)
             shared["rel_bias"] = self.relative_bias_table(max_seqlen)
+        options_impl = (attention_impl_for_options(attention_impl, x.device.type)
+                        if shared or self.pre_norm else attention_impl)
 
         def attend(qkv: torch.Tensor, layer: EncoderLayer) -> torch.Tensor:
             options = dict(shared)
@@ -280,7 +293,8 @@ class Encoder(nn.Module):
                 options["window"] = layer.window
             if layer.rope_theta is not None:
                 options["rotary"] = self.rotary(layer.rope_theta, max_seqlen, qkv.device)
-            return ops.attention(qkv, cu_seqlens, max_seqlen, impl=attention_impl, **options)
+            return ops.attention(qkv, cu_seqlens, max_seqlen, impl=options_impl if options else attention_impl,
+                                 **options)
 
         return self._run_layers(x, attend, plan)
 
