@@ -110,7 +110,8 @@ def _converted(model_dir: Path) -> Tokenizer:
         fast = transformers.AutoTokenizer.from_pretrained(str(model_dir), use_fast=True)
         return Tokenizer.from_str(fast.backend_tokenizer.to_str())
     except Exception as exc:
-        raise ModelLoadError(f"{model_dir}: cannot convert {found[0]} to a fast tokenizer ({exc}); {how}") from exc
+        reason = " ".join(str(exc).split())[:300]
+        raise ModelLoadError(f"{model_dir}: cannot convert {found[0]} to a fast tokenizer ({reason}); {how}") from exc
 
 
 class BertTokenizer:

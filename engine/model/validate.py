@@ -346,8 +346,14 @@ ENCODER_PREFIXES = ("embeddings.", "encoder.")
 _LAYER = re.compile(r"encoder\.layers?\.(\d+)\.")
 
 
-def check_tensors(state: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]], source: str) -> None:
-    """Every expected tensor present, floating point, of the expected shape; no encoder tensor beyond them."""
+def check_tensors(state: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]], source: str,
+                  original: Mapping[str, str] | None = None) -> None:
+    """Every expected tensor present, floating point, of the expected shape; no encoder tensor beyond them.
+    ``original`` maps our (BERT-layout) names to the checkpoint's own, which messages name."""
+    def shown(name: str) -> str:
+        theirs = (original or {}).get(name, name)
+        return name if theirs == name else f"{theirs} (bertrt's {name})"
+
     missing = [name for name in expected if name not in state]
     if missing:
         more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
@@ -355,19 +361,19 @@ def check_tensors(state: Mapping[str, torch.Tensor], expected: Mapping[str, tupl
     for name, shape in expected.items():
         tensor = state[name]
         if tuple(tensor.shape) != tuple(shape):
-            raise ModelLoadError(f"{source}: weight {name} has shape {tuple(tensor.shape)}, "
+            raise ModelLoadError(f"{source}: weight {shown(name)} has shape {tuple(tensor.shape)}, "
                                  f"config.json implies {tuple(shape)}")
         if not tensor.is_floating_point():
-            raise ModelLoadError(f"{source}: weight {name} has non-float dtype {tensor.dtype}")
+            raise ModelLoadError(f"{source}: weight {shown(name)} has non-float dtype {tensor.dtype}")
     extra = [name for name in state if name not in expected and name not in IGNORED_TENSORS
              and name.startswith(ENCODER_PREFIXES)]
     if extra:
         layers = {int(m.group(1)) for m in map(_LAYER.match, expected) if m}
         layer = _LAYER.match(extra[0])
         if layer and int(layer.group(1)) not in layers:
-            raise ModelLoadError(f"{source}: weights have layer {layer.group(1)} ({extra[0]}) but config.json "
+            raise ModelLoadError(f"{source}: weights have layer {layer.group(1)} ({shown(extra[0])}) but config.json "
                                  f"num_hidden_layers is {len(layers)}")
-        raise ModelLoadError(f"{source}: weight {extra[0]} is not part of the model config.json describes")
+        raise ModelLoadError(f"{source}: weight {shown(extra[0])} is not part of the model config.json describes")
 
 
 def check_tokenizer_fits(tokenizer_size: int, vocab_size: int, source: str) -> None:

@@ -107,9 +107,10 @@ def expected_shapes(config: EncoderConfig) -> dict[str, tuple[int, ...]]:
 def checked_state_dict(raw: dict[str, torch.Tensor], config: EncoderConfig, source: str) -> dict[str, torch.Tensor]:
     """Rename to our names and check presence and shape of every tensor the model needs."""
     family = config.family
-    state = {family.canonical(k): v for k, v in raw.items()}
+    original = {family.canonical(k): k for k in raw}
+    state = {ours: raw[theirs] for ours, theirs in original.items()}
     expected = expected_shapes(config)
-    check_tensors(state, expected, source)
+    check_tensors(state, expected, source, original)
     optional = {k: shape for k, shape in lm_head_shapes(config)[1].items() if k in state}
     for name, shape in optional.items():
         if tuple(state[name].shape) != shape:
