@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 import shutil
 
+import bertrt
 import pytest
 import torch
-
-import bertrt
 from bertrt.errors import ModelLoadError
 from bertrt.model import load_checkpoint
+
 from tests.family_checkpoints import PREFIX, SUFFIX, make_family_checkpoint
 
 transformers = pytest.importorskip("transformers")
@@ -166,7 +166,8 @@ def test_modernbert_8192_tokens(tmp_path):
     directory = make_family_checkpoint(tmp_path / "mb", "modernbert", "embed", max_position_embeddings=8192,
                                        local_attention=128)
     engine = bertrt.load(directory, device="cpu", backend="torch", dtype="float32")
-    ids = [int(i) for i in torch.randint(5, engine.config.vocab_size, (8192,), generator=torch.Generator().manual_seed(0))]
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, engine.config.vocab_size, (8192,), generator=generator).tolist()
     (ours,) = engine.run_encodings([ids], [[0] * len(ids)], "tokens")
     hf = hf_model(directory, "modernbert", "embed")
     with torch.no_grad():
@@ -248,3 +249,49 @@ def test_slow_tokenizer_files_only(checkpoints, tmp_path, monkeypatch):
     (directory / "vocab.json").write_text("{}")
     with pytest.raises(ModelLoadError, match="vocab.json without merges.txt"):
         load_checkpoint(directory)
+
+
+@pytest.mark.parametrize(("family", "task", "variant"), [
+    ("roberta", "classify", "fp32-ort"), ("distilbert", "embed", "fp32-ort"), ("electra", "qa", "fp32"),
+    ("mpnet", "embed", "fp32"), ("modernbert", "classify", "fp32"), ("modernbert", "ner", "fp32"),
+    ("xlm-roberta", "ner", "fp32")])
+def test_onnx_export_matches_torch(checkpoints, tmp_path, family, task, variant):
+    pytest.importorskip("onnxruntime")
+    from bertrt.runtime.onnx_export import export
+
+    result = export(load_checkpoint(checkpoints(family, task)), tmp_path / "m.onnx", task=task, variant=variant)
+    assert result.max_abs_diff <= ATOL
+    if variant.endswith("-ort"):  # the plain families keep BERT's graph: ORT fuses attention in every layer
+        assert result.fused["Attention"] == 2 and result.fused["EmbedLayerNormalization"] == 1
+
+
+@pytest.mark.parametrize("family", ["roberta", "modernbert"])
+def test_int8_quantize_agrees(checkpoints, family):
+    from bertrt.quant import Int8DynamicConfig, quantize_
+
+    directory = checkpoints(family, "classify")
+    engine = bertrt.load(directory, device="cpu", backend="torch", dtype="float32")
+    encodings = engine.tokenizer.encode_batch(TEXTS)
+    args = ([e.ids for e in encodings], [e.type_ids for e in encodings], "classify")
+    before = torch.stack(engine.run_encodings(*args))
+    quantize_(engine, Int8DynamicConfig())
+    after = torch.stack(engine.run_encodings(*args))
+    assert not torch.equal(before, after)  # the linears really run in int8
+    assert float((before - after).abs().max()) < 0.1 * float(before.abs().max())
+    assert torch.equal(before.argmax(-1), after.argmax(-1))
+
+
+def test_serving_a_roberta(checkpoints):
+    pytest.importorskip("fastapi")
+    httpx = pytest.importorskip("httpx")
+    from tests.serving_helpers import LiveServer
+
+    embedder = bertrt.load(checkpoints("roberta", "embed"), device="cpu", backend="torch", dtype="float32")
+    classifier = bertrt.load(checkpoints("roberta", "classify"), device="cpu", backend="torch", dtype="float32")
+    with LiveServer(embedder) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        got = client.post("/embed", json={"inputs": TEXTS[:2]}).json()
+        want = torch.as_tensor(embedder.embed(TEXTS[:2], normalize=True))  # TEI's default
+        assert float((torch.tensor(got) - want).abs().max()) <= 1e-5
+    with LiveServer(classifier) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        got = client.post("/predict", json={"inputs": "the quick brown fox"}).json()
+        assert got[0]["label"] == classifier.classify(["the quick brown fox"])[0]["label"]
