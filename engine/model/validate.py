@@ -352,7 +352,7 @@ def check_tensors(state: Mapping[str, torch.Tensor], expected: Mapping[str, tupl
     ``original`` maps our (BERT-layout) names to the checkpoint's own, which messages name."""
     def shown(name: str) -> str:
         theirs = (original or {}).get(name, name)
-        return name if theirs == name else f"{theirs} (bertrt's {name})"
+        return theirs if theirs.endswith(name) else f"{theirs} (bertrt's {name})"  # a prefix only: theirs
 
     missing = [name for name in expected if name not in state]
     if missing:
