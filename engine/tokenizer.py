@@ -85,6 +85,35 @@ def split_texts(texts, what: str = "texts") -> tuple[list, bool]:
     return check_texts(texts, what), False
 
 
+# Tokenizer files of the slow (Python) tokenizers, which bertrt reads only once converted to tokenizer.json
+SLOW_TOKENIZER_FILES = {"sentencepiece.bpe.model": "SentencePiece (XLM-R, CamemBERT)",
+                        "spm.model": "SentencePiece", "vocab.json": "byte-level BPE (RoBERTa), with merges.txt"}
+
+
+def _converted(model_dir: Path) -> Tokenizer:
+    """A directory with only a slow tokenizer's files (sentencepiece.bpe.model, vocab.json +
+    merges.txt): converted to a fast tokenizer with transformers when it is installed, else a
+    ModelLoadError saying which file to add."""
+    found = [name for name in SLOW_TOKENIZER_FILES if (model_dir / name).exists()]
+    if not found:
+        raise ModelLoadError(f"{model_dir}: missing tokenizer (looked for tokenizer.json and vocab.txt)")
+    how = (f"add tokenizer.json to it (transformers.AutoTokenizer.from_pretrained({str(model_dir)!r})"
+           f".save_pretrained(...) writes one)")
+    if found[0] == "vocab.json" and not (model_dir / "merges.txt").exists():
+        raise ModelLoadError(f"{model_dir}: vocab.json without merges.txt is not a complete BPE tokenizer; {how}")
+    try:
+        import transformers  # optional: only to convert a slow tokenizer's files
+    except ImportError:
+        raise ModelLoadError(f"{model_dir}: has only {found[0]} ({SLOW_TOKENIZER_FILES[found[0]]}); bertrt reads "
+                             f"tokenizer.json: {how}, or install transformers to convert it at load") from None
+    try:
+        fast = transformers.AutoTokenizer.from_pretrained(str(model_dir), use_fast=True)
+        return Tokenizer.from_str(fast.backend_tokenizer.to_str())
+    except Exception as exc:
+        reason = " ".join(str(exc).split())[:300]
+        raise ModelLoadError(f"{model_dir}: cannot convert {found[0]} to a fast tokenizer ({reason}); {how}") from exc
+
+
 class BertTokenizer:
     """Wraps a ``tokenizers.Tokenizer`` with bertrt's truncation policy.
 
@@ -131,7 +160,7 @@ class BertTokenizer:
             return cls(tok, max_length)
         vocab = model_dir / "vocab.txt"
         if not vocab.exists():
-            raise ModelLoadError(f"{model_dir}: missing tokenizer (looked for tokenizer.json and vocab.txt)")
+            return cls(_converted(model_dir), max_length)
         lowercase = True
         config_file = model_dir / "tokenizer_config.json"
         if config_file.exists():

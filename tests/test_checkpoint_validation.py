@@ -108,7 +108,8 @@ def test_config_that_is_not_an_object(model_copy):
 
 def test_config_with_fewer_layers_than_the_weights(model_copy):
     edit_json(model_copy / "config.json", num_hidden_layers=1)
-    with pytest.raises(ModelLoadError, match=r"weights have layer 1 \(encoder\.layer\.1\..*num_hidden_layers is 1"):
+    with pytest.raises(ModelLoadError,
+                       match=r"weights have layer 1 \((bert\.)?encoder\.layer\.1\..*num_hidden_layers is 1"):
         load_checkpoint(model_copy)
 
 

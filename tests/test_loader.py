@@ -64,9 +64,16 @@ def test_unsupported_architecture(model_copy):
         load_checkpoint(model_copy)
 
 
-def test_unsupported_model_type(model_copy):
-    edit_config(model_copy, model_type="roberta")
-    with pytest.raises(ModelLoadError, match="unsupported model_type 'roberta'"):
+@pytest.mark.parametrize("model_type", ["deberta-v2", "longformer"])
+def test_unsupported_model_type(model_copy, model_type):
+    edit_config(model_copy, model_type=model_type)
+    with pytest.raises(ModelLoadError, match=f"unsupported model_type '{model_type}'.*'distilbert'.*'modernbert'"):
+        load_checkpoint(model_copy)
+
+
+def test_architecture_of_another_family(model_copy):
+    edit_config(model_copy, model_type="roberta")  # a BertModel architecture under RoBERTa's model_type
+    with pytest.raises(ModelLoadError, match=r"unsupported architecture 'Bert\w+' for model_type 'roberta'"):
         load_checkpoint(model_copy)
 
 

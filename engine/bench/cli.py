@@ -16,7 +16,7 @@ from ..quant.api import quantize_
 from ..quant.configs import Int8DynamicConfig
 from ..runtime import probe
 from ..runtime.cache import cache_dir
-from .models import resolve_model
+from .models import CONFIGS, resolve_model
 from .names import (
     CPU_PEER_NAMES,
     DEFAULT_SHAPES,
@@ -58,7 +58,7 @@ def register(subparsers) -> None:
         "bench", help="benchmark bertrt against transformers / ONNX Runtime / OpenVINO on CPU",
         description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", "-m", default=None, help="checkpoint directory (default: bundled all-MiniLM-L6-v2)")
-    p.add_argument("--config", default=None, choices=("bert-base", "bert-large"),
+    p.add_argument("--config", default=None, choices=tuple(CONFIGS),
                    help="a random-weight BERT of this shape instead of --model (written once to the cache)")
     p.add_argument("--shapes", default=",".join(DEFAULT_SHAPES),
                    help="BATCHxLEN or BATCHxMIN-MAX (seeded random lengths), comma separated")

@@ -1,6 +1,6 @@
-"""Which checkpoint a bench runs: the bundled MiniLM, a directory, or a random-weight BERT of a
-standard shape (``--config bert-base``), written once (seeded) so that every engine loads the same
-weights."""
+"""Which checkpoint a bench runs: the bundled MiniLM, a directory, or a random-weight model of a
+standard shape (``--config bert-base``, ``roberta-base``, ``distilbert-base``, ``modernbert-base``...),
+written once (seeded) so that every engine loads the same weights."""
 
 from __future__ import annotations
 
@@ -12,17 +12,29 @@ import torch
 from ..errors import InputError
 from ..model.loader import default_model_dir
 
-# transformers.BertConfig defaults are bert-base: hidden 768, 12 layers, 12 heads, intermediate 3072
+# name -> (transformers model class, its config class, config overrides); the config classes' defaults
+# are the base shapes (BertConfig: hidden 768, 12 layers, 12 heads, intermediate 3072)
 CONFIGS = {
-    "bert-base": {},
-    "bert-large": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
-                   "intermediate_size": 4096},
+    "bert-base": ("BertModel", "BertConfig", {}),
+    "bert-large": ("BertModel", "BertConfig", {"hidden_size": 1024, "num_hidden_layers": 24,
+                                               "num_attention_heads": 16, "intermediate_size": 4096}),
+    # roberta-base: 50,265 tokens, 514 positions (offset pad_token_id + 1 = 2), one token type
+    "roberta-base": ("RobertaModel", "RobertaConfig", {"vocab_size": 50265, "max_position_embeddings": 514,
+                                                       "type_vocab_size": 1, "pad_token_id": 1}),
+    "distilbert-base": ("DistilBertModel", "DistilBertConfig", {}),  # 6 layers of bert-base
+    # ModernBERT-base: 22 layers, GeGLU 1152, 8,192 positions, local window 128 every layer but each third
+    "modernbert-base": ("ModernBertModel", "ModernBertConfig", {
+        "vocab_size": 50368, "hidden_size": 768, "num_hidden_layers": 22, "num_attention_heads": 12,
+        "intermediate_size": 1152, "max_position_embeddings": 8192, "local_attention": 128,
+        "global_attn_every_n_layers": 3, "pad_token_id": 0, "bos_token_id": 101, "eos_token_id": 102,
+        "cls_token_id": 101, "sep_token_id": 102}),
 }
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def random_checkpoint(name: str, cache_dir: Path, seed: int = 0) -> Path:
-    """<cache_dir>/<name>-random-s<seed>: a BertModel with random weights and MiniLM's tokenizer."""
+    """<cache_dir>/<name>-random-s<seed>: a model of that family and shape with random weights and
+    MiniLM's WordPiece tokenizer (its 30,522 ids index every vocabulary above: shapes, not text, matter)."""
     if name not in CONFIGS:
         raise InputError(f"unknown --config {name!r}; choose from {sorted(CONFIGS)}")
     target = Path(cache_dir) / f"{name}-random-s{seed}"
@@ -34,7 +46,8 @@ def random_checkpoint(name: str, cache_dir: Path, seed: int = 0) -> Path:
         raise InputError("--config needs transformers to write the random checkpoint (pip install "
                          "'bertrt[bench]')") from exc
     torch.manual_seed(seed)
-    model = transformers.BertModel(transformers.BertConfig(**CONFIGS[name])).eval()
+    model_class, config_class, overrides = CONFIGS[name]
+    model = getattr(transformers, model_class)(getattr(transformers, config_class)(**overrides)).eval()
     tmp = target.with_name(target.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -165,21 +166,30 @@ class BertrtEndToEnd(Bertrt):
 
 
 def _load_transformers(model_dir: Path, dtype: torch.dtype, attn: str = "sdpa"):
-    """BertModel without its pooler (bertrt and the ONNX graphs do not compute it either)."""
+    """The checkpoint's AutoModel (its encoder), without a pooler where the family has one (bertrt
+    and the ONNX graphs do not compute it either); eager attention where the family has no SDPA
+    (MPNet)."""
     import transformers  # optional dependency (bertrt[bench])
 
+    model_type = json.loads((Path(model_dir) / "config.json").read_text()).get("model_type", "bert")
+    extra = {"add_pooling_layer": False} if model_type in POOLER_FAMILIES else {}
+    attn = "eager" if model_type in EAGER_ONLY else attn
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # the unused pooler weights are reported otherwise
     try:
         try:
-            model = transformers.AutoModel.from_pretrained(model_dir, attn_implementation=attn, dtype=dtype,
-                                                           add_pooling_layer=False)
+            model = transformers.AutoModel.from_pretrained(model_dir, attn_implementation=attn, dtype=dtype, **extra)
         except TypeError:  # transformers < 4.56 calls it torch_dtype
             model = transformers.AutoModel.from_pretrained(model_dir, attn_implementation=attn, torch_dtype=dtype,
-                                                           add_pooling_layer=False)
+                                                           **extra)
     finally:
         transformers.logging.set_verbosity(verbosity)
     return model.eval().requires_grad_(False)
+
+
+# families whose transformers *Model takes add_pooling_layer; those without an SDPA attention
+POOLER_FAMILIES = ("bert", "roberta", "xlm-roberta", "camembert", "mpnet")
+EAGER_ONLY = ("mpnet",)
 
 
 class Transformers(Subject):

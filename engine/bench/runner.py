@@ -147,7 +147,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print, progress:
     threads = config.threads or probe.cpu().cores
     torch.set_num_threads(threads)
     encoder_config = EncoderConfig.from_file(config.model_dir / "config.json")
-    pooling, _ = read_pooling(config.model_dir)
+    pooling, _, _ = read_pooling(config.model_dir)
     ctx = peers_mod.Context(model_dir=config.model_dir, threads=threads, cache_dir=Path(config.cache_dir),
                             pooling=pooling, num_heads=encoder_config.num_attention_heads,
                             hidden_size=encoder_config.hidden_size, log=log, device=config.device)

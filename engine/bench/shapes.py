@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer
 
 from ..batching import PackedBatch, pack
 from ..errors import InputError
@@ -78,14 +79,31 @@ def parse_shapes(text: str | list[str] | tuple[str, ...]) -> list[ShapeSpec]:
     return specs
 
 
+def vocabulary(vocab_file: Path) -> list[str]:
+    """Tokens by id: vocab.txt's lines, or without it the vocabulary of tokenizer.json beside it."""
+    vocab_file = Path(vocab_file)
+    if vocab_file.exists():
+        return vocab_file.read_text(encoding="utf-8").splitlines()
+    vocab = Tokenizer.from_file(str(vocab_file.with_name("tokenizer.json"))).get_vocab(with_added_tokens=True)
+    tokens = [""] * (max(vocab.values()) + 1)
+    for token, index in vocab.items():
+        tokens[index] = token
+    return tokens
+
+
 def word_ids(vocab_file: Path) -> tuple[list[int], int, int, int]:
-    """(ids of whole lowercase words in vocab.txt, cls_id, sep_id, pad_id)."""
-    tokens = Path(vocab_file).read_text(encoding="utf-8").splitlines()
+    """(ids of whole lowercase words in vocab.txt, cls_id, sep_id, pad_id). Without vocab.txt, the
+    vocabulary of tokenizer.json beside it (BPE / Unigram families: RoBERTa's <s> </s> <pad>, words
+    marked with their leading-space symbol)."""
+    tokens = vocabulary(vocab_file)
     index = {t: i for i, t in enumerate(tokens)}
-    words = [i for i, t in enumerate(tokens) if t.isalpha() and t.isascii() and t.islower() and len(t) > 1]
+    bare = [t.lstrip("\u0120\u2581") for t in tokens]  # byte-level BPE's "Ġ", SentencePiece's "▁"
+    words = [i for i, t in enumerate(bare) if t.isalpha() and t.isascii() and t.islower() and len(t) > 1]
     if not words:
-        words = [i for i, t in enumerate(tokens) if not (t.startswith("[") and t.endswith("]"))]
-    return words, index.get("[CLS]", 101), index.get("[SEP]", 102), index.get("[PAD]", 0)
+        words = [i for i, t in enumerate(tokens) if t and not (t[0] in "[<" and t[-1] in "]>")]
+    special = lambda *names: next((index[n] for n in names if n in index), None)  # noqa: E731
+    cls_id, sep_id, pad_id = special("[CLS]", "<s>"), special("[SEP]", "</s>"), special("[PAD]", "<pad>")
+    return words, 101 if cls_id is None else cls_id, 102 if sep_id is None else sep_id, pad_id or 0
 
 
 @dataclass
@@ -117,7 +135,7 @@ class BenchInputs:
 def make_inputs(spec: ShapeSpec, vocab_file: Path, seed: int = 0, max_length: int | None = None) -> BenchInputs:
     """Seeded token ids for ``spec``; lengths are clipped to ``max_length`` (the model's limit)."""
     words, cls_id, sep_id, pad_id = word_ids(vocab_file)
-    id_to_token = Path(vocab_file).read_text(encoding="utf-8").splitlines()
+    id_to_token = [t.lstrip("\u0120\u2581") for t in vocabulary(vocab_file)]
     rng = random.Random(f"tokens:{seed}:{spec.name}")
     ids, texts = [], []
     for length in spec.lengths(seed):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import EncoderConfig
@@ -27,7 +28,8 @@ class BertModel(nn.Module):
       tokens:   (T, hidden) last hidden states (fp32); embed_unnormalized: embed without Normalize
     """
 
-    def __init__(self, config: EncoderConfig, pooling: PoolingConfig | None = None):
+    def __init__(self, config: EncoderConfig, pooling: PoolingConfig | None = None,
+                 dense: list[nn.Module] | None = None):
         super().__init__()
         self.config = config
         self.encoder = Encoder(config)
@@ -35,6 +37,15 @@ class BertModel(nn.Module):
         if head_parts(config.architecture):
             self.head = PreTrainingHeads(config, self.encoder.embeddings.word)
         self.pooling = pooling or PoolingConfig()
+        # sentence-transformers Dense modules between pooling and Normalize (heads.SentenceDense)
+        self.dense = nn.ModuleList(dense or [])
+
+    def embed_pooled(self, pooled: torch.Tensor, normalize: bool | None = None) -> torch.Tensor:
+        """Pooled (batch, hidden) -> the sentence embedding: the Dense modules, then Normalize (fp32)."""
+        for layer in self.dense:
+            pooled = layer(pooled.to(layer.linear.weight.dtype)).float()
+        normalize = self.pooling.normalize if normalize is None else normalize
+        return F.normalize(pooled, dim=-1) if normalize else pooled
 
     @property
     def plan(self) -> KernelPlan:
@@ -57,10 +68,9 @@ class BertModel(nn.Module):
         return self.apply_head(hidden, cu_seqlens, task)
 
     def apply_head(self, hidden: torch.Tensor, cu_seqlens: torch.Tensor, task: str) -> torch.Tensor:
-        if task == "embed":
-            return pool(hidden, cu_seqlens, self.pooling)
-        if task == "embed_unnormalized":  # TEI's normalize=false on a model whose pooling normalizes
-            return pool(hidden, cu_seqlens, dataclasses.replace(self.pooling, normalize=False))
+        if task in ("embed", "embed_unnormalized"):  # embed_unnormalized: TEI's normalize=false
+            pooled = pool(hidden, cu_seqlens, dataclasses.replace(self.pooling, normalize=False))
+            return self.embed_pooled(pooled, False if task == "embed_unnormalized" else None)
         if task == "tokens":  # the last hidden state of every token (TEI /embed_all)
             return hidden.float()
         if task != self.config.task or self.head is None:

@@ -11,9 +11,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import EncoderConfig
+from .config import GELU_VARIANTS, EncoderConfig
+from .families import HeadSpec
 
-POOLING_MODES = ("mean", "cls", "max")
+POOLING_MODES = ("mean", "cls", "max", "lasttoken")
+# sentence-transformers Dense activation_function -> the function applied after its linear layer
+DENSE_ACTIVATIONS = {
+    "torch.nn.modules.linear.Identity": lambda x: x, "torch.nn.modules.activation.Tanh": torch.tanh,
+    "torch.nn.modules.activation.ReLU": torch.relu, "torch.nn.modules.activation.GELU": F.gelu,
+    "torch.nn.modules.activation.Sigmoid": torch.sigmoid,
+}
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,8 @@ def pool(hidden: torch.Tensor, cu_seqlens: torch.Tensor, config: PoolingConfig) 
     h = hidden.float()
     if config.mode == "cls":
         out = h[cu_seqlens[:-1].long()]
+    elif config.mode == "lasttoken":
+        out = h[(cu_seqlens[1:] - 1).clamp_min(0).long()]
     else:
         seq = sequence_ids(cu_seqlens, h.shape[0])
         if config.mode == "mean":
@@ -59,6 +68,9 @@ def pool_padded(hidden: torch.Tensor, attention_mask: torch.Tensor, config: Pool
     valid = attention_mask[:, :, None].to(hidden.dtype)
     if config.mode == "cls":
         out = hidden[:, 0]
+    elif config.mode == "lasttoken":
+        last = (attention_mask.sum(1) - 1).clamp(min=0).long()
+        out = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
     elif config.mode == "mean":
         out = (hidden * valid).sum(1) / valid.sum(1).clamp(min=1.0)
     else:
@@ -66,46 +78,93 @@ def pool_padded(hidden: torch.Tensor, attention_mask: torch.Tensor, config: Pool
     return F.normalize(out, dim=-1) if (config.normalize if normalize is None else normalize) else out
 
 
-class Pooler(nn.Module):
-    """BERT's pooler: tanh(dense(hidden of [CLS]))."""
+class SentenceDense(nn.Module):
+    """A sentence-transformers Dense module after pooling: activation(linear(x)), (batch, in) -> (batch, out)."""
 
-    def __init__(self, hidden: int):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 activation: str = "torch.nn.modules.activation.Tanh"):
         super().__init__()
-        self.dense = nn.Linear(hidden, hidden)
+        self.linear = nn.Linear(in_features, out_features, bias=bias)
+        self.activation = activation
 
-    def forward(self, cls_hidden: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.dense(cls_hidden))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return DENSE_ACTIVATIONS[self.activation](self.linear(x))
+
+
+class Pooler(nn.Module):
+    """A head's transform: activation(dense(x)), then an optional LayerNorm (ModernBERT's head).
+    BERT's pooler is tanh(dense([CLS])); RoBERTa's classifier.dense + tanh; DistilBERT's
+    pre_classifier + ReLU; ELECTRA's dense + GELU."""
+
+    def __init__(self, hidden: int, activation: str = "tanh", bias: bool = True, norm: bool = False,
+                 norm_bias: bool = True, eps: float = 1e-12):
+        super().__init__()
+        self.dense = nn.Linear(hidden, hidden, bias=bias)
+        self.activation = activation
+        self.norm = nn.LayerNorm(hidden, eps=eps, bias=norm_bias) if norm else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.dense(x)
+        if self.activation == "tanh":
+            x = torch.tanh(x)
+        elif self.activation == "relu":
+            x = torch.relu(x)
+        else:
+            x = F.gelu(x, approximate="none" if GELU_VARIANTS[self.activation] == "none" else "tanh")
+        return x if self.norm is None else self.norm(x)
+
+
+def _pooler(spec: HeadSpec, config: EncoderConfig) -> Pooler | None:
+    if spec.dense is None:
+        return None
+    modern = spec.activation == "config"
+    return Pooler(config.hidden_size, config.classifier_activation if modern else spec.activation,
+                  bias=config.classifier_bias if modern else True, norm=spec.norm is not None,
+                  norm_bias=config.norm_bias, eps=config.layer_norm_eps)
 
 
 class SequenceClassificationHead(nn.Module):
+    """classifier(pooler(first token)), or of the mean over tokens (ModernBERT's classifier_pooling)."""
+
     def __init__(self, config: EncoderConfig):
         super().__init__()
-        self.pooler = Pooler(config.hidden_size)
+        self.spec = config.family.sequence_head
+        self.pooling = config.classifier_pooling if config.family.modern else "cls"
+        self.pooler = _pooler(self.spec, config)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+
+    def pooled(self, first: torch.Tensor) -> torch.Tensor:
+        return self.classifier(first if self.pooler is None else self.pooler(first))
 
     def forward(self, hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
         """-> logits (batch, num_labels)."""
-        return self.classifier(self.pooler(hidden[cu_seqlens[:-1].long()]))
+        if self.pooling == "mean":
+            return self.pooled(pool(hidden, cu_seqlens, PoolingConfig("mean")).to(hidden.dtype))
+        return self.pooled(hidden[cu_seqlens[:-1].long()])
 
 
 class TokenClassificationHead(nn.Module):
-    def __init__(self, config: EncoderConfig):
+    def __init__(self, config: EncoderConfig, spec: HeadSpec | None = None, outputs: int | None = None):
         super().__init__()
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.spec = spec or config.family.token_head
+        self.pooler = _pooler(self.spec, config)  # ModernBERT: its head runs on every token first
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels if outputs is None else outputs)
 
-    def forward(self, hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
         """-> logits (total_tokens, num_labels)."""
-        return self.classifier(hidden)
+        return self.classifier(hidden if self.pooler is None else self.pooler(hidden))
 
 
 class QuestionAnsweringHead(nn.Module):
     def __init__(self, config: EncoderConfig):
         super().__init__()
+        self.spec = config.family.qa_head
+        self.pooler = _pooler(self.spec, config)
         self.qa_outputs = nn.Linear(config.hidden_size, 2)
 
-    def forward(self, hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
         """-> (total_tokens, 2): start and end logits."""
-        return self.qa_outputs(hidden)
+        return self.qa_outputs(hidden if self.pooler is None else self.pooler(hidden))
 
 
 def build_head(config: EncoderConfig) -> nn.Module | None:
@@ -120,15 +179,18 @@ def build_head(config: EncoderConfig) -> nn.Module | None:
 
 
 def load_head_state(head: nn.Module | None, state: dict[str, torch.Tensor]) -> None:
+    """Weights by the head's spec (the checkpoint's names for its transform and output)."""
     if head is None:
         return
-    names = {
-        SequenceClassificationHead: {"pooler.dense": "pooler.dense", "classifier": "classifier"},
-        TokenClassificationHead: {"classifier": "classifier"},
-        QuestionAnsweringHead: {"qa_outputs": "qa_outputs"},
-    }[type(head)]
-    modules = dict(head.named_modules())
+    spec = head.spec
+    out = head.qa_outputs if isinstance(head, QuestionAnsweringHead) else head.classifier
+    modules = [(out, spec.out)]
+    if head.pooler is not None:
+        modules += [(head.pooler.dense, spec.dense), (head.pooler.norm, spec.norm)]
     with torch.no_grad():
-        for ours, theirs in names.items():
-            modules[ours].weight.copy_(state[theirs + ".weight"])
-            modules[ours].bias.copy_(state[theirs + ".bias"])
+        for module, name in modules:
+            if module is None:
+                continue
+            module.weight.copy_(state[name + ".weight"])
+            if module.bias is not None:
+                module.bias.copy_(state[name + ".bias"])

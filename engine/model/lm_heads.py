@@ -35,8 +35,16 @@ class LmHeadNames:
     pooler: str | None = "pooler.dense"
 
 
-# architecture prefix -> names; fam's families add rows (RoBERTa: "lm_head.dense", "lm_head.layer_norm", ...)
-LM_HEAD_NAMES: dict[str, LmHeadNames] = {"Bert": LmHeadNames()}
+_ROBERTA_LM = LmHeadNames(transform_dense="lm_head.dense", transform_norm="lm_head.layer_norm",
+                          decoder="lm_head.decoder", decoder_bias="lm_head.bias", seq_relationship=None, pooler=None)
+# architecture prefix -> names (families.MASKED_LM_FAMILIES lists the families with a row)
+LM_HEAD_NAMES: dict[str, LmHeadNames] = {
+    "Bert": LmHeadNames(), "Roberta": _ROBERTA_LM, "XLMRoberta": _ROBERTA_LM, "Camembert": _ROBERTA_LM,
+    "MPNet": _ROBERTA_LM,
+    "DistilBert": LmHeadNames(transform_dense="vocab_transform", transform_norm="vocab_layer_norm",
+                              decoder="vocab_projector", decoder_bias="vocab_projector.bias", seq_relationship=None,
+                              pooler=None),
+}
 # architecture suffix -> which of the heads it has
 HEAD_PARTS = {
     "ForMaskedLM": ("mlm",),

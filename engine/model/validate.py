@@ -118,8 +118,45 @@ BERT_CONFIG: dict[str, Field] = {
     "num_labels": Field("int", low=0, high=MAX_LABELS),
     "problem_type": Field("str", nullable=True),
 }
-# model_type -> schema; a family that is not listed is checked against BERT's fields
-CONFIG_SCHEMAS: dict[str, dict[str, Field]] = {"bert": BERT_CONFIG}
+_BERT_SIZES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+_ROBERTA_CONFIG = {**BERT_CONFIG, "bos_token_id": Field("int", low=0, high=MAX_VOCAB, nullable=True),
+                   "eos_token_id": Field("int", low=0, high=MAX_VOCAB, nullable=True)}
+# DistilBERT names its sizes dim / n_layers / n_heads / hidden_dim and its activation "activation"
+DISTILBERT_CONFIG = {
+    **{k: v for k, v in BERT_CONFIG.items() if k not in (*_BERT_SIZES, "hidden_act", "type_vocab_size")},
+    "dim": Field("int", required=True, low=1, high=MAX_HIDDEN),
+    "n_layers": Field("int", required=True, low=1, high=MAX_LAYERS),
+    "n_heads": Field("int", required=True, low=1, high=MAX_HEADS),
+    "hidden_dim": Field("int", required=True, low=1, high=MAX_INTERMEDIATE),
+    "activation": Field("str"),
+    "sinusoidal_pos_embds": Field("bool"),
+}
+ELECTRA_CONFIG = {**BERT_CONFIG, "embedding_size": Field("int", low=1, high=MAX_HIDDEN)}
+MPNET_CONFIG = {**_ROBERTA_CONFIG, "relative_attention_num_buckets": Field("int", low=2, high=1024)}
+MODERNBERT_CONFIG = {
+    **{k: v for k, v in BERT_CONFIG.items() if k not in ("hidden_act", "layer_norm_eps", "type_vocab_size")},
+    "norm_eps": Field("number", low=0.0, high=1.0),
+    "hidden_activation": Field("str"),
+    "local_attention": Field("int", low=2, high=MAX_POSITIONS),
+    "global_attn_every_n_layers": Field("int", low=1, high=MAX_LAYERS),
+    "layer_types": Field("list", nullable=True, items="str"),
+    "global_rope_theta": Field("number", low=1.0, high=1e12),
+    "local_rope_theta": Field("number", low=1.0, high=1e12),
+    "rope_parameters": Field("dict", nullable=True),
+    "attention_bias": Field("bool"),
+    "mlp_bias": Field("bool"),
+    "norm_bias": Field("bool"),
+    "classifier_bias": Field("bool"),
+    "decoder_bias": Field("bool"),
+    "classifier_pooling": Field("str", choices=("cls", "mean")),
+    "classifier_activation": Field("str"),
+}
+# model_type -> schema (the family's own key names); a family that is not listed is checked against BERT's
+CONFIG_SCHEMAS: dict[str, dict[str, Field]] = {
+    "bert": BERT_CONFIG, "roberta": _ROBERTA_CONFIG, "xlm-roberta": _ROBERTA_CONFIG, "camembert": _ROBERTA_CONFIG,
+    "distilbert": DISTILBERT_CONFIG, "electra": ELECTRA_CONFIG, "mpnet": MPNET_CONFIG,
+    "modernbert": MODERNBERT_CONFIG,
+}
 
 
 def _heads_divide_hidden(raw: dict, source: str) -> None:
@@ -155,7 +192,8 @@ def _labels(raw: dict, source: str) -> None:
 def implied_parameters(raw: dict) -> int:
     """Parameters an encoder of these sizes has (embeddings + layers; heads are small)."""
     h, i = raw["hidden_size"], raw["intermediate_size"]
-    embeddings = (raw["vocab_size"] + raw["max_position_embeddings"] + raw.get("type_vocab_size", 2) + 2) * h
+    positions = 0 if raw.get("model_type") == "modernbert" else raw["max_position_embeddings"]  # rotary: no table
+    embeddings = (raw["vocab_size"] + positions + raw.get("type_vocab_size", 2) + 2) * h
     layer = 4 * h * h + 2 * h * i + 9 * h + i
     return embeddings + raw["num_hidden_layers"] * layer
 
@@ -172,13 +210,18 @@ CONFIG_CHECKS: list[Callable[[dict, str], None]] = [_heads_divide_hidden, _pad_t
                                                     _parameter_budget]
 
 
-def validate_config(raw, source: str) -> dict:
-    """config.json's content checked against its family's schema and ``CONFIG_CHECKS``."""
+def validate_config(raw, source: str, model_type: str | None = None, keys: Mapping[str, str] | None = None) -> dict:
+    """config.json's content checked against its family's schema (its own key names), then renamed
+    to BERT's key names with ``keys`` (DistilBERT's dim -> hidden_size) and checked with
+    ``CONFIG_CHECKS``; returns the renamed copy."""
     if not isinstance(raw, dict):
         raise ModelLoadError(f"{source}: must be a JSON object, got {type(raw).__name__}")
-    model_type = raw.get("model_type", "bert")
+    if model_type is None:
+        model_type = raw.get("model_type", "bert")
     schema = CONFIG_SCHEMAS.get(model_type, BERT_CONFIG) if isinstance(model_type, str) else BERT_CONFIG
     check_object(raw, schema, source)
+    if keys:
+        raw = {keys.get(name, name): value for name, value in raw.items()}
     for check in CONFIG_CHECKS:
         check(raw, source)
     return raw
@@ -192,6 +235,9 @@ POOLING_CONFIG = {
     **{f"pooling_mode_{mode}": Field("bool") for mode in (
         "cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens", "weightedmean_tokens", "lasttoken")},
 }
+DENSE_CONFIG = {"in_features": Field("int", required=True, low=1, high=MAX_HIDDEN),
+                "out_features": Field("int", required=True, low=1, high=MAX_HIDDEN),
+                "bias": Field("bool"), "activation_function": Field("str")}
 SENTENCE_BERT_CONFIG = {"max_seq_length": Field("int", low=1, high=MAX_POSITIONS, nullable=True),
                         "do_lower_case": Field("bool")}
 SHARD_INDEX = {"weight_map": Field("dict", required=True)}
@@ -300,8 +346,14 @@ ENCODER_PREFIXES = ("embeddings.", "encoder.")
 _LAYER = re.compile(r"encoder\.layers?\.(\d+)\.")
 
 
-def check_tensors(state: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]], source: str) -> None:
-    """Every expected tensor present, floating point, of the expected shape; no encoder tensor beyond them."""
+def check_tensors(state: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]], source: str,
+                  original: Mapping[str, str] | None = None) -> None:
+    """Every expected tensor present, floating point, of the expected shape; no encoder tensor beyond them.
+    ``original`` maps our (BERT-layout) names to the checkpoint's own, which messages name."""
+    def shown(name: str) -> str:
+        theirs = (original or {}).get(name, name)
+        return theirs if theirs.endswith(name) else f"{theirs} (bertrt's {name})"  # a prefix only: theirs
+
     missing = [name for name in expected if name not in state]
     if missing:
         more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
@@ -309,19 +361,19 @@ def check_tensors(state: Mapping[str, torch.Tensor], expected: Mapping[str, tupl
     for name, shape in expected.items():
         tensor = state[name]
         if tuple(tensor.shape) != tuple(shape):
-            raise ModelLoadError(f"{source}: weight {name} has shape {tuple(tensor.shape)}, "
+            raise ModelLoadError(f"{source}: weight {shown(name)} has shape {tuple(tensor.shape)}, "
                                  f"config.json implies {tuple(shape)}")
         if not tensor.is_floating_point():
-            raise ModelLoadError(f"{source}: weight {name} has non-float dtype {tensor.dtype}")
+            raise ModelLoadError(f"{source}: weight {shown(name)} has non-float dtype {tensor.dtype}")
     extra = [name for name in state if name not in expected and name not in IGNORED_TENSORS
              and name.startswith(ENCODER_PREFIXES)]
     if extra:
         layers = {int(m.group(1)) for m in map(_LAYER.match, expected) if m}
         layer = _LAYER.match(extra[0])
         if layer and int(layer.group(1)) not in layers:
-            raise ModelLoadError(f"{source}: weights have layer {layer.group(1)} ({extra[0]}) but config.json "
+            raise ModelLoadError(f"{source}: weights have layer {layer.group(1)} ({shown(extra[0])}) but config.json "
                                  f"num_hidden_layers is {len(layers)}")
-        raise ModelLoadError(f"{source}: weight {extra[0]} is not part of the model config.json describes")
+        raise ModelLoadError(f"{source}: weight {shown(extra[0])} is not part of the model config.json describes")
 
 
 def check_tokenizer_fits(tokenizer_size: int, vocab_size: int, source: str) -> None:

@@ -13,9 +13,6 @@ from .config import EncoderConfig
 from .lm_heads import weight_shapes as lm_head_shapes
 from .validate import check_shard_index, check_state_dict, check_tensors, read_json, read_torch_file
 
-# Prefixes a BERT checkpoint may put in front of the encoder's own names
-_ENCODER_PREFIXES = ("bert.", "model.", "")
-
 
 def read_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
     """All tensors of the checkpoint in ``model_dir``; raise ModelLoadError naming what is missing."""
@@ -44,61 +41,76 @@ def read_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
     )
 
 
+def _linear(shapes: dict, name: str, out: int, inp: int, bias: bool = True) -> None:
+    shapes[name + ".weight"] = (out, inp)
+    if bias:
+        shapes[name + ".bias"] = (out,)
+
+
+def _norm(shapes: dict, name: str, width: int, bias: bool = True) -> None:
+    shapes[name + ".weight"] = (width,)
+    if bias:
+        shapes[name + ".bias"] = (width,)
+
+
+def _head(shapes: dict, spec, config: EncoderConfig, outputs: int) -> None:
+    h = config.hidden_size
+    if spec.dense:
+        _linear(shapes, spec.dense, h, h, config.classifier_bias if spec.activation == "config" else True)
+    if spec.norm:
+        _norm(shapes, spec.norm, h, config.norm_bias)
+    _linear(shapes, spec.out, outputs, h)
+
+
 def expected_shapes(config: EncoderConfig) -> dict[str, tuple[int, ...]]:
-    """Our parameter names (HF's without the 'bert.' prefix) and the shapes config.json implies."""
+    """Our parameter names (BERT's, see ``families``) and the shapes config.json implies."""
+    family = config.family
     h, i = config.hidden_size, config.intermediate_size
-    shapes: dict[str, tuple[int, ...]] = {
-        "embeddings.word_embeddings.weight": (config.vocab_size, h),
-        "embeddings.position_embeddings.weight": (config.max_position_embeddings, h),
-        "embeddings.token_type_embeddings.weight": (config.type_vocab_size, h),
-        "embeddings.LayerNorm.weight": (h,),
-        "embeddings.LayerNorm.bias": (h,),
-    }
+    e = config.embedding_size or h
+    shapes: dict[str, tuple[int, ...]] = {"embeddings.word_embeddings.weight": (config.vocab_size, e)}
+    if family.position_embeddings:
+        shapes["embeddings.position_embeddings.weight"] = (config.max_position_embeddings, e)
+    if family.token_type_table:
+        shapes["embeddings.token_type_embeddings.weight"] = (config.type_vocab_size, e)
+    _norm(shapes, "embeddings.LayerNorm", e, config.norm_bias)
+    if config.embedding_size:
+        _linear(shapes, "embeddings_project", h, e)
+    if family.relative_attention:
+        shapes["encoder.relative_attention_bias.weight"] = (config.relative_attention_num_buckets,
+                                                            config.num_attention_heads)
     for n in range(config.num_hidden_layers):
         p = f"encoder.layer.{n}."
-        for proj in ("query", "key", "value"):
-            shapes[p + f"attention.self.{proj}.weight"] = (h, h)
-            shapes[p + f"attention.self.{proj}.bias"] = (h,)
-        shapes[p + "attention.output.dense.weight"] = (h, h)
-        shapes[p + "attention.output.dense.bias"] = (h,)
-        shapes[p + "attention.output.LayerNorm.weight"] = (h,)
-        shapes[p + "attention.output.LayerNorm.bias"] = (h,)
-        shapes[p + "intermediate.dense.weight"] = (i, h)
-        shapes[p + "intermediate.dense.bias"] = (i,)
-        shapes[p + "output.dense.weight"] = (h, i)
-        shapes[p + "output.dense.bias"] = (h,)
-        shapes[p + "output.LayerNorm.weight"] = (h,)
-        shapes[p + "output.LayerNorm.bias"] = (h,)
+        if family.modern:
+            _linear(shapes, p + "attention.self.qkv", 3 * h, h, config.attention_bias)
+        else:
+            for proj in ("query", "key", "value"):
+                _linear(shapes, p + f"attention.self.{proj}", h, h)
+        _linear(shapes, p + "attention.output.dense", h, h, config.attention_bias)
+        if not (family.modern and n == 0):  # ModernBERT's first layer has no norm before attention
+            _norm(shapes, p + "attention.output.LayerNorm", h, config.norm_bias)
+        _linear(shapes, p + "intermediate.dense", 2 * i if family.modern else i, h, config.mlp_bias)
+        _linear(shapes, p + "output.dense", h, i, config.mlp_bias)
+        _norm(shapes, p + "output.LayerNorm", h, config.norm_bias)
+    if family.modern:
+        _norm(shapes, "encoder.final_norm", h, config.norm_bias)
     task = config.task
     if task == "classify":
-        shapes["pooler.dense.weight"] = (h, h)
-        shapes["pooler.dense.bias"] = (h,)
-        shapes["classifier.weight"] = (config.num_labels, h)
-        shapes["classifier.bias"] = (config.num_labels,)
+        _head(shapes, family.sequence_head, config, config.num_labels)
     elif task == "ner":
-        shapes["classifier.weight"] = (config.num_labels, h)
-        shapes["classifier.bias"] = (config.num_labels,)
+        _head(shapes, family.token_head, config, config.num_labels)
     elif task == "qa":
-        shapes["qa_outputs.weight"] = (2, h)
-        shapes["qa_outputs.bias"] = (2,)
+        _head(shapes, family.qa_head, config, 2)
     shapes.update(lm_head_shapes(config)[0])
     return shapes
 
 
-def _canonical(name: str) -> str:
-    # Old TF-converted checkpoints call LayerNorm's parameters gamma/beta
-    name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
-    for prefix in _ENCODER_PREFIXES:
-        if prefix and name.startswith(prefix):
-            return name[len(prefix):]
-    return name
-
-
 def checked_state_dict(raw: dict[str, torch.Tensor], config: EncoderConfig, source: str) -> dict[str, torch.Tensor]:
     """Rename to our names and check presence and shape of every tensor the model needs."""
-    state = {_canonical(k): v for k, v in raw.items()}
+    family = config.family
+    original = {family.canonical(k): k for k in raw}
+    state = {ours: raw[theirs] for ours, theirs in original.items()}
     expected = expected_shapes(config)
-    check_tensors(state, expected, source)
+    check_tensors(state, expected, source, original)
     optional = {k: shape for k, shape in lm_head_shapes(config)[1].items() if k in state}
     for name, shape in optional.items():
         if tuple(state[name].shape) != shape:

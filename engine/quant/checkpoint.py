@@ -98,13 +98,13 @@ def load_quantized(path: str | Path, device: str | torch.device = "cpu") -> Chec
         raise ModelLoadError(f"model directory not found: {model_dir}")
     meta = read_metadata(model_dir)
     config = EncoderConfig.from_file(model_dir / "config.json")
-    pooling, st_max_length = read_pooling(model_dir)
+    pooling, st_max_length, dense = read_pooling(model_dir)
     weights = model_dir / WEIGHTS
     if not weights.is_file():
         raise ModelLoadError(f"{model_dir}: missing {WEIGHTS}")
     # The model is built from config.json before its tensors are read: the file must hold that many values
     check_file_holds(vars(config), _stored_values(weights), str(weights))
-    model = BertModel(config, pooling)
+    model = BertModel(config, pooling, dense)
     try:
         restore_structure(model, meta)
     except (BertrtError, KeyError, TypeError, ValueError) as exc:
@@ -136,7 +136,7 @@ def load_quantized(path: str | Path, device: str | torch.device = "cpu") -> Chec
     model.load_state_dict(state, strict=True)
     model = model.to(device).eval()
     model.requires_grad_(False)
-    max_length = min(config.max_position_embeddings, st_max_length or config.max_position_embeddings)
+    max_length = min(config.max_tokens, st_max_length or config.max_tokens)
     tokenizer = BertTokenizer.from_dir(model_dir, max_length)
     check_tokenizer_fits(tokenizer.vocab_size, config.vocab_size, str(model_dir))
     return Checkpoint(model_dir=model_dir, config=config, model=model, tokenizer=tokenizer)

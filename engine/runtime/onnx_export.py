@@ -43,14 +43,15 @@ from torch import nn
 
 from .._version import __version__
 from ..model.bert import BertModel
-from ..model.heads import pool_padded
+from ..model.encoder import apply_rotary, relative_position_bucket, rotary_tables
+from ..model.heads import PoolingConfig, pool_padded
 from . import cache
 
 log = logging.getLogger("bertrt.runtime")
 
 OPSET = 17
 # Bump when the exported graph changes: cached exports made by an older revision become stale.
-EXPORT_REVISION = 2
+EXPORT_REVISION = 3
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 VARIANTS = ("fp32", "fp16", "fp32-ort", "fp16-ort", "int8", "fp8", "int8-dynamic")
 # Fused operators the transformers optimizer must produce per encoder layer (and once per model)
@@ -73,36 +74,55 @@ def repack(out: torch.Tensor, mask: torch.Tensor, task: str) -> torch.Tensor:
 
 
 class ExportLayer(nn.Module):
-    """One encoder layer in the classic (batch, seq, hidden) form, weights shared with ``layer``."""
+    """One encoder layer in the classic (batch, seq, hidden) form, weights shared with ``layer``.
+    The family options are plain graph ops: a pre-norm layer (ModernBERT), GeGLU, rotary q/k, and
+    additive biases (relative positions, the local window) summed into ``mask_bias``."""
 
     def __init__(self, layer: nn.Module, heads: int):
         super().__init__()
         hidden = layer.attn_out.weight.shape[0]
         self.heads, self.head_dim = heads, hidden // heads
-        self.query, self.key, self.value = (nn.Linear(hidden, hidden) for _ in range(3))
+        bias = layer.qkv.bias is not None
+        self.query, self.key, self.value = (nn.Linear(hidden, hidden, bias=bias) for _ in range(3))
         with torch.no_grad():
             for i, linear in enumerate((self.query, self.key, self.value)):
                 linear.weight.copy_(layer.qkv.weight[i * hidden:(i + 1) * hidden])
-                linear.bias.copy_(layer.qkv.bias[i * hidden:(i + 1) * hidden])
+                if bias:
+                    linear.bias.copy_(layer.qkv.bias[i * hidden:(i + 1) * hidden])
         self.attn_out, self.attn_norm = layer.attn_out, layer.attn_norm
         self.ffn_in, self.ffn_out, self.ffn_norm = layer.ffn_in, layer.ffn_out, layer.ffn_norm
-        self.gelu = layer.gelu
+        self.gelu, self.gated, self.pre_norm = layer.gelu, layer.gated, layer.pre_norm
+        self.window, self.rope_theta = layer.window, layer.rope_theta
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, seq, hidden) -> (batch, heads, seq, head_dim)."""
         return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim).permute(0, 2, 1, 3)
 
-    def forward(self, x: torch.Tensor, mask_bias: torch.Tensor) -> torch.Tensor:
+    def attention(self, x: torch.Tensor, mask_bias: torch.Tensor, rotary) -> torch.Tensor:
         q = self.split_heads(self.query(x))
         k = self.split_heads(self.key(x))
         v = self.split_heads(self.value(x))
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)
         probs = torch.softmax(scores + mask_bias, dim=-1)
         context = torch.matmul(probs, v).permute(0, 2, 1, 3).contiguous()
-        context = context.view(context.shape[0], context.shape[1], -1)
-        x = self.attn_norm(self.attn_out(context) + x)
-        h = F.gelu(self.ffn_in(x), approximate="tanh" if self.gelu == "tanh" else "none")
-        return self.ffn_norm(self.ffn_out(h) + x)
+        return self.attn_out(context.view(context.shape[0], context.shape[1], -1))
+
+    def ffn(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.ffn_in(x)
+        approximate = "tanh" if self.gelu == "tanh" else "none"
+        if self.gated:
+            up, gate = h.chunk(2, dim=-1)
+            return self.ffn_out(F.gelu(up, approximate=approximate) * gate)
+        return self.ffn_out(F.gelu(h, approximate=approximate))
+
+    def forward(self, x: torch.Tensor, mask_bias: torch.Tensor, rotary=None) -> torch.Tensor:
+        if self.pre_norm:
+            x = x + self.attention(x if self.attn_norm is None else self.attn_norm(x), mask_bias, rotary)
+            return x + self.ffn(self.ffn_norm(x))
+        x = self.attn_norm(self.attention(x, mask_bias, rotary) + x)
+        return self.ffn_norm(self.ffn(x) + x)
 
 
 class ExportBert(nn.Module):
@@ -114,33 +134,70 @@ class ExportBert(nn.Module):
         config = model.config
         self.task = task
         self.pooling = model.pooling
-        embeddings = model.encoder.embeddings
+        self.dense = model.dense
+        encoder = model.encoder
+        embeddings = encoder.embeddings
         self.word, self.position, self.token_type = embeddings.word, embeddings.position, embeddings.token_type
+        self.token_types, self.project = embeddings.token_types, embeddings.project
         self.embed_norm = embeddings.norm
-        self.register_buffer("position_ids", torch.arange(config.max_position_embeddings)[None, :], persistent=False)
-        self.layers = nn.ModuleList(ExportLayer(layer, config.num_attention_heads) for layer in model.encoder.layers)
+        offset = config.position_offset
+        if self.position is not None and offset:  # RoBERTa's rows from pad_token_id + 1 on, so that positions
+            # count from 0 as ORT's EmbedLayerNormalization fusion assumes
+            self.position = nn.Embedding.from_pretrained(self.position.weight[offset:].clone(), freeze=True)
+        self.register_buffer("position_ids", torch.arange(config.max_tokens)[None, :], persistent=False)
+        self.layers = nn.ModuleList(ExportLayer(layer, config.num_attention_heads) for layer in encoder.layers)
+        self.final_norm = encoder.final_norm
+        self.relative_bias = encoder.relative_bias
+        self.buckets = config.relative_attention_num_buckets
+        self.rotary = {}
+        for theta in {layer.rope_theta for layer in encoder.layers if layer.rope_theta is not None}:
+            cos, sin = rotary_tables(theta, config.head_dim, config.max_position_embeddings, "cpu")
+            self.register_buffer(f"rope_cos_{len(self.rotary)}", cos, persistent=False)
+            self.register_buffer(f"rope_sin_{len(self.rotary)}", sin, persistent=False)
+            self.rotary[theta] = len(self.rotary)
         if task != "embed" and (task != config.task or model.head is None):
             raise ValueError(f"this {config.architecture} checkpoint has no head for task {task!r}")
         self.head = model.head if task != "embed" else None
 
     def forward(self, input_ids, attention_mask, token_type_ids):
         seq_len = input_ids.shape[1]
-        position_ids = self.position_ids[:, :seq_len]
-        x = self.word(input_ids) + self.token_type(token_type_ids)
-        x = self.embed_norm(x + self.position(position_ids))
+        x = self.word(input_ids)
+        if self.token_type is not None:
+            x = x + self.token_type(token_type_ids if self.token_types else torch.zeros_like(input_ids))
+        if self.position is not None:
+            x = x + self.position(self.position_ids[:, :seq_len])
+        x = self.embed_norm(x)
+        if self.project is not None:
+            x = self.project(x)
         # HF's extended attention mask: 0 for real keys, the most negative float for padding keys
         mask = attention_mask[:, None, None, :].to(x.dtype)
         mask_bias = (1.0 - mask) * torch.finfo(x.dtype).min
+        index = torch.arange(seq_len, device=x.device)
+        distance = index[None, :] - index[:, None]  # key - query
+        if self.relative_bias is not None:  # MPNet: one (1, heads, seq, seq) bias shared by the layers
+            buckets = relative_position_bucket(distance, self.buckets)
+            mask_bias = mask_bias + self.relative_bias(buckets).permute(2, 0, 1)[None]
         for layer in self.layers:
-            x = layer(x, mask_bias)
+            bias, rotary = mask_bias, None
+            if layer.window is not None:
+                bias = bias + (distance.abs() > layer.window).to(x.dtype)[None, None] * torch.finfo(x.dtype).min
+            if layer.rope_theta is not None:
+                slot = self.rotary[layer.rope_theta]
+                rotary = (getattr(self, f"rope_cos_{slot}")[:seq_len], getattr(self, f"rope_sin_{slot}")[:seq_len])
+            x = layer(x, bias, rotary)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
         if self.task == "embed":
-            return pool_padded(x, attention_mask, self.pooling)  # the padded twin of heads.pool
+            pooled = pool_padded(x, attention_mask, self.pooling, normalize=False)  # the padded twin of heads.pool
+            for dense in self.dense:
+                pooled = dense(pooled)
+            return F.normalize(pooled, dim=-1) if self.pooling.normalize else pooled
         if self.task == "classify":
-            pooled = torch.tanh(self.head.pooler.dense(x[:, 0]))
-            return self.head.classifier(pooled)
-        if self.task == "ner":
-            return self.head.classifier(x)
-        return self.head.qa_outputs(x)
+            head = self.head
+            first = (pool_padded(x, attention_mask, PoolingConfig("mean"), normalize=False)
+                     if head.pooling == "mean" else x[:, 0])
+            return head.pooled(first)
+        return self.head(x)
 
 
 def dummy_inputs(batch: int = 2, seq_len: int = 8, vocab: int = 100) -> tuple[torch.Tensor, ...]:

@@ -135,7 +135,7 @@ class Pooling(PoolingConfig):
 
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> Pooling:
-        config, _ = read_pooling(Path(model_dir))
+        config, _, _ = read_pooling(Path(model_dir))
         return cls(config.mode, config.normalize)
 
     def __call__(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
