@@ -250,7 +250,8 @@ def test_bad_input_names_the_problem(dirs):
 
 
 def test_http_routes(dirs):
-    cross, mlm, nsp = _load(dirs["cross"]), _load(dirs["mlm"]), _load(dirs["nsp"])
+    # batch_invariant: the server batches requests its own way; the answers must equal the engine's bit for bit
+    cross, mlm, nsp = (_load(dirs[name], batch_invariant=True) for name in ("cross", "mlm", "nsp"))
     expected = cross.rerank(QUERY, DOCUMENTS, return_documents=True)
     with LiveServer(cross) as server, httpx.Client(base_url=server.url, timeout=30) as client:
         tei = client.post("/rerank", json={"query": QUERY, "texts": DOCUMENTS, "return_text": True}).json()
@@ -277,8 +278,13 @@ def test_http_routes(dirs):
         assert bad.status_code == 400 and "no mask token" in bad.json()["error"]["message"]
         sparse = client.post("/embed_sparse", json={"inputs": ["sparse words", "x"]}).json()
         want_sparse = mlm.embed_sparse(["sparse words", "x"])
-        assert [[d["index"] for d in row] for row in sparse] == [list(w) for w in want_sparse]
-        np.testing.assert_allclose([d["value"] for d in sparse[0]], list(want_sparse[0].values()), rtol=1e-6)
+        # the MLM projection is a library GEMM whose rounding moves with the batch (~1e-6): equal
+        # weights per token id, while the order of near-ties may differ
+        for row, want in zip(sparse, want_sparse):
+            got = {d["index"]: d["value"] for d in row}
+            assert set(got) == set(want)
+            np.testing.assert_allclose([got[k] for k in want], list(want.values()), rtol=1e-5, atol=1e-5)
+            assert [d["value"] for d in row] == sorted((d["value"] for d in row), reverse=True)
     with LiveServer(nsp) as server, httpx.Client(base_url=server.url, timeout=30) as client:
         one = client.post("/v1/next_sentence", json={"text": PAIRS[0][0], "text_pair": PAIRS[0][1]}).json()
         assert abs(one["data"][0]["probability"] - nsp.next_sentence(*PAIRS[0])) <= 1e-6
