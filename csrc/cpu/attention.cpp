@@ -174,7 +174,8 @@ void attend(const AttentionArgs& a, int64_t start, int64_t len, int64_t head, in
   const int64_t half = dim / 2;
   const float* cos = a.rotary_cos;
   const float* sin = a.rotary_sin;
-  const float* bias = a.rel_bias ? a.rel_bias + head * (2 * a.bias_max_seqlen - 1) + a.bias_max_seqlen - 1 : nullptr;
+  const float* bias =
+      a.rel_bias ? a.rel_bias + head * (2 * a.bias_max_seqlen - 1) + a.bias_max_seqlen - 1 : nullptr;
 
   // Pack Q (scaled into the log2 domain), K transposed and V padded, converting to fp32 once for the
   // whole item; the next token's rows are prefetched (tokens are 3 * heads * dim elements apart).
@@ -228,7 +229,7 @@ void attend(const AttentionArgs& a, int64_t start, int64_t len, int64_t head, in
       // Online softmax: new running max, rescale of the old sum and output, p = 2^(s - max).
       for (int64_t r = 0; r < kMR; ++r) {
         float* s = sb + r * kKeyBlock;
-        // padded rows (r >= rows) may sit past the sequence: no bias for them (its index would be out of range)
+        // padded rows (r >= rows) may sit past the sequence: no bias (its index would be out of range)
         if (bias || window >= 0) bias_and_mask(s, keys, k0, q0 + r, r < rows ? bias : nullptr, window);
         Vec mx = vset1(-__builtin_inff());
         int64_t j = 0;

@@ -235,7 +235,8 @@ void attend(const AttentionArgs& a, int64_t start, int64_t len, int64_t head, in
         const float m_new = m_block > m_old ? m_block : m_old;
         if (m_new == -__builtin_inff()) {  // every key so far is outside this row's window
           for (j = 0; j < keys32; ++j) s[j] = 0.0f;
-          for (j = 0; j < keys32; j += W) vstore(reinterpret_cast<bf16*>(pb + r * kKeyBlock + j), vload(s + j));
+          for (j = 0; j < keys32; j += W)
+            vstore(reinterpret_cast<bf16*>(pb + r * kKeyBlock + j), vload(s + j));
           continue;
         }
         const Vec neg_m = vset1(-m_new);
