@@ -40,8 +40,9 @@ def device_for(impl: str) -> torch.device:
     return torch.device("cpu")
 
 
-def run(op: str, impl: str, *args):
-    """Call ``op`` with implementation ``impl`` on args already placed on device_for(impl)."""
+def run(op: str, impl: str, *args, **options):
+    """Call ``op`` with implementation ``impl`` on args (and keyword options) already placed on
+    device_for(impl)."""
     if impl.startswith("cpu:"):
         from bertrt.ops import cpu_kernels
 
@@ -50,27 +51,35 @@ def run(op: str, impl: str, *args):
     else:
         context = contextlib.nullcontext()
     with context:
-        return registry.resolve(op, impl)(*args)
+        return registry.resolve(op, impl)(*args, **options)
 
 
-def reference(op: str, *args) -> torch.Tensor:
+def _cast(value, dtype: torch.dtype):
+    """value on the CPU with its floating tensors (also inside tuples, e.g. rotary's (cos, sin)) in dtype."""
+    if isinstance(value, tuple):
+        return tuple(_cast(v, dtype) for v in value)
+    if isinstance(value, torch.Tensor):
+        return value.cpu().to(dtype) if value.is_floating_point() else value.cpu()
+    return value
+
+
+def reference(op: str, *args, **options) -> torch.Tensor:
     """<op>_ref on the same inputs upcast to fp32 (CPU): the exact answer every dtype is judged by."""
-    upcast = [a.cpu().float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
-    return registry.resolve(op, "ref")(*upcast)
+    return registry.resolve(op, "ref")(*_cast(args, torch.float32),
+                                       **{k: _cast(v, torch.float32) for k, v in options.items()})
 
 
-def reference_error(op: str, exact: torch.Tensor, inputs: tuple) -> float:
+def reference_error(op: str, exact: torch.Tensor, inputs: tuple, options: dict | None = None) -> float:
     """Max |fp32 reference - the torch composition in float64| on ``inputs``: the reference's own error."""
-    wide = [a.cpu().double() if isinstance(a, torch.Tensor) and a.is_floating_point() else
-            (a.cpu() if isinstance(a, torch.Tensor) else a) for a in inputs]
-    truth = registry.resolve(op, "torch")(*wide).double()
+    wide = {k: _cast(v, torch.float64) for k, v in (options or {}).items()}
+    truth = registry.resolve(op, "torch")(*_cast(inputs, torch.float64), **wide).double()
     return float((exact.double().cpu() - truth).abs().max())
 
 
 def assert_close(op: str, impl: str, out: torch.Tensor, exact: torch.Tensor, torch_out: torch.Tensor,
-                 dtype: torch.dtype, inputs: tuple | None = None) -> None:
+                 dtype: torch.dtype, inputs: tuple | None = None, options: dict | None = None) -> None:
     """out: impl's result in ``dtype``; exact: fp32 reference; torch_out: PyTorch's own result in ``dtype``;
-    inputs: the op's arguments (for the FP32 bound).
+    inputs, options: the op's arguments and keyword options (for the FP32 bound).
 
     FP32: table tolerance plus the reference's own error. FP16/BF16: at most 2x PyTorch's own error
     plus a small atol.
@@ -83,7 +92,7 @@ def assert_close(op: str, impl: str, out: torch.Tensor, exact: torch.Tensor, tor
         # the table's atol plus the fp32 reference's own error on this machine (measured against a
         # float64 evaluation): torch's fp32 path, hence the reference, moves with the CPU's ISA
         atol, rtol = FP32_TOLERANCE[op]
-        atol += reference_error(op, exact, inputs) if inputs is not None else 0.0
+        atol += reference_error(op, exact, inputs, options) if inputs is not None else 0.0
         torch.testing.assert_close(out, exact, atol=atol, rtol=rtol, msg=lambda m: f"{op}/{impl}: {m}")
         return
     own_error = (out - exact).abs().max().item()
