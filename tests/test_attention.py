@@ -271,3 +271,25 @@ def test_attention_rejects_bad_options(impl):
     odd = torch.randn(10, 3, 2, 25)
     with pytest.raises(InputError, match="rotary needs an even head_dim, got 25"):
         fn(odd, cu, max_len, rotary=(cos[:, :12], sin[:, :12]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the CUDA kernels' options are "
+                    "unverified on a GPU until this runs)")
+@pytest.mark.parametrize("path", ["mma", "simt"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=["fp16", "bf16", "fp32"])
+def test_attention_cuda_paths_with_options(path, dtype):
+    """Both CUDA kernels (tensor-core mma and fp32 SIMT) with every option, against attention_ref."""
+    from bertrt.ops import cuda_kernels
+
+    if path == "mma" and cuda_kernels._cuda.attention_path(cuda_kernels._FLOAT_DTYPES[dtype],
+                                                           cuda_kernels._cuda.current_device_sm()) != "mma":
+        pytest.skip(f"no tensor-core path for {dtype} on this GPU")
+    for lengths, heads, head_dim, names, window in OPTION_CASES + LONG_OPTION_CASES:
+        qkv, cu, max_len = make_inputs(lengths, heads, head_dim, dtype, "cuda")
+        options = make_options(names, heads, head_dim, max_len, window, "cuda")
+        cpu_options = make_options(names, heads, head_dim, max_len, window, "cpu")
+        exact = reference("attention", qkv, cu, max_len, None, **cpu_options)
+        torch_out = registry.resolve("attention", "torch")(qkv.cpu(), cu.cpu(), max_len, None, **cpu_options)
+        out = cuda_kernels.attention_with_path(qkv, cu, max_len, None, path, **options)
+        assert_close("attention", f"cuda-{path}", out, exact, torch_out, dtype, inputs=(qkv, cu, max_len, None),
+                     options=cpu_options)
