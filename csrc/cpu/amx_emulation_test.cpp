@@ -117,8 +117,8 @@ int main() {
   ok &= check({31, 8}, 2, 72, 1);
   ok &= check({19}, 2, 40, 1);
   ok &= check({13, 27}, 1, 33, 2);
-  ok &= check({300, 2}, 1, 128, 2);  // two key blocks: the online-softmax rescale
-  ok &= check({200}, 1, 80, 2);      // query rows split across threads
+  ok &= check({300, 2}, 1, 128, 2);                      // two key blocks: the online-softmax rescale
+  ok &= check({200}, 1, 80, 2);                          // query rows split across threads
   ok &= check({7, 1, 40}, 3, 32, 1, {-1, true, false});  // relative bias
   ok &= check({9, 33}, 2, 40, 2, {-1, false, true});     // rotary, head_dim 40
   ok &= check({300, 5}, 2, 64, 2, {0, false, false});    // window 0: only the diagonal

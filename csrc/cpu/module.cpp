@@ -91,8 +91,7 @@ void attention(int isa, uintptr_t qkv, uintptr_t out, uintptr_t cu_seqlens, int6
   if (rel_bias != 0 && bias_max_seqlen < max_len)
     throw py::value_error("rel_bias was built for max_seqlen " + std::to_string(bias_max_seqlen) +
                           " but a sequence has " + std::to_string(max_len) + " tokens");
-  if ((rotary_cos == 0) != (rotary_sin == 0))
-    throw py::value_error("rotary needs both cos and sin");
+  if ((rotary_cos == 0) != (rotary_sin == 0)) throw py::value_error("rotary needs both cos and sin");
   if (rotary_cos != 0 && (head_dim % 2 != 0 || rotary_positions < max_len))
     throw py::value_error("rotary needs an even head_dim and a table of >= " + std::to_string(max_len) +
                           " positions, got head_dim " + std::to_string(head_dim) + " and " +

@@ -442,8 +442,8 @@ __global__ void __launch_bounds__(128,
       }
 #pragma unroll
       for (int r = 0; r < RPW; ++r) {
-        const float sv = adjust_score(s[r], m0 + warp * RPW + r, n0 + lane, len, bias, opt.bias_max_seqlen,
-                                      opt.window);
+        const float sv =
+            adjust_score(s[r], m0 + warp * RPW + r, n0 + lane, len, bias, opt.bias_max_seqlen, opt.window);
         // finite without a window (lane 0's key is valid); with one a row may have seen no key yet
         const float new_max = fmaxf(row_max[r], warp_max(sv));
         const float ref = new_max == -INFINITY ? 0.0f : new_max;
@@ -520,9 +520,8 @@ cudaError_t launch_simt(const void* qkv, const int32_t* cu, void* out, int batch
   const int tiles = max_seqlen > 0 ? ceil_div(max_seqlen, BM) : 1;
   const dim3 grid(static_cast<unsigned>(batch) * static_cast<unsigned>(heads),
                   static_cast<unsigned>(tiles < kMaxGridY ? tiles : kMaxGridY));
-  attention_simt_kernel<T, DC>
-      <<<grid, 128, 0, stream>>>(static_cast<const T*>(qkv), cu, static_cast<T*>(out), heads, D, scale_log2,
-                                 opt);
+  attention_simt_kernel<T, DC><<<grid, 128, 0, stream>>>(static_cast<const T*>(qkv), cu, static_cast<T*>(out),
+                                                         heads, D, scale_log2, opt);
   return cudaGetLastError();
 }
 

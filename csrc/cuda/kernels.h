@@ -22,9 +22,9 @@ int current_device_sm();
 enum class AttentionPath : int { kAuto = 0, kTensorCore = 1, kSimt = 2 };
 // Options (see engine/ops/attention.py); i, j = query / key positions inside their sequence.
 struct AttentionOptions {
-  const float* rel_bias = nullptr;  // (heads, 2 * bias_max_seqlen - 1); [h][j - i + bias_max_seqlen - 1]
-  int bias_max_seqlen = 0;          // >= every sequence length
-  int window = -1;                  // < 0: none; else query i sees key j only if |i - j| <= window
+  const float* rel_bias = nullptr;    // (heads, 2 * bias_max_seqlen - 1); [h][j - i + bias_max_seqlen - 1]
+  int bias_max_seqlen = 0;            // >= every sequence length
+  int window = -1;                    // < 0: none; else query i sees key j only if |i - j| <= window
   const float* rotary_cos = nullptr;  // (positions, head_dim / 2) or null: rotate-half rotary of q and k
   const float* rotary_sin = nullptr;
 };
