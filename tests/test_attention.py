@@ -110,6 +110,9 @@ OPTION_CASES = [
     ([11, 30], 12, 64, ("rel_bias",), None),  # MPNet-like: 12 heads of 64
     ([37, 5], 12, 64, ("rotary", "window"), 8),  # ModernBERT-like local layer (window = local_attention // 2)
     ([29], 12, 64, ("rotary",), None),  # ModernBERT-like global layer
+    # one head, longer than Triton's 64-row query tile: later query tiles skip their first key tiles
+    ([150, 3], 1, 24, ("rotary", "window"), 3),
+    ([140], 1, 40, ("rel_bias", "window"), 20),
 ]
 # longer than the kernels' key blocks (256 on CPU): several key tiles skipped per query block, rows split
 LONG_OPTION_CASES = [
