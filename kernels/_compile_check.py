@@ -46,15 +46,21 @@ def _cases():
     from . import attention, bias_gelu, bias_residual_layer_norm, embedding_layer_norm, int8_linear
     from ._utils import next_pow2
 
-    for dt in ("fp16", "bf16", "fp32"):
-        for head_dim in (32, 64, 80, 128):
-            sig = {"qkv_ptr": f"*{dt}:16", "out_ptr": f"*{dt}:16", "cu_seqlens_ptr": "*i32:16", "max_seqlen": "i32",
-                   "qk_scale": "fp32", "stride_qkv_t": "i32:16", "stride_qkv_s": "i32:16", "stride_qkv_h": "i32:16",
-                   "stride_out_t": "i32:16", "stride_out_h": "i32:16", "SEQ_BUCKET": "i32:16"}
-            const = {"HEADS": 12, "HEAD_DIM": head_dim, "BLOCK_D": max(16, next_pow2(head_dim)), "UPCAST": False,
-                     "DOT_PRECISION": "ieee" if dt == "fp32" else "tf32"}
-            yield (f"attention {dt} d={head_dim}", attention._attention_fwd_kernel, sig, const,
-                   {"SEQ_BUCKET": 512})
+    # plain attention at every head dim, and (named "attention+options") MPNet's relative bias and
+    # ModernBERT's rotary + local window at head_dim 64
+    attention_cases = [(dt, d, False) for dt in ("fp16", "bf16", "fp32") for d in (32, 64, 80, 128)]
+    attention_cases += [(dt, 64, True) for dt in ("fp16", "bf16", "fp32")]
+    for dt, head_dim, options in attention_cases:
+        sig = {"qkv_ptr": f"*{dt}:16", "out_ptr": f"*{dt}:16", "cu_seqlens_ptr": "*i32:16", "max_seqlen": "i32",
+               "qk_scale": "fp32", "stride_qkv_t": "i32:16", "stride_qkv_s": "i32:16", "stride_qkv_h": "i32:16",
+               "stride_out_t": "i32:16", "stride_out_h": "i32:16", "SEQ_BUCKET": "i32:16",
+               "bias_ptr": "*fp32:16", "bias_max_seqlen": "i32", "window": "i32", "cos_ptr": "*fp32:16",
+               "sin_ptr": "*fp32:16"}
+        const = {"HEADS": 12, "HEAD_DIM": head_dim, "BLOCK_D": max(16, next_pow2(head_dim)), "UPCAST": False,
+                 "DOT_PRECISION": "ieee" if dt == "fp32" else "tf32",
+                 "HAS_BIAS": options, "HAS_WINDOW": options, "HAS_ROTARY": options}
+        name = f"attention{'+options' if options else ''} {dt} d={head_dim}"
+        yield name, attention._attention_fwd_kernel, sig, const, {"SEQ_BUCKET": 512, "window": 64}
     for dt in ("fp16", "bf16", "fp32"):
         for tanh in (False, True):
             sig = {"x_ptr": f"*{dt}:16", "bias_ptr": f"*{dt}:16", "out_ptr": f"*{dt}:16", "M": "i32", "N": "i32:16",

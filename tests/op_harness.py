@@ -41,8 +41,8 @@ def device_for(impl: str) -> torch.device:
 
 
 def run(op: str, impl: str, *args, **options):
-    """Call ``op`` with implementation ``impl`` on args already placed on device_for(impl); ``options``
-    are the op's keyword-only options (gated=, return_sum=)."""
+    """Call ``op`` with implementation ``impl`` on args (and keyword options) already placed on
+    device_for(impl)."""
     if impl.startswith("cpu:"):
         from bertrt.ops import cpu_kernels
 
@@ -54,17 +54,25 @@ def run(op: str, impl: str, *args, **options):
         return registry.resolve(op, impl)(*args, **options)
 
 
+def _cast(value, dtype: torch.dtype):
+    """value on the CPU with its floating tensors (also inside tuples, e.g. rotary's (cos, sin)) in dtype."""
+    if isinstance(value, tuple):
+        return tuple(_cast(v, dtype) for v in value)
+    if isinstance(value, torch.Tensor):
+        return value.cpu().to(dtype) if value.is_floating_point() else value.cpu()
+    return value
+
+
 def reference(op: str, *args, **options) -> torch.Tensor:
     """<op>_ref on the same inputs upcast to fp32 (CPU): the exact answer every dtype is judged by."""
-    upcast = [a.cpu().float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
-    return registry.resolve(op, "ref")(*upcast, **options)
+    return registry.resolve(op, "ref")(*_cast(args, torch.float32),
+                                       **{k: _cast(v, torch.float32) for k, v in options.items()})
 
 
 def reference_error(op: str, exact: torch.Tensor, inputs: tuple, options: dict | None = None) -> float:
     """Max |fp32 reference - the torch composition in float64| on ``inputs``: the reference's own error."""
-    wide = [a.cpu().double() if isinstance(a, torch.Tensor) and a.is_floating_point() else
-            (a.cpu() if isinstance(a, torch.Tensor) else a) for a in inputs]
-    truth = registry.resolve(op, "torch")(*wide, **(options or {})).double()
+    wide = {k: _cast(v, torch.float64) for k, v in (options or {}).items()}
+    truth = registry.resolve(op, "torch")(*_cast(inputs, torch.float64), **wide).double()
     return float((exact.double().cpu() - truth).abs().max())
 
 

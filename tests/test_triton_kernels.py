@@ -77,7 +77,8 @@ def test_bucket_rounds_up_to_powers_of_two():
 
 
 def test_autotune_keys_are_rounded_shapes():
-    assert _attention_fwd_kernel.keys == ["SEQ_BUCKET", "HEAD_DIM"]
+    # rounded shapes plus the option flags (each option set compiles and tunes its own kernel)
+    assert _attention_fwd_kernel.keys == ["SEQ_BUCKET", "HEAD_DIM", "HAS_BIAS", "HAS_WINDOW", "HAS_ROTARY"]
     if _utils.interpreting():
         assert len(_attention_fwd_kernel.configs) == 1, "the interpreter must not autotune"
 

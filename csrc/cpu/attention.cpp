@@ -10,6 +10,11 @@
 // longer than kKeyBlock takes the exact one-block softmax. Scores live in the log2 domain (Q is
 // pre-multiplied by scale * log2(e)) so the exponential is exp2. Padding is never computed on:
 // only the real tokens of each sequence are touched.
+// Options: rotary is applied to each Q and K row as it is packed (fp32, before the products); a
+// window packs only the item's band of keys and, per block of query rows, runs only the key tiles
+// that overlap the rows' windows (tiles aligned to kNR from position 0, so results do not depend on
+// the work split); the relative bias (times log2(e)) is added to the scores and keys outside the
+// window get -inf, in one pass over each block's scores.
 #include "simd.h"
 #include "parallel.h"
 
@@ -103,46 +108,97 @@ void convert_row(const T* src, float* dst, int64_t n, float factor) {
   if (i < n) vstore_partial(dst + i, vmul(vload_partial(src + i, n - i), f), n - i);
 }
 
+// Rotate-half rotary embedding of one row x[0 .. 2 * half) in place, cos/sin at the row's position.
+BERTRT_INLINE void rotate_row(float* x, int64_t half, const float* cos, const float* sin) {
+  int64_t k = 0;
+  for (; k + W <= half; k += W) {
+    const Vec x1 = vload(x + k), x2 = vload(x + half + k), c = vload(cos + k), s = vload(sin + k);
+    vstore(x + k, vsub(vmul(x1, c), vmul(x2, s)));
+    vstore(x + half + k, vfmadd(x1, s, vmul(x2, c)));
+  }
+  for (; k < half; ++k) {
+    const float x1 = x[k], x2 = x[half + k];
+    x[k] = x1 * cos[k] - x2 * sin[k];
+    x[half + k] = x2 * cos[k] + x1 * sin[k];
+  }
+}
+
+// Scores s[0 .. keys) of query i against keys k0 + j: -inf outside the window (window >= 0), plus
+// log2(e) * bias[k0 + j - i] (bias already offset to the diagonal, or null) inside it.
+BERTRT_INLINE void bias_and_mask(float* s, int64_t keys, int64_t k0, int64_t i, const float* bias,
+                                 int64_t window) {
+  int64_t lo = 0, hi = keys;
+  if (window >= 0) {
+    lo = i - window - k0;
+    hi = i + window + 1 - k0;
+    lo = lo < 0 ? 0 : (lo > keys ? keys : lo);
+    hi = hi < lo ? lo : (hi > keys ? keys : hi);
+    for (int64_t j = 0; j < lo; ++j) s[j] = -__builtin_inff();
+    for (int64_t j = hi; j < keys; ++j) s[j] = -__builtin_inff();
+  }
+  if (bias == nullptr) return;
+  const float* b = bias + k0 - i;
+  const Vec log2e = vset1(kLog2e);
+  int64_t j = lo;
+  for (; j + W <= hi; j += W) vstore(s + j, vfmadd(vload(b + j), log2e, vload(s + j)));
+  for (; j < hi; ++j) s[j] += b[j] * kLog2e;
+}
+
 template <class T>
 void attend(const AttentionArgs& a, int64_t start, int64_t len, int64_t head, int64_t q_begin,
             int64_t q_end) {
   const int64_t dim = a.head_dim, heads = a.heads;
   const int64_t token_stride = 3 * heads * dim;
   const int64_t dim_padded = round_up(dim, W);
-  const int64_t len_padded = round_up(len, kNR);
   const T* base = static_cast<const T*>(a.qkv) + start * token_stride + head * dim;
   T* out = static_cast<T*>(a.out) + start * heads * dim + head * dim;
 
+  // Keys this item can see: all of them, or the band around its query rows (aligned down to kNR).
+  const int64_t window = a.window;
+  int64_t kbase = 0, kend = len;
+  if (window >= 0) {
+    kbase = q_begin - window > 0 ? (q_begin - window) / kNR * kNR : 0;
+    kend = q_end + window < len ? q_end + window : len;
+  }
+  const int64_t band = kend - kbase, band_padded = round_up(band, kNR);
   const int64_t q_rows = q_end - q_begin;
-  float* kt = tls_scratch.get(dim * len_padded + len * dim_padded + (q_rows + kMR) * dim + kMR * kKeyBlock +
+  float* kt = tls_scratch.get(dim * band_padded + band * dim_padded + (q_rows + kMR) * dim + kMR * kKeyBlock +
                               kMR * dim_padded + 2 * kMR);
-  float* vp = kt + dim * len_padded;
-  float* qp = vp + len * dim_padded;  // this item's query rows, scaled
-  float* qb = qp + q_rows * dim;      // staging for the last, partial block of rows
+  float* vp = kt + dim * band_padded;
+  float* qp = vp + band * dim_padded;  // this item's query rows, scaled
+  float* qb = qp + q_rows * dim;       // staging for the last, partial block of rows
   float* sb = qb + kMR * dim;
   float* ob = sb + kMR * kKeyBlock;
   float* row_max = ob + kMR * dim_padded;
   float* row_sum = row_max + kMR;
+  const int64_t half = dim / 2;
+  const float* cos = a.rotary_cos;
+  const float* sin = a.rotary_sin;
+  const float* bias =
+      a.rel_bias ? a.rel_bias + head * (2 * a.bias_max_seqlen - 1) + a.bias_max_seqlen - 1 : nullptr;
 
   // Pack Q (scaled into the log2 domain), K transposed and V padded, converting to fp32 once for the
   // whole item; the next token's rows are prefetched (tokens are 3 * heads * dim elements apart).
   const float q_factor = a.scale * kLog2e;
   for (int64_t i = q_begin; i < q_end; ++i) {
     __builtin_prefetch(base + (i + 2) * token_stride);
-    convert_row(base + i * token_stride, qp + (i - q_begin) * dim, dim, q_factor);
+    float* qrow = qp + (i - q_begin) * dim;
+    convert_row(base + i * token_stride, qrow, dim, q_factor);
+    if (cos) rotate_row(qrow, half, cos + i * half, sin + i * half);  // linear: scaling first is the same
   }
   float krow[kMaxHeadDim];
-  for (int64_t j = 0; j < len; ++j) {
+  for (int64_t j = kbase; j < kend; ++j) {
     __builtin_prefetch(base + (j + 2) * token_stride + heads * dim);
     __builtin_prefetch(base + (j + 2) * token_stride + 2 * heads * dim);
     convert_row(base + j * token_stride + heads * dim, krow, dim, 1.0f);
-    for (int64_t d = 0; d < dim; ++d) kt[d * len_padded + j] = krow[d];
-    float* vrow = vp + j * dim_padded;
+    if (cos) rotate_row(krow, half, cos + j * half, sin + j * half);
+    for (int64_t d = 0; d < dim; ++d) kt[d * band_padded + j - kbase] = krow[d];
+    float* vrow = vp + (j - kbase) * dim_padded;
     convert_row(base + j * token_stride + 2 * heads * dim, vrow, dim, 1.0f);
     for (int64_t d = dim; d < dim_padded; ++d) vrow[d] = 0.0f;
   }
   for (int64_t d = 0; d < dim; ++d)
-    for (int64_t j = len; j < len_padded; ++j) kt[d * len_padded + j] = 0.0f;
+    for (int64_t j = band; j < band_padded; ++j) kt[d * band_padded + j] = 0.0f;
 
   for (int64_t q0 = q_begin; q0 < q_end; q0 += kMR) {
     const int64_t rows = q_end - q0 < kMR ? q_end - q0 : kMR;
@@ -158,15 +214,23 @@ void attend(const AttentionArgs& a, int64_t start, int64_t len, int64_t head, in
     }
     for (int64_t i = 0; i < kMR * dim_padded; ++i) ob[i] = 0.0f;
 
-    for (int64_t k0 = 0; k0 < len; k0 += kKeyBlock) {
-      const int64_t keys = len - k0 < kKeyBlock ? len - k0 : kKeyBlock;
+    // The key tiles these rows' windows overlap; tiles outside are never computed.
+    int64_t k_lo = kbase, k_hi = kend;
+    if (window >= 0) {
+      k_lo = q0 - window > kbase ? (q0 - window) / kNR * kNR : kbase;
+      k_hi = q0 + rows + window < kend ? q0 + rows + window : kend;
+    }
+    for (int64_t k0 = k_lo; k0 < k_hi; k0 += kKeyBlock) {
+      const int64_t keys = k_hi - k0 < kKeyBlock ? k_hi - k0 : kKeyBlock;
       const int64_t keys_padded = round_up(keys, kNR);
       for (int64_t jt = 0; jt < keys_padded; jt += kNR)
-        score_tile(q, dim, kt + k0 + jt, len_padded, sb + jt, kKeyBlock);
+        score_tile(q, dim, kt + k0 - kbase + jt, band_padded, sb + jt, kKeyBlock);
 
       // Online softmax: new running max, rescale of the old sum and output, p = 2^(s - max).
       for (int64_t r = 0; r < kMR; ++r) {
         float* s = sb + r * kKeyBlock;
+        // padded rows (r >= rows) may sit past the sequence: no bias (its index would be out of range)
+        if (bias || window >= 0) bias_and_mask(s, keys, k0, q0 + r, r < rows ? bias : nullptr, window);
         Vec mx = vset1(-__builtin_inff());
         int64_t j = 0;
         for (; j + W <= keys; j += W) mx = vmax(mx, vload(s + j));
@@ -174,6 +238,10 @@ void attend(const AttentionArgs& a, int64_t start, int64_t len, int64_t head, in
         for (; j < keys; ++j) m_block = s[j] > m_block ? s[j] : m_block;
         const float m_old = row_max[r];
         const float m_new = m_block > m_old ? m_block : m_old;
+        if (m_new == -__builtin_inff()) {  // every key so far is outside this row's window
+          for (j = 0; j < keys; ++j) s[j] = 0.0f;
+          continue;
+        }
         const Vec vm = vset1(m_new);
         Vec sum = vzero();
         j = 0;
@@ -204,7 +272,7 @@ void attend(const AttentionArgs& a, int64_t start, int64_t len, int64_t head, in
         row_max[r] = m_new;
       }
 
-      const float* vblock = vp + k0 * dim_padded;
+      const float* vblock = vp + (k0 - kbase) * dim_padded;
       int64_t d0 = 0;
       for (; d0 + kNV * W <= dim_padded; d0 += kNV * W)
         value_tile<kNV>(sb, kKeyBlock, keys, vblock + d0, dim_padded, ob + d0, dim_padded);

@@ -8,6 +8,9 @@
 // Q and K go in as the bf16 they are; P is rounded to bf16 (flash-attention's choice on GPUs);
 // the softmax itself (max, exp2, sums, rescale) stays fp32 on AVX-512. Head dims pad with zeros to
 // 32 (scores) and 16 (output); keys pad to 32 and their probabilities are zeroed.
+// Options as in attention.cpp: rotary on Q and K rows as they are packed (fp32, rounded to bf16 for
+// the tiles), a window packs and visits only the key tiles (32-aligned from position 0) that the
+// rows' windows overlap, and the relative bias and window mask go into the scores before the softmax.
 //
 // UNVERIFIED on hardware so far: the development machine has no AMX. tests/test_cpu_isa.py runs
 // this variant against attention_ref wherever supported_isas() lists "amx".
@@ -73,12 +76,70 @@ struct Scratch {
 };
 thread_local Scratch tls_scratch;
 
+// Scores s[0 .. keys) (log2 domain) of query i against keys k0 + j: -inf outside the window
+// (window >= 0), plus log2(e) * bias[k0 + j - i] (bias offset to the diagonal, or null) inside it.
+void bias_and_mask(float* s, int64_t keys, int64_t k0, int64_t i, const float* bias, int64_t window) {
+  int64_t lo = 0, hi = keys;
+  if (window >= 0) {
+    lo = i - window - k0;
+    hi = i + window + 1 - k0;
+    lo = lo < 0 ? 0 : (lo > keys ? keys : lo);
+    hi = hi < lo ? lo : (hi > keys ? keys : hi);
+    for (int64_t j = 0; j < lo; ++j) s[j] = -__builtin_inff();
+    for (int64_t j = hi; j < keys; ++j) s[j] = -__builtin_inff();
+  }
+  if (bias == nullptr) return;
+  const float* b = bias + k0 - i;
+  for (int64_t j = lo; j < hi; ++j) s[j] += b[j] * kLog2e;
+}
+
+BERTRT_INLINE float bf16_to_float(uint16_t b) {
+  const uint32_t u = uint32_t(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+BERTRT_INLINE uint16_t float_to_bf16(float f) {  // round to nearest even (inputs are finite)
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+// One bf16 row of head_dim values, rotated (rotate-half rotary at the row's position) in fp32 and
+// rounded back to bf16 into dst; without rotary (cos null) a copy.
+void load_row(const uint16_t* src, uint16_t* dst, int64_t dim, const float* cos, const float* sin) {
+  if (cos == nullptr) {
+    std::memcpy(dst, src, size_t(dim) * 2);
+    return;
+  }
+  const int64_t half = dim / 2;
+  for (int64_t k = 0; k < half; ++k) {
+    const float x1 = bf16_to_float(src[k]), x2 = bf16_to_float(src[half + k]);
+    dst[k] = float_to_bf16(x1 * cos[k] - x2 * sin[k]);
+    dst[half + k] = float_to_bf16(x2 * cos[k] + x1 * sin[k]);
+  }
+}
+
 void attend(const AttentionArgs& a, int64_t start, int64_t len, int64_t head, int64_t q_begin,
             int64_t q_end) {
   const int64_t dim = a.head_dim, heads = a.heads, token_stride = 3 * heads * dim;
   const int64_t dim32 = round_up(dim, 32), dim16 = round_up(dim, 16);
   const int64_t d_chunks = dim32 / 32, d_tiles = dim16 / 16;
-  const int64_t len32 = round_up(len, 32);
+  // Keys this item can see: all, or the band around its query rows (aligned down to 32).
+  const int64_t window = a.window;
+  int64_t kbase = 0, kend = len;
+  if (window >= 0) {
+    kbase = q_begin - window > 0 ? (q_begin - window) / 32 * 32 : 0;
+    kend = q_end + window < len ? q_end + window : len;
+  }
+  const int64_t len32 = round_up(kend - kbase, 32);
+  const float* cos = a.rotary_cos;
+  const float* sin = a.rotary_sin;
+  const int64_t half = dim / 2;
+  const float* bias =
+      a.rel_bias ? a.rel_bias + head * (2 * a.bias_max_seqlen - 1) + a.bias_max_seqlen - 1 : nullptr;
+  const bool adjust = bias != nullptr || window >= 0;
   const uint16_t* base = static_cast<const uint16_t*>(a.qkv) + start * token_stride + head * dim;
   bf16* out = static_cast<bf16*>(a.out) + start * heads * dim + head * dim;
 
@@ -100,13 +161,16 @@ void attend(const AttentionArgs& a, int64_t start, int64_t len, int64_t head, in
   // V tile (32 keys, 16 dims): row r = key pair, column n = dim.
   std::memset(kpack, 0, size_t(k_bytes));
   std::memset(vpack, 0, size_t(v_bytes));
-  for (int64_t j = 0; j < len; ++j) {
-    const uint16_t* k = base + j * token_stride + heads * dim;
-    const uint16_t* v = k + heads * dim;
-    uint16_t* kdst = kpack + (j / 16) * d_chunks * 512 + (j % 16) * 2;
-    uint16_t* vdst = vpack + (j / 32) * d_tiles * 512 + ((j % 32) / 2) * 32 + (j % 2);
+  uint16_t krow[kMaxHeadDim];
+  for (int64_t j = kbase; j < kend; ++j) {
+    const uint16_t* v = base + j * token_stride + 2 * heads * dim;
+    load_row(base + j * token_stride + heads * dim, krow, dim, cos ? cos + j * half : nullptr,
+             sin ? sin + j * half : nullptr);
+    const int64_t jj = j - kbase;
+    uint16_t* kdst = kpack + (jj / 16) * d_chunks * 512 + (jj % 16) * 2;
+    uint16_t* vdst = vpack + (jj / 32) * d_tiles * 512 + ((jj % 32) / 2) * 32 + (jj % 2);
     for (int64_t d = 0; d < dim; ++d) {
-      kdst[(d / 32) * 512 + ((d % 32) / 2) * 32 + (d % 2)] = k[d];
+      kdst[(d / 32) * 512 + ((d % 32) / 2) * 32 + (d % 2)] = krow[d];
       vdst[(d / 16) * 512 + (d % 16) * 2] = v[d];
     }
   }
@@ -116,20 +180,27 @@ void attend(const AttentionArgs& a, int64_t start, int64_t len, int64_t head, in
     const int64_t rows = q_end - q0 < kRows ? q_end - q0 : kRows;
     std::memset(qb, 0, size_t(q_bytes));
     for (int64_t r = 0; r < rows; ++r)
-      std::memcpy(qb + r * dim32, base + (q0 + r) * token_stride, size_t(dim) * 2);
+      load_row(base + (q0 + r) * token_stride, qb + r * dim32, dim, cos ? cos + (q0 + r) * half : nullptr,
+               sin ? sin + (q0 + r) * half : nullptr);
     for (int r = 0; r < kRows; ++r) {
       row_max[r] = -__builtin_inff();
       row_sum[r] = 0.0f;
     }
     std::memset(ob, 0, size_t(o_bytes));
 
-    for (int64_t k0 = 0; k0 < len; k0 += kKeyBlock) {
-      const int64_t keys = len - k0 < kKeyBlock ? len - k0 : kKeyBlock;
+    // The key tiles these rows' windows overlap; tiles outside are never computed.
+    int64_t k_first = kbase, k_last = kend;
+    if (window >= 0) {
+      k_first = q0 - window > kbase ? (q0 - window) / 32 * 32 : kbase;
+      k_last = q0 + rows + window < kend ? q0 + rows + window : kend;
+    }
+    for (int64_t k0 = k_first; k0 < k_last; k0 += kKeyBlock) {
+      const int64_t keys = k_last - k0 < kKeyBlock ? k_last - k0 : kKeyBlock;
       const int64_t keys32 = round_up(keys, 32);
       for (int64_t jt = 0; jt < keys32; jt += 32) {
         _tile_zero(0);
         _tile_zero(1);
-        const uint16_t* k_lo = kpack + ((k0 + jt) / 16) * d_chunks * 512;
+        const uint16_t* k_lo = kpack + ((k0 - kbase + jt) / 16) * d_chunks * 512;
         const uint16_t* k_hi = k_lo + d_chunks * 512;
         for (int64_t c = 0; c < d_chunks; ++c) {
           _tile_loadd(2, qb + c * 32, dim32 * 2);
@@ -142,16 +213,32 @@ void attend(const AttentionArgs& a, int64_t start, int64_t len, int64_t head, in
         _tile_stored(1, sb + jt + 16, kKeyBlock * 4);
       }
 
-      const Vec factor = vset1(q_factor);
+      // With options the scores are first scaled into the log2 domain, biased and masked in place.
+      const float row_factor = adjust ? 1.0f : q_factor;
+      const Vec factor = vset1(row_factor);
       for (int r = 0; r < kRows; ++r) {
         float* s = sb + r * kKeyBlock;
         int64_t j = 0;
+        if (adjust) {
+          const Vec qf = vset1(q_factor);
+          for (; j + W <= keys; j += W) vstore(s + j, vmul(vload(s + j), qf));
+          for (; j < keys; ++j) s[j] *= q_factor;
+          // padded rows (r >= rows) may sit past the sequence: no bias (its index would be out of range)
+          bias_and_mask(s, keys, k0, q0 + r, r < rows ? bias : nullptr, window);
+          j = 0;
+        }
         Vec mx = vset1(-__builtin_inff());
         for (; j + W <= keys; j += W) mx = vmax(mx, vmul(vload(s + j), factor));
         float m_block = vreduce_max(mx);
-        for (; j < keys; ++j) m_block = s[j] * q_factor > m_block ? s[j] * q_factor : m_block;
+        for (; j < keys; ++j) m_block = s[j] * row_factor > m_block ? s[j] * row_factor : m_block;
         const float m_old = row_max[r];
         const float m_new = m_block > m_old ? m_block : m_old;
+        if (m_new == -__builtin_inff()) {  // every key so far is outside this row's window
+          for (j = 0; j < keys32; ++j) s[j] = 0.0f;
+          for (j = 0; j < keys32; j += W)
+            vstore(reinterpret_cast<bf16*>(pb + r * kKeyBlock + j), vload(s + j));
+          continue;
+        }
         const Vec neg_m = vset1(-m_new);
         Vec sum = vzero();
         for (j = 0; j + W <= keys; j += W) {
@@ -161,7 +248,7 @@ void attend(const AttentionArgs& a, int64_t start, int64_t len, int64_t head, in
         }
         float block_sum = vreduce_add(sum);
         for (; j < keys; ++j) {
-          s[j] = vreduce_max(vexp2(vset1(s[j] * q_factor - m_new)));
+          s[j] = vreduce_max(vexp2(vset1(s[j] * row_factor - m_new)));
           block_sum += s[j];
         }
         for (j = keys; j < keys32; ++j) s[j] = 0.0f;  // padded keys: probability 0
@@ -182,7 +269,7 @@ void attend(const AttentionArgs& a, int64_t start, int64_t len, int64_t head, in
         _tile_loadd(5, ob + dt * 16, dim16 * 4);
         for (int64_t kc = 0; kc < keys32 / 32; ++kc) {
           _tile_loadd(6, pb + kc * 32, kKeyBlock * 2);
-          _tile_loadd(7, vpack + ((k0 / 32 + kc) * d_tiles + dt) * 512, 64);
+          _tile_loadd(7, vpack + (((k0 - kbase) / 32 + kc) * d_tiles + dt) * 512, 64);
           _tile_dpbf16ps(5, 6, 7);
         }
         _tile_stored(5, ob + dt * 16, dim16 * 4);

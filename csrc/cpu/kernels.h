@@ -26,6 +26,12 @@ struct AttentionArgs {
   float scale;
   DType dtype;
   int threads;
+  // Options (see engine/ops/attention.py); i, j = query / key positions inside their sequence.
+  const float* rel_bias;    // (heads, 2 * bias_max_seqlen - 1) or null; [h][j - i + bias_max_seqlen - 1]
+  int64_t bias_max_seqlen;  // the max_seqlen the table was built for (>= every length)
+  int64_t window;           // < 0: none; else query i sees key j only if |i - j| <= window
+  const float* rotary_cos;  // (positions, head_dim / 2) or null: rotate-half rotary of q and k
+  const float* rotary_sin;  // (positions, head_dim / 2), null with rotary_cos
 };
 
 struct BiasGeluArgs {

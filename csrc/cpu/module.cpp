@@ -50,7 +50,9 @@ void require_positive(const char* what, int64_t v) {
 int checked_threads(int threads) { return threads > 0 ? threads : 1; }
 
 void attention(int isa, uintptr_t qkv, uintptr_t out, uintptr_t cu_seqlens, int64_t total_tokens,
-               int64_t batch, int64_t heads, int64_t head_dim, double scale, int dtype, int threads) {
+               int64_t batch, int64_t heads, int64_t head_dim, double scale, int dtype, int threads,
+               uintptr_t rel_bias, int64_t bias_max_seqlen, int64_t window, uintptr_t rotary_cos,
+               uintptr_t rotary_sin, int64_t rotary_positions) {
   AttentionArgs a{};
   const Isa chosen = checked_isa(isa);
   a.dtype = checked_dtype("qkv", dtype);
@@ -85,6 +87,20 @@ void attention(int isa, uintptr_t qkv, uintptr_t out, uintptr_t cu_seqlens, int6
   a.max_seqlen = max_len;
   a.scale = float(scale);
   a.threads = checked_threads(threads);
+  // Options: the tables must cover every sequence (their indices come from in-sequence positions).
+  if (rel_bias != 0 && bias_max_seqlen < max_len)
+    throw py::value_error("rel_bias was built for max_seqlen " + std::to_string(bias_max_seqlen) +
+                          " but a sequence has " + std::to_string(max_len) + " tokens");
+  if ((rotary_cos == 0) != (rotary_sin == 0)) throw py::value_error("rotary needs both cos and sin");
+  if (rotary_cos != 0 && (head_dim % 2 != 0 || rotary_positions < max_len))
+    throw py::value_error("rotary needs an even head_dim and a table of >= " + std::to_string(max_len) +
+                          " positions, got head_dim " + std::to_string(head_dim) + " and " +
+                          std::to_string(rotary_positions) + " positions");
+  a.rel_bias = ptr<float>(rel_bias);
+  a.bias_max_seqlen = bias_max_seqlen;
+  a.window = window < 0 ? -1 : window;
+  a.rotary_cos = ptr<float>(rotary_cos);
+  a.rotary_sin = ptr<float>(rotary_sin);
   py::gil_scoped_release release;
   variant(chosen).attention(a);
 }
@@ -363,7 +379,9 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("attention", &attention, py::arg("isa"), py::arg("qkv"), py::arg("out"), py::arg("cu_seqlens"),
         py::arg("total_tokens"), py::arg("batch"), py::arg("heads"), py::arg("head_dim"), py::arg("scale"),
-        py::arg("dtype"), py::arg("threads"));
+        py::arg("dtype"), py::arg("threads"), py::arg("rel_bias") = 0, py::arg("bias_max_seqlen") = 0,
+        py::arg("window") = -1, py::arg("rotary_cos") = 0, py::arg("rotary_sin") = 0,
+        py::arg("rotary_positions") = 0);
   m.def("bias_gelu", &bias_gelu, py::arg("isa"), py::arg("x"), py::arg("bias"), py::arg("out"),
         py::arg("rows"), py::arg("cols"), py::arg("tanh"), py::arg("gated"), py::arg("dtype"),
         py::arg("bias_dtype"), py::arg("threads"));

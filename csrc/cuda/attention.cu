@@ -15,8 +15,18 @@
 //    padded to DP in {32, 64, 96, 128} with zeros (any D <= 128 works).
 //  * attention_simt_kernel (fp32 everywhere, bf16 on sm_75 which has no bf16 mma): the same online
 //    softmax in fp32 CUDA-core math; 16-row query tiles, 32-key K/V tiles in shared memory.
+//
+// Options (AttentionOptions; runtime switches, so one instance per tile shape serves every model):
+// rotary rotates the Q and K tiles in shared memory right after they are loaded (fp32 math, rounded
+// back to T in the mma path); a window makes a query tile visit only the key tiles overlapping
+// [m0 - window, m0 + BM + window) and masks the keys outside |i - j| <= window (a row whose keys are
+// all masked so far exponentiates against 0, not -inf, so nothing becomes NaN); the relative bias is
+// read from global memory (L1/L2-resident: heads * (2 L - 1) floats) and added to the base-2 scores.
+// UNVERIFIED ON A GPU: the options compile spill-free for sm_75..90 (tests/test_cuda_build.py), but
+// no GPU has run them yet; tests/test_attention.py compares them with attention_ref where one exists.
 #include <cfloat>
 #include <cmath>
+#include <tuple>
 
 #include "common.cuh"
 
@@ -50,6 +60,32 @@ __device__ __forceinline__ void load_tile(T* __restrict__ dst, const T* __restri
       dst[r * LD + c] = v;
     }
   }
+}
+
+// Rotate-half rotary embedding of a shared tile in place: rows [0, valid_rows) at positions
+// first_pos + row, columns k and k + D / 2 paired. Callers sync before (the tile is loaded) and after.
+template <typename T, int LD, int THREADS>
+__device__ __forceinline__ void rotate_tile(T* tile, int valid_rows, int first_pos, int D, const float* cos,
+                                            const float* sin) {
+  const int half = D / 2;
+  for (int idx = threadIdx.x; idx < valid_rows * half; idx += THREADS) {
+    const int r = idx / half;
+    const int k = idx % half;
+    const float c = cos[(first_pos + r) * half + k], s = sin[(first_pos + r) * half + k];
+    const float x1 = to_float(tile[r * LD + k]), x2 = to_float(tile[r * LD + half + k]);
+    tile[r * LD + k] = from_float<T>(x1 * c - x2 * s);
+    tile[r * LD + half + k] = from_float<T>(x2 * c + x1 * s);
+  }
+}
+
+// Score of query row `row` against key `key` (both inside the sequence of length len), base 2:
+// -inf for padding keys and keys outside the window, plus log2(e) * the relative bias.
+__device__ __forceinline__ float adjust_score(float s, int row, int key, int len, const float* bias,
+                                              int bias_max_seqlen, int window) {
+  if (key >= len) return -INFINITY;
+  if (window >= 0 && abs(key - row) > window) return -INFINITY;
+  if (bias != nullptr && row < len) s += bias[key - row + bias_max_seqlen - 1] * kLog2e;
+  return s;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -135,7 +171,8 @@ __host__ __device__ constexpr bool kMmaSupported() {
 template <typename T, int DP, int BN>
 __global__ void __launch_bounds__(128, 1)  // min blocks 1: lets ptxas use up to 255 registers (no spills)
     attention_mma_kernel(const T* __restrict__ qkv, const int32_t* __restrict__ cu_seqlens,
-                         T* __restrict__ out, int heads, int D, float scale_log2, bool vec_in, bool vec_out) {
+                         T* __restrict__ out, int heads, int D, float scale_log2, bool vec_in, bool vec_out,
+                         AttentionOptions opt) {
   if constexpr (!kMmaSupported<T>()) {
     __trap();
   } else {
@@ -168,10 +205,17 @@ __global__ void __launch_bounds__(128, 1)  // min blocks 1: lets ptxas use up to
     const int lm_col = (lane >> 4) * 8;
     const int lk_row = (lane & 7) + (lane >> 4) * 8;  // K operand
     const int lk_col = ((lane >> 3) & 1) * 8;
+    const float* bias =
+        opt.rel_bias ? opt.rel_bias + static_cast<int64_t>(head) * (2 * opt.bias_max_seqlen - 1) : nullptr;
+    const bool masked = bias != nullptr || opt.window >= 0;
 
     for (int m0 = blockIdx.y * BM; m0 < len; m0 += gridDim.y * BM) {
       __syncthreads();  // the previous tile's readers of sQ / sK / sV are done
       load_tile<T, BM, DP, LD, kThreads>(sQ, q_base + m0 * tok_stride, tok_stride, len - m0, D, vec_in);
+      if (opt.rotary_cos) {
+        __syncthreads();
+        rotate_tile<T, LD, kThreads>(sQ, min(BM, len - m0), m0, D, opt.rotary_cos, opt.rotary_sin);
+      }
 
       float o[DP / 8][4];
 #pragma unroll
@@ -179,10 +223,17 @@ __global__ void __launch_bounds__(128, 1)  // min blocks 1: lets ptxas use up to
       float row_max[2] = {-INFINITY, -INFINITY};
       float row_sum[2] = {0.0f, 0.0f};  // this thread's partial sums; reduced over the quad at the end
 
-      for (int n0 = 0; n0 < len; n0 += BN) {
+      // the key tiles this query tile's windows overlap (all of them without a window)
+      const int n_first = opt.window >= 0 ? max(0, m0 - opt.window) / BN * BN : 0;
+      const int n_last = opt.window >= 0 ? min(len, m0 + BM + opt.window) : len;
+      for (int n0 = n_first; n0 < n_last; n0 += BN) {
         __syncthreads();  // everyone is done with the previous K / V tile
         load_tile<T, BN, DP, LD, kThreads>(sK, k_base + n0 * tok_stride, tok_stride, len - n0, D, vec_in);
         load_tile<T, BN, DP, LD, kThreads>(sV, v_base + n0 * tok_stride, tok_stride, len - n0, D, vec_in);
+        if (opt.rotary_cos) {
+          __syncthreads();
+          rotate_tile<T, LD, kThreads>(sK, min(BN, len - n0), n0, D, opt.rotary_cos, opt.rotary_sin);
+        }
         __syncthreads();
 
         // S = Q K^T for this warp's 16 rows x BN keys.
@@ -209,27 +260,36 @@ __global__ void __launch_bounds__(128, 1)  // min blocks 1: lets ptxas use up to
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int key = n0 + 8 * j + 2 * t + (e & 1);
-            s[j][e] = key < len ? s[j][e] * scale_log2 : -INFINITY;
+            if (masked) {
+              const int row = m0 + warp * 16 + g + 8 * (e >> 1);
+              s[j][e] =
+                  adjust_score(s[j][e] * scale_log2, row, key, len, bias, opt.bias_max_seqlen, opt.window);
+            } else {
+              s[j][e] = key < len ? s[j][e] * scale_log2 : -INFINITY;
+            }
             tile_max[e >> 1] = fmaxf(tile_max[e >> 1], s[j][e]);
           }
         }
-        float alpha[2];
+        float alpha[2], row_ref[2];
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           // the four threads of a quad hold one row
           tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
           tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
-          // key n0 < len is valid, so tile_max is finite and so is the new max
+          // without a window key n0 < len is valid, so the new max is finite; with one a row may have
+          // seen no key yet (-inf): exponentiate against 0 then
           const float new_max = fmaxf(row_max[r], tile_max[r]);
-          alpha[r] = exp2f(row_max[r] - new_max);  // 0 on the first tile (row_max = -inf)
+          const float ref = new_max == -INFINITY ? 0.0f : new_max;
+          alpha[r] = exp2f(row_max[r] - ref);  // 0 on the first tile (row_max = -inf)
           row_max[r] = new_max;
+          row_ref[r] = ref;
           row_sum[r] *= alpha[r];
         }
 #pragma unroll
         for (int j = 0; j < BN / 8; ++j) {
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
-            s[j][e] = exp2f(s[j][e] - row_max[e >> 1]);  // masked keys: exp2(-inf) = 0
+            s[j][e] = exp2f(s[j][e] - row_ref[e >> 1]);  // masked keys: exp2(-inf) = 0
             row_sum[e >> 1] += s[j][e];
           }
         }
@@ -266,7 +326,7 @@ __global__ void __launch_bounds__(128, 1)  // min blocks 1: lets ptxas use up to
         float l = row_sum[r];
         l += __shfl_xor_sync(0xffffffffu, l, 1);
         l += __shfl_xor_sync(0xffffffffu, l, 2);
-        inv[r] = 1.0f / l;  // l >= 1: the row's maximum contributes exp2(0)
+        inv[r] = l > 0.0f ? 1.0f / l : 0.0f;  // l >= 1 for real rows: the row's maximum contributes exp2(0)
       }
       __syncwarp();
       T* stage = sQ + warp * 16 * LD;
@@ -306,7 +366,7 @@ template <typename T, int DC>
 __global__ void __launch_bounds__(128,
                                   1)  // min blocks 1: without it ptxas caps DC = 1 at 64 registers and spills
     attention_simt_kernel(const T* __restrict__ qkv, const int32_t* __restrict__ cu_seqlens,
-                          T* __restrict__ out, int heads, int D, float scale_log2) {
+                          T* __restrict__ out, int heads, int D, float scale_log2, AttentionOptions opt) {
   constexpr int kWarps = 4;
   constexpr int kThreads = 32 * kWarps;
   constexpr int RPW = 4;  // query rows per warp
@@ -329,6 +389,8 @@ __global__ void __launch_bounds__(128,
   T* out_base = out + start * out_stride + static_cast<int64_t>(head) * D;
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
+  const float* bias =
+      opt.rel_bias ? opt.rel_bias + static_cast<int64_t>(head) * (2 * opt.bias_max_seqlen - 1) : nullptr;
 
   for (int m0 = blockIdx.y * BM; m0 < len; m0 += gridDim.y * BM) {
     __syncthreads();
@@ -336,6 +398,10 @@ __global__ void __launch_bounds__(128,
       const int r = idx / DM;
       const int c = idx % DM;
       sQ[r][c] = (m0 + r < len && c < D) ? to_float(q_base[(m0 + r) * tok_stride + c]) * scale_log2 : 0.0f;
+    }
+    if (opt.rotary_cos) {  // scaling first is the same: the rotation is linear
+      __syncthreads();
+      rotate_tile<float, DM, kThreads>(&sQ[0][0], min(BM, len - m0), m0, D, opt.rotary_cos, opt.rotary_sin);
     }
     float acc[RPW][DC];
     float row_max[RPW], row_sum[RPW];
@@ -347,7 +413,9 @@ __global__ void __launch_bounds__(128,
       for (int c = 0; c < DC; ++c) acc[r][c] = 0.0f;
     }
 
-    for (int n0 = 0; n0 < len; n0 += BN) {
+    const int n_first = opt.window >= 0 ? max(0, m0 - opt.window) / BN * BN : 0;
+    const int n_last = opt.window >= 0 ? min(len, m0 + BM + opt.window) : len;
+    for (int n0 = n_first; n0 < n_last; n0 += BN) {
       __syncthreads();
       for (int idx = threadIdx.x; idx < BN * DM; idx += kThreads) {
         const int r = idx / DM;
@@ -355,6 +423,11 @@ __global__ void __launch_bounds__(128,
         const bool ok = n0 + r < len && c < D;
         sK[r][c] = ok ? to_float(k_base[(n0 + r) * tok_stride + c]) : 0.0f;
         sV[r][c] = ok ? to_float(v_base[(n0 + r) * tok_stride + c]) : 0.0f;
+      }
+      if (opt.rotary_cos) {
+        __syncthreads();
+        rotate_tile<float, DM + 1, kThreads>(&sK[0][0], min(BN, len - n0), n0, D, opt.rotary_cos,
+                                             opt.rotary_sin);
       }
       __syncthreads();
 
@@ -367,14 +440,16 @@ __global__ void __launch_bounds__(128,
 #pragma unroll
         for (int r = 0; r < RPW; ++r) s[r] = fmaf(sQ[warp * RPW + r][d], k, s[r]);
       }
-      const bool valid = n0 + lane < len;
 #pragma unroll
       for (int r = 0; r < RPW; ++r) {
-        const float sv = valid ? s[r] : -INFINITY;
-        const float new_max = fmaxf(row_max[r], warp_max(sv));  // lane 0's key is valid: finite
-        const float alpha = exp2f(row_max[r] - new_max);
+        const float sv =
+            adjust_score(s[r], m0 + warp * RPW + r, n0 + lane, len, bias, opt.bias_max_seqlen, opt.window);
+        // finite without a window (lane 0's key is valid); with one a row may have seen no key yet
+        const float new_max = fmaxf(row_max[r], warp_max(sv));
+        const float ref = new_max == -INFINITY ? 0.0f : new_max;
+        const float alpha = exp2f(row_max[r] - ref);
         row_max[r] = new_max;
-        s[r] = exp2f(sv - new_max);
+        s[r] = exp2f(sv - ref);
         row_sum[r] = row_sum[r] * alpha + s[r];
 #pragma unroll
         for (int c = 0; c < DC; ++c) acc[r][c] *= alpha;
@@ -395,7 +470,8 @@ __global__ void __launch_bounds__(128,
 
 #pragma unroll
     for (int r = 0; r < RPW; ++r) {
-      const float inv = 1.0f / warp_sum(row_sum[r]);
+      const float l = warp_sum(row_sum[r]);
+      const float inv = l > 0.0f ? 1.0f / l : 0.0f;  // 0 only for rows past the sequence (not stored)
       const int row = m0 + warp * RPW + r;
       if (row < len) {
 #pragma unroll
@@ -415,7 +491,7 @@ constexpr int kMaxGridY = 65535;
 
 template <typename T, int DP, int BN>
 cudaError_t launch_mma(const void* qkv, const int32_t* cu, void* out, int batch, int heads, int D,
-                       int max_seqlen, float scale_log2, cudaStream_t stream) {
+                       int max_seqlen, float scale_log2, cudaStream_t stream, const AttentionOptions& opt) {
   constexpr int BM = 64;
   const int tiles = max_seqlen > 0 ? ceil_div(max_seqlen, BM) : 1;
   const dim3 grid(static_cast<unsigned>(batch) * static_cast<unsigned>(heads),
@@ -423,38 +499,41 @@ cudaError_t launch_mma(const void* qkv, const int32_t* cu, void* out, int batch,
   const bool vec_in = D % 8 == 0 && aligned16(qkv);
   const bool vec_out = D % 8 == 0 && aligned16(out);
   attention_mma_kernel<T, DP, BN><<<grid, 128, 0, stream>>>(
-      static_cast<const T*>(qkv), cu, static_cast<T*>(out), heads, D, scale_log2, vec_in, vec_out);
+      static_cast<const T*>(qkv), cu, static_cast<T*>(out), heads, D, scale_log2, vec_in, vec_out, opt);
   return cudaGetLastError();
 }
 
 template <typename T>
 cudaError_t dispatch_mma(const void* qkv, const int32_t* cu, void* out, int batch, int heads, int D,
-                         int max_seqlen, float scale_log2, cudaStream_t stream) {
-  if (D <= 32) return launch_mma<T, 32, 64>(qkv, cu, out, batch, heads, D, max_seqlen, scale_log2, stream);
-  if (D <= 64) return launch_mma<T, 64, 64>(qkv, cu, out, batch, heads, D, max_seqlen, scale_log2, stream);
-  if (D <= 96) return launch_mma<T, 96, 32>(qkv, cu, out, batch, heads, D, max_seqlen, scale_log2, stream);
-  return launch_mma<T, 128, 32>(qkv, cu, out, batch, heads, D, max_seqlen, scale_log2, stream);
+                         int max_seqlen, float scale_log2, cudaStream_t stream, const AttentionOptions& opt) {
+  const auto args = std::make_tuple(qkv, cu, out, batch, heads, D, max_seqlen, scale_log2, stream, opt);
+  if (D <= 32) return std::apply(launch_mma<T, 32, 64>, args);
+  if (D <= 64) return std::apply(launch_mma<T, 64, 64>, args);
+  if (D <= 96) return std::apply(launch_mma<T, 96, 32>, args);
+  return std::apply(launch_mma<T, 128, 32>, args);
 }
 
 template <typename T, int DC>
 cudaError_t launch_simt(const void* qkv, const int32_t* cu, void* out, int batch, int heads, int D,
-                        int max_seqlen, float scale_log2, cudaStream_t stream) {
+                        int max_seqlen, float scale_log2, cudaStream_t stream, const AttentionOptions& opt) {
   constexpr int BM = 16;
   const int tiles = max_seqlen > 0 ? ceil_div(max_seqlen, BM) : 1;
   const dim3 grid(static_cast<unsigned>(batch) * static_cast<unsigned>(heads),
                   static_cast<unsigned>(tiles < kMaxGridY ? tiles : kMaxGridY));
-  attention_simt_kernel<T, DC>
-      <<<grid, 128, 0, stream>>>(static_cast<const T*>(qkv), cu, static_cast<T*>(out), heads, D, scale_log2);
+  attention_simt_kernel<T, DC><<<grid, 128, 0, stream>>>(static_cast<const T*>(qkv), cu, static_cast<T*>(out),
+                                                         heads, D, scale_log2, opt);
   return cudaGetLastError();
 }
 
 template <typename T>
 cudaError_t dispatch_simt(const void* qkv, const int32_t* cu, void* out, int batch, int heads, int D,
-                          int max_seqlen, float scale_log2, cudaStream_t stream) {
-  if (D <= 32) return launch_simt<T, 1>(qkv, cu, out, batch, heads, D, max_seqlen, scale_log2, stream);
-  if (D <= 64) return launch_simt<T, 2>(qkv, cu, out, batch, heads, D, max_seqlen, scale_log2, stream);
-  if (D <= 96) return launch_simt<T, 3>(qkv, cu, out, batch, heads, D, max_seqlen, scale_log2, stream);
-  return launch_simt<T, 4>(qkv, cu, out, batch, heads, D, max_seqlen, scale_log2, stream);
+                          int max_seqlen, float scale_log2, cudaStream_t stream,
+                          const AttentionOptions& opt) {
+  const auto args = std::make_tuple(qkv, cu, out, batch, heads, D, max_seqlen, scale_log2, stream, opt);
+  if (D <= 32) return std::apply(launch_simt<T, 1>, args);
+  if (D <= 64) return std::apply(launch_simt<T, 2>, args);
+  if (D <= 96) return std::apply(launch_simt<T, 3>, args);
+  return std::apply(launch_simt<T, 4>, args);
 }
 
 }  // namespace
@@ -467,7 +546,7 @@ AttentionPath attention_auto_path(DType dtype, int sm) {
 
 cudaError_t launch_attention(const void* qkv, const int32_t* cu_seqlens, void* out, int batch, int heads,
                              int head_dim, int max_seqlen, float scale, DType dtype, AttentionPath path,
-                             cudaStream_t stream) {
+                             cudaStream_t stream, const AttentionOptions& options) {
   if (batch == 0 || heads == 0) return cudaSuccess;
   const int sm = current_device_sm();
   const AttentionPath best = attention_auto_path(dtype, sm);
@@ -477,13 +556,14 @@ cudaError_t launch_attention(const void* qkv, const int32_t* cu_seqlens, void* o
   if (path == AttentionPath::kTensorCore) {
     if (dtype == DType::F16)
       return dispatch_mma<__half>(qkv, cu_seqlens, out, batch, heads, head_dim, max_seqlen, scale_log2,
-                                  stream);
+                                  stream, options);
     return dispatch_mma<__nv_bfloat16>(qkv, cu_seqlens, out, batch, heads, head_dim, max_seqlen, scale_log2,
-                                       stream);
+                                       stream, options);
   }
   return dispatch_dtype<float, __nv_bfloat16, __half>(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    return dispatch_simt<T>(qkv, cu_seqlens, out, batch, heads, head_dim, max_seqlen, scale_log2, stream);
+    return dispatch_simt<T>(qkv, cu_seqlens, out, batch, heads, head_dim, max_seqlen, scale_log2, stream,
+                            options);
   });
 }
 

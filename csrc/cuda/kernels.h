@@ -20,9 +20,17 @@ int current_device_sm();
 // path: 0 = auto, 1 = tensor cores (mma.sync), 2 = SIMT fp32. Returns cudaErrorNotSupported when the
 // requested path cannot run this dtype on this device (bf16 tensor cores need sm_80).
 enum class AttentionPath : int { kAuto = 0, kTensorCore = 1, kSimt = 2 };
+// Options (see engine/ops/attention.py); i, j = query / key positions inside their sequence.
+struct AttentionOptions {
+  const float* rel_bias = nullptr;    // (heads, 2 * bias_max_seqlen - 1); [h][j - i + bias_max_seqlen - 1]
+  int bias_max_seqlen = 0;            // >= every sequence length
+  int window = -1;                    // < 0: none; else query i sees key j only if |i - j| <= window
+  const float* rotary_cos = nullptr;  // (positions, head_dim / 2) or null: rotate-half rotary of q and k
+  const float* rotary_sin = nullptr;
+};
 cudaError_t launch_attention(const void* qkv, const int32_t* cu_seqlens, void* out, int batch, int heads,
                              int head_dim, int max_seqlen, float scale, DType dtype, AttentionPath path,
-                             cudaStream_t stream);
+                             cudaStream_t stream, const AttentionOptions& options = {});
 // Which path `auto` picks for (dtype, sm): 1 tensor cores, 2 SIMT.
 AttentionPath attention_auto_path(DType dtype, int sm);
 

@@ -134,7 +134,9 @@ std::string path_name(AttentionPath p) {
 
 void attention(std::uintptr_t qkv, std::uintptr_t cu_seqlens, std::uintptr_t out, long long batch,
                long long heads, long long head_dim, long long max_seqlen, double scale,
-               const std::string& dtype, std::uintptr_t stream, const std::string& path) {
+               const std::string& dtype, std::uintptr_t stream, const std::string& path,
+               std::uintptr_t rel_bias, long long bias_max_seqlen, long long window,
+               std::uintptr_t rotary_cos, std::uintptr_t rotary_sin) {
   const std::string op = "attention";
   const DType dt = parse_dtype(op, dtype);
   const AttentionPath p = parse_path(op, path);
@@ -146,12 +148,24 @@ void attention(std::uintptr_t qkv, std::uintptr_t cu_seqlens, std::uintptr_t out
           "max_seqlen must be in [0, 2^31), got " + std::to_string(max_seqlen));
   require(batch * heads <= INT_MAX, op, "batch * heads must be < 2^31");
   require(std::isfinite(scale), op, "scale must be finite");
+  // the glue checked the tables' shapes against max_seqlen; the kernel trusts cu_seqlens like flash-attn
+  require(rel_bias == 0 || (bias_max_seqlen >= max_seqlen && bias_max_seqlen <= INT_MAX / 2), op,
+          "rel_bias must be built for max_seqlen >= " + std::to_string(max_seqlen));
+  require((rotary_cos == 0) == (rotary_sin == 0), op, "rotary needs both cos and sin");
+  require(rotary_cos == 0 || head_dim % 2 == 0, op, "rotary needs an even head_dim");
+  require(window <= INT_MAX, op, "window must be < 2^31");
+  bertrt::cuda::AttentionOptions options;
+  options.rel_bias = static_cast<const float*>(pointer(op, "rel_bias", rel_bias, false));
+  options.bias_max_seqlen = static_cast<int>(bias_max_seqlen);
+  options.window = window < 0 ? -1 : static_cast<int>(window);
+  options.rotary_cos = static_cast<const float*>(pointer(op, "rotary_cos", rotary_cos, false));
+  options.rotary_sin = static_cast<const float*>(pointer(op, "rotary_sin", rotary_sin, false));
   if (batch == 0) return;
   const cudaError_t err = bertrt::cuda::launch_attention(
       pointer(op, "qkv", qkv), static_cast<const int32_t*>(pointer(op, "cu_seqlens", cu_seqlens)),
       const_cast<void*>(pointer(op, "out", out)), static_cast<int>(batch), static_cast<int>(heads),
       static_cast<int>(head_dim), static_cast<int>(max_seqlen), static_cast<float>(scale), dt, p,
-      as_stream(stream));
+      as_stream(stream), options);
   if (err == cudaErrorNotSupported) {
     fail(op, "path '" + path + "' cannot run " + dtype + " on sm_" +
                  std::to_string(bertrt::cuda::current_device_sm()) + " (bf16 mma needs sm_80 or newer)");
@@ -249,9 +263,13 @@ PYBIND11_MODULE(_cuda, m) {
 
   m.def("attention", &attention, py::arg("qkv"), py::arg("cu_seqlens"), py::arg("out"), py::arg("batch"),
         py::arg("heads"), py::arg("head_dim"), py::arg("max_seqlen"), py::arg("scale"), py::arg("dtype"),
-        py::arg("stream") = 0, py::arg("path") = "auto",
+        py::arg("stream") = 0, py::arg("path") = "auto", py::arg("rel_bias") = 0,
+        py::arg("bias_max_seqlen") = 0, py::arg("window") = -1, py::arg("rotary_cos") = 0,
+        py::arg("rotary_sin") = 0,
         "Variable-length attention: qkv (total, 3, heads, head_dim), cu_seqlens int32 (batch + 1), "
-        "out (total, heads, head_dim). path: 'auto', 'mma' (tensor cores) or 'simt' (fp32 CUDA cores).");
+        "out (total, heads, head_dim). path: 'auto', 'mma' (tensor cores) or 'simt' (fp32 CUDA cores). "
+        "Options: rel_bias fp32 (heads, 2 * bias_max_seqlen - 1), window (< 0: none), rotary cos/sin fp32 "
+        "(positions, head_dim / 2); 0 pointers for none.");
   m.def("bias_gelu", &bias_gelu, py::arg("x"), py::arg("bias"), py::arg("out"), py::arg("tokens"),
         py::arg("features"), py::arg("approximate"), py::arg("dtype"), py::arg("stream") = 0,
         py::arg("gated") = false,

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 import torch
 from bertrt import _C
 
+from .attention import _check as _check_attention
 from .embedding_layer_norm import used_ids
 from .int8_linear import PackedInt8Weight
 from .linear import PackedWeight, pack_weight
@@ -161,23 +162,26 @@ def _ptr(t: torch.Tensor | None) -> int:
 # ---- ops ------------------------------------------------------------------------------------------
 
 
-def attention(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, scale: float | None = None) -> torch.Tensor:
-    """qkv: (total_tokens, 3, heads, head_dim) -> (total_tokens, heads, head_dim); head_dim <= 128."""
+def attention(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, scale: float | None = None, *,
+              rel_bias: torch.Tensor | None = None, window: int | None = None,
+              rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """qkv: (total_tokens, 3, heads, head_dim) -> (total_tokens, heads, head_dim); head_dim <= 128.
+    Options as in ``attention_ref``: rel_bias (heads, 2 * max_seqlen - 1) fp32, window, rotary (cos, sin)."""
     _require_tensor("qkv", qkv)
     _require_tensor("cu_seqlens", cu_seqlens)
     code = _require_float("qkv", qkv)
-    if qkv.dim() != 4 or qkv.shape[1] != 3:
-        raise ValueError(f"qkv must be (total_tokens, 3, heads, head_dim), got {tuple(qkv.shape)}")
-    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
-        raise ValueError(f"cu_seqlens must be (batch + 1,), got {tuple(cu_seqlens.shape)}")
-    if cu_seqlens.dtype != torch.int32:
-        raise ValueError(f"cu_seqlens must be int32, got {cu_seqlens.dtype}")
+    _check_attention(qkv, cu_seqlens, max_seqlen, rel_bias, window, rotary)
     total, _, heads, head_dim = qkv.shape
     if not 1 <= head_dim <= _C.MAX_HEAD_DIM:
         raise ValueError(f"head_dim must be in [1, {_C.MAX_HEAD_DIM}], got {head_dim} (qkv {tuple(qkv.shape)})")
     if heads < 1:
         raise ValueError(f"qkv must have at least one head, got {tuple(qkv.shape)}")
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+    cos = sin = None
+    if rel_bias is not None:
+        rel_bias = _require_tensor("rel_bias", rel_bias.float().contiguous())
+    if rotary is not None:
+        cos, sin = (_require_tensor(f"rotary {n}", t.float().contiguous()) for n, t in zip(("cos", "sin"), rotary))
     out = torch.empty((total, heads, head_dim), dtype=qkv.dtype)
     _C.attention(
         _isa_code(),
@@ -191,6 +195,12 @@ def attention(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, scal
         scale,
         code,
         _threads(),
+        _ptr(rel_bias),
+        int(max_seqlen),
+        -1 if window is None else int(window),
+        _ptr(cos),
+        _ptr(sin),
+        0 if cos is None else cos.shape[0],
     )
     return out
 

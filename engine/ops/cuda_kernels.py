@@ -64,23 +64,32 @@ def _ptr(t: torch.Tensor | None) -> int:
 
 
 def attention(
-    qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, scale: float | None = None
+    qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, scale: float | None = None, *,
+    rel_bias: torch.Tensor | None = None, window: int | None = None,
+    rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Variable-length attention over packed sequences (see ``attention_ref``), head_dim <= 128."""
-    return attention_with_path(qkv, cu_seqlens, max_seqlen, scale, path="auto")
+    """Variable-length attention over packed sequences (see ``attention_ref``), head_dim <= 128, with the
+    rel_bias / window / rotary options (unverified on a GPU)."""
+    return attention_with_path(qkv, cu_seqlens, max_seqlen, scale, path="auto", rel_bias=rel_bias, window=window,
+                               rotary=rotary)
 
 
 def attention_with_path(
-    qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, scale: float | None = None, path: str = "auto"
+    qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, scale: float | None = None, path: str = "auto",
+    *, rel_bias: torch.Tensor | None = None, window: int | None = None,
+    rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """``attention`` with the kernel named: "auto", "mma" (tensor cores: fp16 on sm_75+, bf16 on sm_80+) or
     "simt" (fp32 CUDA-core math, any dtype). For tests and benchmarks."""
     op = "attention"
     if path not in ATTENTION_PATHS:
         raise ValueError(f"{op}: path must be one of {ATTENTION_PATHS}, got {path!r}")
-    _check_attention(qkv, cu_seqlens)
+    _check_attention(qkv, cu_seqlens, max_seqlen, rel_bias, window, rotary)
     dtype = _float_dtype(op, "qkv", qkv)
+    cos, sin = rotary if rotary is not None else (None, None)
+    rel_bias, cos, sin = (None if t is None else t.contiguous() for t in (rel_bias, cos, sin))
     device = _validate(op, {"qkv": qkv, "cu_seqlens": cu_seqlens})
+    _validate(op, {"qkv": qkv, "rel_bias": rel_bias, "rotary cos": cos, "rotary sin": sin})
     total, _, heads, head_dim = qkv.shape
     if head_dim > MAX_HEAD_DIM:
         raise ValueError(f"{op}: head_dim must be <= {MAX_HEAD_DIM} for the CUDA kernel, got {head_dim}")
@@ -95,6 +104,7 @@ def attention_with_path(
         _cuda.attention(
             qkv.data_ptr(), cu_seqlens.data_ptr(), out.data_ptr(), cu_seqlens.numel() - 1, heads, head_dim,
             max_seqlen, scale, dtype, torch.cuda.current_stream(device).cuda_stream, path,
+            _ptr(rel_bias), max_seqlen, -1 if window is None else int(window), _ptr(cos), _ptr(sin),
         )
     return out
 

@@ -7,6 +7,8 @@ Two kinds of record, both cached as JSON under ``<cache dir>/dispatch/<machine k
 * check:  (op, implementation, dtype) -> passed, max error, bound, or the exception it raised. Small
   awkward shapes (a 1-token sequence, odd lengths, 3 heads) against ``<op>_ref``; FP32 bounds are the
   tests' table plus the reference's own error on this ISA, BF16/FP16 bounds 2x PyTorch's own error.
+  Attention is checked plain and with each option set a model family uses (``ATTENTION_OPTION_SETS``),
+  so the implementation the plan picks is valid whichever options the model passes.
 * timing: (op, implementation, dtype, shape) -> the best of a few runs after a warm-up.
 
 The machine key covers the CPU model and flags, the GPU, and the bertrt and torch versions, so a new
@@ -39,7 +41,7 @@ from . import registry
 
 log = logging.getLogger("bertrt.ops")
 
-SCHEMA = 1
+SCHEMA = 2  # 2: attention's check also runs its options (rel_bias, rotary, rotary + window)
 REPEATS = 3
 # Token counts the candidates are timed at; a batch takes the choice of the first bucket it fits in
 # (the last bucket's beyond it).
@@ -214,15 +216,65 @@ def _upcast(args: tuple, to: torch.dtype) -> tuple:
                  (a.cpu() if isinstance(a, torch.Tensor) else a) for a in args)
 
 
+def _upcast_options(options: dict, to: torch.dtype) -> dict:
+    """Keyword options with their tensors (also inside tuples: rotary's (cos, sin)) moved to ``to``."""
+    return {k: _upcast(v, to) if isinstance(v, tuple) else
+            (_upcast((v,), to)[0] if isinstance(v, torch.Tensor) else v) for k, v in options.items()}
+
+
+# Attention's option sets in the self-check: MPNet's relative bias, ModernBERT's global (rotary) and
+# local (rotary + a window narrower than the 33-token check sequence) layers.
+ATTENTION_OPTION_SETS = ((), ("rel_bias",), ("rotary",), ("rotary", "window"))
+
+
+def attention_options(names: tuple[str, ...], heads: int, head_dim: int, max_seqlen: int, device: str,
+                      seed: int = 0, window: int = 5) -> dict:
+    """Keyword options for attention (see ``attention_ref``): a random fp32 rel_bias, a rotary table with
+    transformers' inverse frequencies (base 10000) and ``window``."""
+    g = torch.Generator().manual_seed(seed)
+    options: dict = {}
+    if "rel_bias" in names:
+        options["rel_bias"] = torch.randn(heads, 2 * max_seqlen - 1, generator=g).to(device)
+    if "rotary" in names:
+        inverse = 1.0 / 10000 ** (torch.arange(0, head_dim - head_dim % 2, 2, dtype=torch.float32) / head_dim)
+        angles = torch.outer(torch.arange(max_seqlen, dtype=torch.float32), inverse)
+        options["rotary"] = (angles.cos().to(device), angles.sin().to(device))
+    if "window" in names:
+        options["window"] = window
+    return options
+
+
 def check(op: str, impl: str, dtype: torch.dtype, model_shape: dict, device: str) -> dict:
     """Run ``impl`` on small awkward inputs and compare with ``<op>_ref``: a record with passed,
-    error, bound (and the exception text when it raised)."""
+    error, bound (and the exception text when it raised). Attention: the worst of its option sets."""
+    if op != "attention":
+        return _check_once(op, impl, dtype, model_shape, device, {})
+    args = inputs(op, dtype, check_shape(op, model_shape), device, seed=7)
+    heads, head_dim, max_seqlen = args[0].shape[2], args[0].shape[3], args[2]
+    worst: dict = {}
+    for names in ATTENTION_OPTION_SETS:
+        if "rotary" in names and head_dim % 2:
+            continue  # rotary needs an even head_dim: no model passes it here
+        record = _check_once(op, impl, dtype, model_shape, device,
+                             attention_options(names, heads, head_dim, max_seqlen, device))
+        if names:
+            record["options"] = "+".join(names)
+        if not record["passed"]:
+            return record
+        if not worst or record["error"] > worst["error"]:
+            worst = record
+    return worst
+
+
+def _check_once(op: str, impl: str, dtype: torch.dtype, model_shape: dict, device: str, extra: dict) -> dict:
+    """``extra``: keyword options besides the family's (attention's rel_bias / rotary / window sets)."""
     shape = check_shape(op, model_shape)
     args = inputs(op, dtype, shape, device, seed=7)
-    kwargs = options(op, shape)
+    kwargs = {**options(op, shape), **extra}
     try:
         outs = _outputs(registry.resolve(op, impl)(*args, **kwargs))
-        exacts = [e.float() for e in _outputs(registry.resolve(op, "ref")(*_upcast(args, torch.float32), **kwargs))]
+        exacts = [e.float() for e in _outputs(registry.resolve(op, "ref")(*_upcast(args, torch.float32),
+                                                                           **_upcast_options(kwargs, torch.float32)))]
         if len(outs) != len(exacts):
             return {"passed": False, "error": f"{len(outs)} outputs, expected {len(exacts)}"}
         outs = [o.float().cpu() for o in outs]
@@ -240,7 +292,7 @@ def check(op: str, impl: str, dtype: torch.dtype, model_shape: dict, device: str
             passed = all(bool((e <= b).all()) for e, b in zip(errors, bounds))
             return {"passed": passed, "error": worst, "bound": min(float(b.min()) for b in bounds),
                     "reference_error": own}
-        torch_outs = _outputs(registry.resolve(op, "torch")(*_upcast(args, dtype), **kwargs))
+        torch_outs = _outputs(registry.resolve(op, "torch")(*_upcast(args, dtype), **kwargs))  # tables stay fp32
         torch_error = max(float((t.float() - e).abs().max()) for t, e in zip(torch_outs, exacts))
         bound = 2.0 * torch_error + LOW_PRECISION_ATOL[dtype]
         return {"passed": worst <= bound, "error": worst, "bound": bound}
@@ -257,7 +309,8 @@ def _reference_error(op: str, args: tuple, kwargs: dict, exacts: list[torch.Tens
     """How far the fp32 reference itself is from a float64 evaluation of the op on this machine:
     the part of an FP32 kernel's error that no kernel can avoid (it moves with torch's ISA path)."""
     try:
-        truths = _outputs(registry.resolve(op, "torch")(*_upcast(args, torch.float64), **kwargs))
+        truths = _outputs(registry.resolve(op, "torch")(*_upcast(args, torch.float64),
+                                                        **_upcast_options(kwargs, torch.float64)))
         return max(float((e.double() - t.double()).abs().max()) for e, t in zip(exacts, truths))
     except Exception:  # an op without a float64 path: the table bound alone
         return 0.0
