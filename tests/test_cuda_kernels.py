@@ -103,7 +103,7 @@ def test_binding_validates_arguments(built):
     with pytest.raises(ValueError, match="dtype must be"):
         _cuda.bias_gelu(16, 0, 16, 4, 4, "none", "float64")
     with pytest.raises(ValueError, match="null pointer"):
-        _cuda.bias_residual_layer_norm(16, 0, 0, 16, 16, 16, 4, 4, 1e-12, "float32")
+        _cuda.bias_residual_layer_norm(0, 0, 0, 16, 16, 16, 4, 4, 1e-12, "float32")  # x is required
     with pytest.raises(ValueError, match="head_dim must be in"):
         _cuda.attention(16, 16, 16, 1, 1, 200, 8, 0.1, "float16")
     with pytest.raises(ValueError, match="path must be"):

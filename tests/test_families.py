@@ -295,3 +295,35 @@ def test_serving_a_roberta(checkpoints):
     with LiveServer(classifier) as server, httpx.Client(base_url=server.url, timeout=30) as client:
         got = client.post("/predict", json={"inputs": "the quick brown fox"}).json()
         assert got[0]["label"] == classifier.classify(["the quick brown fox"])[0]["label"]
+
+
+@pytest.mark.parametrize("family", ["roberta", "distilbert", "modernbert"])
+def test_finetune_and_distill_a_family_student(checkpoints, family, tmp_path):
+    """bertrt finetune / distill on a non-BERT family (transformers' Auto classes train it): the loss
+    falls, and the fine-tuned model and its 1-layer student load in bertrt and match transformers."""
+    from bertrt.train.distill import DistillConfig, distill
+    from bertrt.train.finetune import FinetuneConfig, finetune
+    from bertrt.train.loop import TrainConfig
+    from bertrt.train.testing import write_sequence_csv
+
+    data = write_sequence_csv(tmp_path / "train.csv", 96, seed=1)
+    base = checkpoints(family, "embed")
+    train = {"batch_size": 16, "learning_rate": 5e-3, "max_steps": 30, "threads": 1, "progress": False}
+    tuned = tmp_path / "tuned"
+    finetune(FinetuneConfig(model_dir=str(base), train_file=str(data), task="sequence", max_length=32,
+                            train=TrainConfig(out_dir=str(tuned), **train)))
+    losses = [h["loss"] for h in json.loads((tuned / "training_log.json").read_text())["history"]]
+    assert sum(losses[-5:]) < sum(losses[:5]), losses
+    student = tmp_path / "student"
+    distill(DistillConfig(teacher_dir=str(tuned), train_file=str(data), student_layers=1, max_length=32,
+                          latency=False, train=TrainConfig(out_dir=str(student), **{**train, "max_steps": 10})))
+    for directory in (tuned, student):
+        engine = bertrt.load(directory, device="cpu", dtype="float32")
+        hf = transformers.AutoModelForSequenceClassification.from_pretrained(directory).eval()
+        tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+        with torch.no_grad():
+            want = hf(**tokenizer(TEXTS, padding=True, return_tensors="pt")).logits
+        probs = torch.softmax(want, -1)
+        results = engine.classify(TEXTS)
+        assert [r["label"] for r in results] == [hf.config.id2label[int(i)] for i in want.argmax(-1)]
+        assert max(abs(r["score"] - float(p.max())) for r, p in zip(results, probs)) <= 1e-4

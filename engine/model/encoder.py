@@ -13,7 +13,6 @@ projections are fused into one (3 * hidden, hidden) matrix at load time.
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import torch
@@ -22,7 +21,6 @@ from torch import nn
 
 from .. import ops
 from ..ops.plan import KERNEL_CHOICES, KernelPlan
-from ..ops.registry import pick
 from .config import EncoderConfig
 
 __all__ = ["KERNEL_CHOICES", "Encoder", "EncoderLayer", "KernelPlan", "apply_rotary", "positions_from_cu_seqlens",
@@ -172,14 +170,6 @@ class Embeddings(nn.Module):
         return x
 
 
-def attention_impl_for_options(impl: str, device_type: str) -> str:
-    """The plan's attention implementation when it takes the family options (rel_bias, window,
-    rotary), else "torch" (the reference-checked fallback that has them): kernels gain the options
-    one at a time, and a kernel without them must not run plain attention in their place."""
-    fn = pick("attention", device_type, impl)
-    return impl if "window" in inspect.signature(fn).parameters else "torch"
-
-
 def positions_from_cu_seqlens(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
     """Position ids (total,) restarting at 0 for every packed sequence."""
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
@@ -284,8 +274,6 @@ class Encoder(nn.Module):
         shared = {}
         if self.relative_bias is not None:  # computed once, shared by every layer (as MPNet does)
             shared["rel_bias"] = self.relative_bias_table(max_seqlen)
-        options_impl = (attention_impl_for_options(attention_impl, x.device.type)
-                        if shared or self.pre_norm else attention_impl)
 
         def attend(qkv: torch.Tensor, layer: EncoderLayer) -> torch.Tensor:
             options = dict(shared)
@@ -293,8 +281,8 @@ class Encoder(nn.Module):
                 options["window"] = layer.window
             if layer.rope_theta is not None:
                 options["rotary"] = self.rotary(layer.rope_theta, max_seqlen, qkv.device)
-            return ops.attention(qkv, cu_seqlens, max_seqlen, impl=options_impl if options else attention_impl,
-                                 **options)
+            # every implementation takes the options (the plan self-checks each with them)
+            return ops.attention(qkv, cu_seqlens, max_seqlen, impl=attention_impl, **options)
 
         return self._run_layers(x, attend, plan)
 

@@ -95,9 +95,13 @@ def default_layer_map(teacher_layers: int, student_layers: int) -> list[int]:
     return [round((i + 1) * teacher_layers / student_layers) - 1 for i in range(student_layers)]
 
 
-def student_config(teacher_config, layers: int, hidden_size: int | None):
-    config = teacher_config.__class__.from_dict(teacher_config.to_dict())
-    config.num_hidden_layers = layers
+def student_config(teacher_config, layers: int, hidden_size: int | None, layer_map: list[int] | None = None):
+    raw = teacher_config.to_dict()
+    if raw.get("layer_types"):  # ModernBERT: each student layer keeps its teacher layer's kind (local / global)
+        chosen = layer_map or default_layer_map(teacher_config.num_hidden_layers, layers)
+        raw["layer_types"] = [raw["layer_types"][j] for j in chosen]
+    raw["num_hidden_layers"] = layers
+    config = teacher_config.__class__.from_dict(raw)
     if hidden_size is not None and hidden_size != teacher_config.hidden_size:
         heads = teacher_config.num_attention_heads
         if hidden_size % heads:
@@ -275,7 +279,7 @@ def distill(config: DistillConfig) -> dict:
                                  labelled=weights.hard > 0)
 
     setup_determinism(config.train.seed, config.train.threads)
-    s_config = student_config(teacher.config, config.student_layers, config.hidden_size)
+    s_config = student_config(teacher.config, config.student_layers, config.hidden_size, layer_map)
     want_hidden, want_attention = weights.hidden > 0, weights.attention > 0
     # eager attention returns the probabilities the attention loss needs; sdpa is faster without it
     s_config._attn_implementation = "eager" if want_attention else "sdpa"
