@@ -211,8 +211,8 @@ class Transformers(Subject):
     @torch.inference_mode()
     def run(self, inputs: BenchInputs):
         inputs = on_device(inputs, self.device)
-        return self.model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask,
-                          token_type_ids=inputs.token_type_ids).last_hidden_state
+        # token types default to zeros (BERT) or do not exist (RoBERTa-likes, DistilBERT, ModernBERT)
+        return self.model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask).last_hidden_state
 
     def embed(self, inputs: BenchInputs, output) -> torch.Tensor:
         return pool_padded(output.float(), inputs.attention_mask, self.pooling)
@@ -241,7 +241,7 @@ def _reference_rows(model, feed, pooling: PoolingConfig) -> np.ndarray:
         for ids, mask in zip(feed["input_ids"], feed["attention_mask"]):
             n = int(mask.sum())
             x = torch.from_numpy(ids[None, :n])
-            hidden = model(input_ids=x, token_type_ids=torch.zeros_like(x)).last_hidden_state.float()
+            hidden = model(input_ids=x).last_hidden_state.float()
             rows.append(pool_padded(hidden, torch.ones(1, n, dtype=torch.int64), pooling)[0].numpy())
     return np.stack(rows)
 
@@ -250,6 +250,11 @@ def _compare(out: np.ndarray, rows: np.ndarray) -> dict[str, float]:
     out = np.asarray(out, dtype=np.float32)
     cosines = (out * rows).sum(-1) / (np.linalg.norm(out, axis=-1) * np.linalg.norm(rows, axis=-1) + 1e-12)
     return {"max_abs_diff": float(np.abs(out - rows).max()), "min_cosine": float(cosines.min())}
+
+
+def graph_feed(feed: dict, names: set[str]) -> dict:
+    """The padded inputs a graph takes: a family without token types exports no ``token_type_ids``."""
+    return {name: value for name, value in feed.items() if name in names}
 
 
 def _ort_session(path: Path, threads: int):
@@ -284,7 +289,9 @@ def onnx_models(ctx: Context, int8: bool = False) -> dict:
         feed = _check_batch(checkpoint.config.vocab_size)
         rows = _reference_rows(_load_transformers(ctx.model_dir, torch.float32), feed, ctx.pooling)
         for key in ("plain", "optimized"):
-            check = info[f"{key}_check"] = _compare(_ort_session(paths[key], ctx.threads).run(None, feed)[0], rows)
+            session = _ort_session(paths[key], ctx.threads)
+            names = {i.name for i in session.get_inputs()}
+            check = info[f"{key}_check"] = _compare(session.run(None, graph_feed(feed, names))[0], rows)
             if check["max_abs_diff"] > EXPORT_ATOL:
                 raise BenchError(f"{key} ONNX graph differs from transformers on a padded batch (max |diff| "
                                  f"{check['max_abs_diff']:.3g} > {EXPORT_ATOL}): masking did not survive export")
@@ -301,7 +308,9 @@ def onnx_models(ctx: Context, int8: bool = False) -> dict:
         models["int8"] = onnx_export.cached_onnx(models["checkpoint"], "embed", "int8-dynamic", root=ctx.cache_dir)
         info = models["info"]
         info["int8"] = "quantize_dynamic(weight_type=QInt8, per_channel=True) of the optimized graph"
-        info["int8_check"] = _compare(_ort_session(models["int8"], ctx.threads).run(None, models["feed"])[0],
+        session = _ort_session(models["int8"], ctx.threads)
+        names = {i.name for i in session.get_inputs()}
+        info["int8_check"] = _compare(session.run(None, graph_feed(models["feed"], names))[0],
                                       models["rows"])
     return models
 
@@ -325,13 +334,14 @@ class OnnxRuntime(Subject):
         key = {"fp32": "optimized", "int8": "int8"}[self.precision]
         models = onnx_models(ctx, int8=key == "int8")
         self.session = _ort_session(models[key], ctx.threads)
+        self.names = {i.name for i in self.session.get_inputs()}
         info = models["info"]
         self.notes.update({k: info[k] for k in ("fused_ops", "fusion_warning", "plain_check") if k in info})
         self.notes["check"] = info.get(f"{key}_check")
         self.notes["graph"] = str(models[key])
 
     def run(self, inputs: BenchInputs):
-        return self.session.run(None, inputs.feed())[0]
+        return self.session.run(None, graph_feed(inputs.feed(), self.names))[0]
 
     def embed(self, inputs: BenchInputs, output) -> torch.Tensor:
         return torch.from_numpy(output).float()
@@ -363,10 +373,12 @@ class OpenVino(Subject):
         self.notes["performance_hint"] = str(self.compiled.get_property("PERFORMANCE_HINT"))
         self.notes["inference_precision"] = str(hint)
         self.request = self.compiled.create_infer_request()
-        self.notes["check"] = _compare(np.asarray(self.request.infer(models["feed"])[0]), models["rows"])
+        self.names = {name for port in self.compiled.inputs for name in port.get_names()}
+        self.notes["check"] = _compare(np.asarray(self.request.infer(graph_feed(models["feed"], self.names))[0]),
+                                       models["rows"])
 
     def run(self, inputs: BenchInputs):
-        return self.request.infer(inputs.feed())[0]
+        return self.request.infer(graph_feed(inputs.feed(), self.names))[0]
 
     def embed(self, inputs: BenchInputs, output) -> torch.Tensor:
         return torch.from_numpy(np.array(output)).float()
