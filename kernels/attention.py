@@ -53,10 +53,13 @@ import torch
 import triton
 import triton.language as tl
 
+from ..errors import check_limits
 from ._utils import FLOAT_DTYPES, autotune_configs, bucket, check_device, dot_upcast, next_pow2, round_to
 
 LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 256
+# What this kernel is built for beyond the op's contract (registry.limit_reason reads it)
+LIMITS = {"attention": {"head_dim": MAX_HEAD_DIM}}
 
 
 # fp16/bf16: tensor-core tiles. The first config is the one the interpreter uses, for every dtype.
@@ -244,8 +247,7 @@ def attention(
         raise ValueError(f"qkv must be float32/float16/bfloat16, got {qkv.dtype}")
     check_device([("qkv", qkv), ("cu_seqlens", cu_seqlens)])
     total, _, heads, head_dim = qkv.shape
-    if not 1 <= head_dim <= MAX_HEAD_DIM:
-        raise ValueError(f"head_dim must be in [1, {MAX_HEAD_DIM}], got qkv shape {tuple(qkv.shape)}")
+    check_limits("triton", LIMITS["attention"], head_dim=head_dim)
     if head_dim > 1 and qkv.stride(3) != 1:
         raise ValueError(f"qkv must be contiguous along head_dim, got strides {qkv.stride()}")
     if cu_seqlens.numel() > 1 and cu_seqlens.stride(0) != 1:

@@ -213,3 +213,21 @@ def test_doctor_lists_every_candidate_with_its_result(fresh_cache, fake_candidat
     assert "FAIL" in broken
     assert any(line.split()[:2] == ["bias_gelu", "torch"] and "pass" in line for line in lines)
     assert "bias_gelu/broken/float32" in err
+
+
+def test_an_implementation_limit_is_the_reason_it_is_not_a_candidate(fresh_cache, monkeypatch):
+    """head_dim 160 is over the cpu attention kernels' 128 (their glue's LIMITS): the plan says so and
+    takes the next candidate; asking for those kernels is an InputError naming the limit."""
+    wide = {**SHAPE, "hidden": 480, "heads": 3}  # head_dim 160
+    assert registry.limit_reason("attention", "cpu", head_dim=160) == \
+        "head_dim 160 is outside the cpu kernel's range [1, 128]"
+    assert registry.limit_reason("attention", "cpu", head_dim=64) is None
+    assert registry.limit_reason("attention", "torch", head_dim=4096) is None
+    kernel_plan = plan_for("cpu", "float32", "auto", wide)
+    assert kernel_plan.choice("attention").impls() == ["torch"]
+    assert "head_dim 160 is outside the cpu kernel's range" in kernel_plan.choice("attention").reason
+    assert kernel_plan.impl("bias_gelu", 10).startswith(("cpu", "torch"))  # other ops are not limited
+    with pytest.raises(bertrt.InputError, match=r"kernels='cpu' cannot run this model: attention: head_dim 160"):
+        plan_for("cpu", "float32", "cpu", wide)
+    monkeypatch.setenv("BERTRT_DISPATCH", "off")
+    assert plan_for("cpu", "float32", "auto", wide).impl("attention", 10) == "torch"

@@ -26,7 +26,14 @@ from collections.abc import Callable, Iterator
 import torch
 from bertrt import _C
 
+from ..errors import check_limits
+
+# each op's contract is checked by the op's own _check; this glue adds only its limits (CPU tensors,
+# contiguous, a dtype the kernels take, LIMITS)
 from .attention import _check as _check_attention
+from .bias_gelu import _check as _check_bias_gelu
+from .bias_residual_layer_norm import _check as _check_bias_residual_layer_norm
+from .embedding_layer_norm import _check as _check_embedding_layer_norm
 from .embedding_layer_norm import used_ids
 from .int8_linear import PackedInt8Weight
 from .linear import PackedWeight, pack_weight
@@ -35,6 +42,8 @@ _DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _ACTIVATION_CODES = {"none": 0, "gelu": 1, "gelu_tanh": 2}
 
 _ISA_NAMES: tuple[str, ...] = tuple(_C.isa_names())  # compiled variants, best first
+# What these kernels are built for beyond each op's contract (registry.limit_reason reads it)
+LIMITS = {"attention": {"head_dim": _C.MAX_HEAD_DIM}}
 
 
 def isa_variants() -> list[str]:
@@ -172,8 +181,7 @@ def attention(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, scal
     code = _require_float("qkv", qkv)
     _check_attention(qkv, cu_seqlens, max_seqlen, rel_bias, window, rotary)
     total, _, heads, head_dim = qkv.shape
-    if not 1 <= head_dim <= _C.MAX_HEAD_DIM:
-        raise ValueError(f"head_dim must be in [1, {_C.MAX_HEAD_DIM}], got {head_dim} (qkv {tuple(qkv.shape)})")
+    check_limits("cpu", LIMITS["attention"], head_dim=head_dim)
     if heads < 1:
         raise ValueError(f"qkv must have at least one head, got {tuple(qkv.shape)}")
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
@@ -209,16 +217,9 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, approximate: str = "no
               gated: bool = False) -> torch.Tensor:
     """GELU(x + bias): x (tokens, features), bias (features,) or None; approximate "none" | "tanh".
     gated: GeGLU, (tokens, 2 * I) -> (tokens, I) = gelu(first half + bias) * (second half + bias)."""
-    if approximate not in ("none", "tanh"):
-        raise ValueError(f"approximate must be one of ('none', 'tanh'), got {approximate!r}")
     _require_tensor("x", x)
     code = _require_float("x", x)
-    if x.dim() != 2:
-        raise ValueError(f"x must be (tokens, features), got {tuple(x.shape)}")
-    if bias is not None:
-        _require_shape("bias", bias, (x.shape[1],))
-    if gated and x.shape[1] % 2:
-        raise ValueError(f"gated bias_gelu needs an even last dim (activated half, gate half), got {tuple(x.shape)}")
+    _check_bias_gelu(x, bias, approximate, gated)
     bias_code, (bias,) = _params(x.dtype, ("bias",), (bias,))
     out = torch.empty((x.shape[0], x.shape[1] // 2 if gated else x.shape[1]), dtype=x.dtype)
     _C.bias_gelu(
@@ -242,21 +243,14 @@ def bias_residual_layer_norm(x, bias, residual, weight, beta, eps: float = 1e-12
     None); bias, beta (hidden,) or None; weight (hidden,). return_sum: (normed, x + bias + residual)."""
     _require_tensor("x", x)
     code = _require_float("x", x)
-    if x.dim() != 2:
-        raise ValueError(f"x must be (tokens, hidden), got {tuple(x.shape)}")
+    _check_bias_residual_layer_norm(x, bias, residual, weight, beta)
     if residual is not None:
         _require_tensor("residual", residual)
         if residual.dtype != x.dtype:
             raise ValueError(f"residual must have x's dtype {x.dtype}, got {residual.dtype}")
-        _require_shape("residual", residual, tuple(x.shape))
     hidden = x.shape[1]
     if hidden < 1:
         raise ValueError(f"x must have hidden >= 1, got {tuple(x.shape)}")
-    if weight is None:
-        raise ValueError("weight (the LayerNorm gamma) is required")
-    for name, t in (("bias", bias), ("weight", weight), ("beta", beta)):
-        if t is not None:
-            _require_shape(name, t, (hidden,))
     param_code, (bias, weight, beta) = _params(x.dtype, ("bias", "weight", "beta"), (bias, weight, beta))
     out = torch.empty_like(x)
     summed = torch.empty_like(x) if return_sum else None
@@ -295,14 +289,11 @@ def embedding_layer_norm(
     ids = used_ids(input_ids, token_type_ids, position_ids, position_embeddings, token_type_embeddings)
     for name, t in ids.items():
         _require_tensor(name, t)
-        if t.dim() != 1:
-            raise ValueError(f"{name} must be (tokens,), got {tuple(t.shape)}")
-        if t.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"{name} must be int32 or int64, got {t.dtype}")
-    if len({t.shape for t in ids.values()}) > 1:
-        raise ValueError(
-            f"{', '.join(ids)} must have one shape, got " + ", ".join(str(tuple(t.shape)) for t in ids.values())
-        )
+    _require_tensor("word_embeddings", word_embeddings)
+    if word_embeddings.dim() != 2:
+        raise ValueError(f"word_embeddings must be (rows, hidden), got {tuple(word_embeddings.shape)}")
+    _check_embedding_layer_norm(input_ids, token_type_ids, position_ids, word_embeddings, position_embeddings,
+                                token_type_embeddings)
     if len({t.dtype for t in ids.values()}) > 1:
         ids = {name: t.long() for name, t in ids.items()}
     input_ids = ids["input_ids"]
@@ -313,17 +304,12 @@ def embedding_layer_norm(
         "token_type_embeddings": token_type_embeddings,
     }
     tables = {name: t for name, t in tables.items() if t is not None}
-    for name, t in tables.items():
-        _require_tensor(name, t)
-        if t.dim() != 2:
-            raise ValueError(f"{name} must be (rows, hidden), got {tuple(t.shape)}")
     code = _require_float("word_embeddings", word_embeddings)
     hidden = word_embeddings.shape[1]
     for name, t in tables.items():
+        _require_tensor(name, t)
         if t.dtype != word_embeddings.dtype:
             raise ValueError(f"{name} must have word_embeddings' dtype {word_embeddings.dtype}, got {t.dtype}")
-        if t.shape[1] != hidden:
-            raise ValueError(f"{name} must have hidden size {hidden}, got {tuple(t.shape)}")
     if hidden < 1:
         raise ValueError(f"hidden size must be >= 1, got {tuple(word_embeddings.shape)}")
     if weight is None:

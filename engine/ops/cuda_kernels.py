@@ -18,6 +18,7 @@ import math
 import torch
 
 from .. import _cuda
+from ..errors import check_limits
 from .attention import _check as _check_attention
 from .bias_gelu import _check as _check_bias_gelu
 from .bias_residual_layer_norm import _check as _check_bias_residual_layer_norm
@@ -27,6 +28,8 @@ from .embedding_layer_norm import used_ids
 _FLOAT_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 _ID_DTYPES = {torch.int32: "int32", torch.int64: "int64"}
 MAX_HEAD_DIM = 128
+# What these kernels are built for beyond each op's contract (registry.limit_reason reads it)
+LIMITS = {"attention": {"head_dim": MAX_HEAD_DIM}}
 ATTENTION_PATHS = ("auto", "mma", "simt")
 
 
@@ -91,8 +94,7 @@ def attention_with_path(
     device = _validate(op, {"qkv": qkv, "cu_seqlens": cu_seqlens})
     _validate(op, {"qkv": qkv, "rel_bias": rel_bias, "rotary cos": cos, "rotary sin": sin})
     total, _, heads, head_dim = qkv.shape
-    if head_dim > MAX_HEAD_DIM:
-        raise ValueError(f"{op}: head_dim must be <= {MAX_HEAD_DIM} for the CUDA kernel, got {head_dim}")
+    check_limits("cuda", LIMITS["attention"], head_dim=head_dim)
     max_seqlen = int(max_seqlen)
     if max_seqlen < 0:
         raise ValueError(f"{op}: max_seqlen must be >= 0, got {max_seqlen}")

@@ -199,33 +199,51 @@ def _cpu_isas() -> list[str]:
     return isas or ["scalar"]
 
 
-def _static(op: str, device_type: str, batch_invariant: bool) -> str:
-    """No measurement: the first candidate (the ISA default for cpu) that is invariant if asked."""
+def _static(op: str, device_type: str, batch_invariant: bool, dims: dict) -> str:
+    """No measurement: the first candidate (the ISA default for cpu) that is invariant if asked and
+    whose limits take the model's dims."""
     for impl in candidates(op, device_type):
         if impl in registry.extra_candidates(op, device_type):
+            continue
+        if registry.limit_reason(op, impl.split(":", 1)[0], **dims):
             continue
         if not batch_invariant or invariant(op, impl):
             return impl
     return "ref"
 
 
+def _dims(op: str, model_shape: dict | None) -> dict:
+    """The model dims an implementation's limits are checked against (attention: head_dim)."""
+    if op != "attention" or not model_shape:
+        return {}
+    return {"head_dim": model_shape["hidden"] // model_shape["heads"]}
+
+
 def _choose_op(op: str, device_type: str, precision: str, kernels: str, model_shape: dict | None,
                batch_invariant: bool, measured: bool) -> OpChoice:
+    dims = _dims(op, model_shape)
     if kernels != "auto":
         impl = kernels
         if batch_invariant and not invariant(op, impl):
             raise InputError(f"kernels={kernels!r}: {op}'s {impl} implementation is not batch-invariant")
+        limit = registry.limit_reason(op, impl.split(":", 1)[0], **dims)
+        if limit:
+            raise InputError(f"kernels={kernels!r} cannot run this model: {op}: {limit}")
         try:
             registry.pick(op, device_type, impl)
         except KernelUnavailable as exc:
             raise KernelUnavailable(f"kernels={kernels!r} cannot run here: {exc}") from None
         return OpChoice(op, ((BUCKETS[-1], impl),), "requested")
     if not measured:
-        impl = _static(op, device_type, batch_invariant)
+        impl = _static(op, device_type, batch_invariant, dims)
         return OpChoice(op, ((BUCKETS[-1], impl),), "static order (dispatch measurement off or no model shape)")
     passing, failed = [], []
     for impl in candidates(op, device_type):
         if batch_invariant and not invariant(op, impl):
+            continue
+        limit = registry.limit_reason(op, impl.split(":", 1)[0], **dims)
+        if limit:
+            failed.append(f"{impl} ({limit})")
             continue
         record = measure.checked(op, impl, precision, model_shape, device_type)
         (passing if record["passed"] else failed).append(impl)

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import limit_violation
+
 IMPLEMENTATIONS = ("ref", "torch", "cpu", "cuda", "triton")
 
 
@@ -134,6 +136,19 @@ def resolve(op: str, impl: str) -> Callable:
     if isinstance(found, str):
         raise KernelUnavailable(f"{op}: implementation {impl!r} is unavailable: {found}")
     return found
+
+
+def limit_reason(op: str, impl: str, **dims: int) -> str | None:
+    """Why ``impl`` of ``op`` cannot run a model of these dims (head_dim=...), from the ``LIMITS`` its
+    glue module declares ({op: {dim: max}}), or None. The kernel plan reports it as the reason."""
+    if (op, impl) in _EXTRA or impl in ("ref", "torch"):
+        return None
+    try:
+        module = importlib.import_module(_source(op, impl).module)
+    except Exception:  # unavailable: availability() says why
+        return None
+    limits = getattr(module, "LIMITS", {}).get(op, {})
+    return limit_violation(impl, limits, **dims)
 
 
 def availability(op: str) -> dict[str, str | None]:
