@@ -224,7 +224,7 @@ def test_an_implementation_limit_is_the_reason_it_is_not_a_candidate(fresh_cache
     assert registry.limit_reason("attention", "cpu", head_dim=64) is None
     assert registry.limit_reason("attention", "torch", head_dim=4096) is None
     kernel_plan = plan_for("cpu", "float32", "auto", wide)
-    assert kernel_plan.choice("attention").impls() == ["torch"]
+    assert kernel_plan.choice("attention").impls == ["torch"]
     assert "head_dim 160 is outside the cpu kernel's range" in kernel_plan.choice("attention").reason
     assert kernel_plan.impl("bias_gelu", 10).startswith(("cpu", "torch"))  # other ops are not limited
     with pytest.raises(bertrt.InputError, match=r"kernels='cpu' cannot run this model: attention: head_dim 160"):
