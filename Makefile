@@ -34,10 +34,10 @@ test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 lint: setup
-	$(BIN)/ruff check engine kernels tests benchmarks examples csrc/cuda/cuda_inspect.py
+	$(BIN)/ruff check conftest.py engine kernels tests benchmarks examples csrc/cuda/cuda_inspect.py
 
 format: setup
-	$(BIN)/ruff check --fix engine kernels tests benchmarks examples csrc/cuda/cuda_inspect.py
+	$(BIN)/ruff check --fix conftest.py engine kernels tests benchmarks examples csrc/cuda/cuda_inspect.py
 	$(BIN)/python -m pip install -q clang-format
 	$(BIN)/clang-format -i csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh csrc/cuda/*.h csrc/cuda/*.cpp
 

@@ -2,31 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-
-
-def _import_hub_kernels() -> None:
-    """transformers imports the PyPI package ``kernels`` (Hugging Face hub kernels) by its top-level
-    name; run from the repository root, that name finds our ``kernels/`` folder (``bertrt.kernels``)
-    first and transformers fails to import. Import the real package once, with the root off the path."""
-    root = str(Path(__file__).resolve().parents[1])
-    shadowing = [p for p in sys.path if os.path.abspath(p or ".") == root]
-    sys.path[:] = [p for p in sys.path if p not in shadowing]
-    try:
-        if importlib.util.find_spec("kernels") is not None:
-            import kernels  # noqa: F401
-    finally:
-        sys.path[:0] = shadowing
-
-
-_import_hub_kernels()
 
 # The Triton kernels run on CPU tensors through the interpreter when there is no GPU. Must be set
 # before triton is first imported anywhere.
