@@ -64,7 +64,7 @@ class BertModel(nn.Module):
         if task in PRETRAINING_TASKS:
             if task not in self.config.tasks:
                 raise ValueError(f"this {self.config.architecture} checkpoint has no head for task {task!r}")
-            return self.head.run(task, hidden, cu_seqlens, input_ids)
+            return self.head.run(task, hidden, cu_seqlens, input_ids, self.plan)
         return self.apply_head(hidden, cu_seqlens, task)
 
     def apply_head(self, hidden: torch.Tensor, cu_seqlens: torch.Tensor, task: str) -> torch.Tensor:

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import ops
+from ..ops.plan import KernelPlan
 from .config import EncoderConfig
 
 # SPLADE's vocabulary-wide activations are formed for this many tokens at a time:
@@ -107,12 +109,28 @@ class MaskedLMHead(nn.Module):
     def decoder(self) -> torch.Tensor:
         return self.decoder_weight if self.decoder_weight is not None else self.word_embeddings[0].weight
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden (tokens, hidden) -> logits (tokens, vocab)."""
-        x = self.norm(F.gelu(self.dense(hidden), approximate=self.approximate))
-        return F.linear(x, self.decoder, self.bias)
+    def _project(self, name: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                 plan: KernelPlan | None) -> torch.Tensor:
+        """x @ weight^T + bias with the encoder's GEMM choice: bertrt's packed CPU GEMM computes every
+        row the same way whatever the batch (so a batch-invariant plan stays invariant through this
+        head); weight and bias are packed once, again only when they change."""
+        gemm = "torch" if plan is None else plan.gemm_for(x.shape[0])
+        if not gemm.startswith("cpu") or x.is_cuda:
+            return F.linear(x, weight, bias)
+        key = (weight.data_ptr(), weight._version, bias._version)
+        cached = self.__dict__.setdefault("_bertrt_packed", {}).get(name)
+        if cached is None or cached[0] != key:  # kept outside the module's parameters: not saved or moved
+            cached = self.__dict__["_bertrt_packed"][name] = (key, ops.pack_weight(weight.float(), bias.float()))
+        return ops.linear(x.float(), cached[1], None, "none", impl=gemm).to(x.dtype)
 
-    def sparse(self, hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, plan: KernelPlan | None = None) -> torch.Tensor:
+        """hidden (tokens, hidden) -> logits (tokens, vocab)."""
+        x = (self._project("dense", hidden, self.dense.weight, self.dense.bias, plan)
+             if type(self.dense) is nn.Linear else self.dense(hidden))  # a quantized dense runs its own GEMM
+        x = self.norm(F.gelu(x, approximate=self.approximate))
+        return self._project("decoder", x, self.decoder, self.bias, plan)
+
+    def sparse(self, hidden: torch.Tensor, cu_seqlens: torch.Tensor, plan: KernelPlan | None = None) -> torch.Tensor:
         """SPLADE: max over each sequence's tokens of log(1 + relu(logits)) -> (batch, vocab) fp32.
         All packed tokens are real, so no vocabulary-wide work is spent on padding; whole sequences
         go through SPARSE_CHUNK_TOKENS tokens at a time to bound the (tokens, vocab) activations."""
@@ -126,7 +144,7 @@ class MaskedLMHead(nn.Module):
                 last += 1
             start, end = bounds[first], bounds[last]
             if end > start:
-                weights = torch.log1p(torch.relu(self.forward(hidden[start:end]).float()))
+                weights = torch.log1p(torch.relu(self.forward(hidden[start:end], plan).float()))
                 lengths = torch.tensor([bounds[i + 1] - bounds[i] for i in range(first, last)], device=hidden.device)
                 seq = torch.repeat_interleave(torch.arange(last - first, device=hidden.device), lengths)
                 out[first:last] = out[first:last].scatter_reduce(0, seq[:, None].expand_as(weights), weights, "amax")
@@ -162,14 +180,15 @@ class PreTrainingHeads(nn.Module):
         self.mlm = MaskedLMHead(config, word_embeddings) if "mlm" in parts else None
         self.nsp = NextSentenceHead(config) if "nsp" in parts else None
 
-    def run(self, task: str, hidden: torch.Tensor, cu_seqlens: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    def run(self, task: str, hidden: torch.Tensor, cu_seqlens: torch.Tensor, input_ids: torch.Tensor,
+            plan: KernelPlan | None = None) -> torch.Tensor:
         if task == "next_sentence" and self.nsp is not None:
             return self.nsp(hidden, cu_seqlens)
         if task == "fill_mask" and self.mlm is not None:
             # the [vocab]-wide projection only where a prediction is asked for
-            return self.mlm(hidden[input_ids == self.mlm.mask_token_id]).float()
+            return self.mlm(hidden[input_ids == self.mlm.mask_token_id], plan).float()
         if task == "embed_sparse" and self.mlm is not None:
-            return self.mlm.sparse(hidden, cu_seqlens)
+            return self.mlm.sparse(hidden, cu_seqlens, plan)
         raise ValueError(f"this checkpoint's pre-training heads do not run task {task!r}")
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
