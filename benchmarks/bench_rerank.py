@@ -6,8 +6,8 @@ same threads, one run.
     python benchmarks/bench_rerank.py [--repeats 15] [--json bench-results/rerank.json]
     pytest benchmarks/bench_rerank.py --benchmark-columns=median,iqr,ops
 
-bertrt runs FP32 and INT8 (dynamic W8A8); "bertrt-best" is the fastest precision whose top-10 order
-equals bertrt FP32's. Medians of perf_counter after warm-up.
+bertrt runs FP32 and INT8 (dynamic, 8-bit and 7-bit activations); "bertrt-best" is the fastest
+precision whose top-10 order equals bertrt FP32's. Medians of perf_counter after warm-up.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import pytest
 import torch
 from bertrt.model.loader import default_model_dir
 
+BERTRT_SUBJECTS = ("bertrt-fp32", "bertrt-int8", "bertrt-int8a7")
 DOCUMENTS, DOCUMENT_WORDS = 100, 80  # ~100 WordPiece tokens each with the MiniLM vocabulary
 WORDS = ("river stone cloud garden market winter summer engine history science music forest village "
          "teacher doctor window mountain ocean station library bridge country kitchen language animal "
@@ -75,6 +76,8 @@ def subjects(model_dir: Path) -> dict:
     fp32 = bertrt.load(model_dir, device="cpu", dtype="float32")
     int8 = bertrt.load(model_dir, device="cpu", dtype="float32")
     bertrt.quantize_(int8, bertrt.Int8DynamicConfig())
+    int8a7 = bertrt.load(model_dir, device="cpu", dtype="float32")
+    bertrt.quantize_(int8a7, bertrt.Int8DynamicConfig(act_bits=7))
     cross = CrossEncoder(str(model_dir), device="cpu", max_length=512)
     pairs = [(query, d) for d in documents]
 
@@ -85,6 +88,7 @@ def subjects(model_dir: Path) -> dict:
     return {
         "bertrt-fp32": lambda: [r["index"] for r in fp32.rerank(query, documents)],
         "bertrt-int8": lambda: [r["index"] for r in int8.rerank(query, documents)],
+        "bertrt-int8a7": lambda: [r["index"] for r in int8a7.rerank(query, documents)],
         "sentence-transformers": st_rank,
     }
 
@@ -102,7 +106,7 @@ def run(repeats: int, threads: int | None) -> dict:
             results[name] = {"median_s": median, "p10_s": sorted(times)[len(times) // 10],
                              "p90_s": sorted(times)[(9 * len(times)) // 10],
                              "top10_equals_fp32": rank()[:10] == reference}
-    kept = [n for n in ("bertrt-fp32", "bertrt-int8") if results[n]["top10_equals_fp32"]]
+    kept = [n for n in BERTRT_SUBJECTS if results[n]["top10_equals_fp32"]]
     best = min(kept, key=lambda n: results[n]["median_s"])
     peer = results["sentence-transformers"]["median_s"]
     return {"workload": f"1 query x {DOCUMENTS} documents of ~100 tokens", "model": "random MiniLM-L6-shaped "
@@ -139,7 +143,7 @@ def rank_functions(tmp_path_factory):
     return subjects(make_cross_encoder(tmp_path_factory.mktemp("cross") / "model"))
 
 
-@pytest.mark.parametrize("name", ["bertrt-fp32", "bertrt-int8", "sentence-transformers"])
+@pytest.mark.parametrize("name", [*BERTRT_SUBJECTS, "sentence-transformers"])
 def test_rerank(benchmark, rank_functions, name):
     ranked = benchmark(rank_functions[name])
     assert sorted(ranked) == list(range(DOCUMENTS))

@@ -108,6 +108,15 @@ void convert_row(const T* src, float* dst, int64_t n, float factor) {
   if (i < n) vstore_partial(dst + i, vmul(vload_partial(src + i, n - i), f), n - i);
 }
 
+// Every cache line of a head's row slice, kPrefetchRows tokens ahead: the slices sit 3 * heads * dim
+// elements apart, a stride the hardware prefetchers do not follow, and a slice spans several lines.
+constexpr int64_t kPrefetchRows = 4;
+template <class T>
+BERTRT_INLINE void prefetch_slice(const T* p, int64_t n) {
+  const char* c = reinterpret_cast<const char*>(p);
+  for (int64_t b = 0; b < n * int64_t(sizeof(T)); b += 64) __builtin_prefetch(c + b);
+}
+
 // Rotate-half rotary embedding of one row x[0 .. 2 * half) in place, cos/sin at the row's position.
 BERTRT_INLINE void rotate_row(float* x, int64_t half, const float* cos, const float* sin) {
   int64_t k = 0;
@@ -178,18 +187,18 @@ void attend(const AttentionArgs& a, int64_t start, int64_t len, int64_t head, in
       a.rel_bias ? a.rel_bias + head * (2 * a.bias_max_seqlen - 1) + a.bias_max_seqlen - 1 : nullptr;
 
   // Pack Q (scaled into the log2 domain), K transposed and V padded, converting to fp32 once for the
-  // whole item; the next token's rows are prefetched (tokens are 3 * heads * dim elements apart).
+  // whole item; the rows kPrefetchRows tokens ahead are prefetched.
   const float q_factor = a.scale * kLog2e;
   for (int64_t i = q_begin; i < q_end; ++i) {
-    __builtin_prefetch(base + (i + 2) * token_stride);
+    prefetch_slice(base + (i + kPrefetchRows) * token_stride, dim);
     float* qrow = qp + (i - q_begin) * dim;
     convert_row(base + i * token_stride, qrow, dim, q_factor);
     if (cos) rotate_row(qrow, half, cos + i * half, sin + i * half);  // linear: scaling first is the same
   }
   float krow[kMaxHeadDim];
   for (int64_t j = kbase; j < kend; ++j) {
-    __builtin_prefetch(base + (j + 2) * token_stride + heads * dim);
-    __builtin_prefetch(base + (j + 2) * token_stride + 2 * heads * dim);
+    prefetch_slice(base + (j + kPrefetchRows) * token_stride + heads * dim, dim);
+    prefetch_slice(base + (j + kPrefetchRows) * token_stride + 2 * heads * dim, dim);
     convert_row(base + j * token_stride + heads * dim, krow, dim, 1.0f);
     if (cos) rotate_row(krow, half, cos + j * half, sin + j * half);
     for (int64_t d = 0; d < dim; ++d) kt[d * band_padded + j - kbase] = krow[d];

@@ -358,19 +358,38 @@ void q8_epilogue(const int32_t (*acc)[kQ8Panel], int rows, int cols, const float
   const int32_t zero_point = a.input_scale ? a.input_zero_point : 0;
   const int32_t offset = (a.act_bits == 7 ? 64 : 128) + zero_point;
   alignas(64) float f[kQ8Panel];
+#if defined(BERTRT_ISA_AVX2) || defined(BERTRT_ISA_AVX512)
+  // offset * colsum once per tile; the per-row correction and the conversion are 8 lanes at a time
+  // (measured: the scalar form cost ~5 cycles an output, 13% of a K = 768 GEMM).
+  const __m256i* cs = reinterpret_cast<const __m256i*>(a.col_sums + c0);
+  const __m256i off = _mm256_set1_epi32(offset);
+  const __m256i oc0 = _mm256_mullo_epi32(off, _mm256_loadu_si256(cs));
+  const __m256i oc1 = _mm256_mullo_epi32(off, _mm256_loadu_si256(cs + 1));
+#endif
   for (int i = 0; i < rows; ++i) {
     const int32_t row_term = row_sums ? 63 * row_sums[i] : 0;
+#if defined(BERTRT_ISA_AVX2) || defined(BERTRT_ISA_AVX512)
+    // the correction in int32 (exact, wrapping like the scalar form), then one rounding to float
+    const __m256i rt = _mm256_set1_epi32(row_term);
+    const __m256i* s = reinterpret_cast<const __m256i*>(acc[i]);
+    _mm256_store_ps(f, _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_sub_epi32(_mm256_load_si256(s), rt), oc0)));
+    _mm256_store_ps(f + 8,
+                    _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_sub_epi32(_mm256_load_si256(s + 1), rt), oc1)));
+#else
     for (int j = 0; j < kQ8Panel; ++j)  // the correction in int32 (exact), then one rounding to float
       f[j] = float(acc[i][j] - row_term - offset * a.col_sums[c0 + j]);
+#endif
     const Vec xs = vset1(x_scale[i]);
+    float* dst = cols == kQ8Panel ? y + i * a.n : f;  // a full panel goes straight to the output
     for (int v = 0; v < kQ8Panel / W; ++v) {
       Vec o = vmul(vmul(vload(f + v * W), xs), vload(a.w_scale + c0 + v * W));
       if (a.bias) o = vadd(o, vload(a.bias + c0 + v * W));
       if constexpr (kAct == 1) o = vgelu_erf_fast(o);
       if constexpr (kAct == 2) o = vgelu_tanh(o);
-      vstore(f + v * W, o);
+      vstore(dst + v * W, o);
     }
-    for (int j = 0; j < cols; ++j) y[i * a.n + j] = f[j];
+    if (cols < kQ8Panel)
+      for (int j = 0; j < cols; ++j) y[i * a.n + j] = f[j];
   }
 }
 
