@@ -213,6 +213,55 @@ def test_packed_matches_its_reference(isa, shape, activation, quant, act_bits):
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("smooth", [False, True], ids=["plain", "smoothquant"])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("shape", PACKED_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("isa", _packed_params())
+def test_packed_asymmetric_and_multiplier_match_the_reference(isa, shape, activation, smooth):
+    """Per-token zero points (dynamic, 7-bit) and SmoothQuant's multiplier fused into the kernel's
+    quantization: the same integers as the reference, so only the float epilogue may differ. Rows are
+    one-sided (all positive, all negative) and mixed, and one row is constant (a zero range)."""
+    from bertrt.ops import cpu_kernels
+    from bertrt.ops.int8_linear import int8_linear_packed_ref, pack_int8_weight, quantize_per_token_asym
+
+    m, n, k = shape
+    g = torch.Generator().manual_seed(m * 7 + n * 3 + k)
+    x = torch.randn(m, k, generator=g) * 3
+    x[::3] = x[::3].abs() + 0.5
+    x[1::5] = -x[1::5].abs()
+    x[-1] = 0.25
+    multiplier = torch.rand(k, generator=g) + 0.25 if smooth else None
+    w_q = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
+    packed = pack_int8_weight(w_q, torch.rand(n, generator=g) * 0.01 + 1e-3, torch.randn(n, generator=g), 7)
+    expected = int8_linear_packed_ref(x, packed, activation, multiplier=multiplier, asymmetric=True)
+    with cpu_kernels.use_isa(isa):
+        out = cpu_kernels.int8_linear_packed(x, packed, activation, multiplier=multiplier, asymmetric=True)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    centred, scale, zero = quantize_per_token_asym(x * multiplier if smooth else x)
+    assert int(centred.abs().max()) <= 127 and int(zero.min()) >= -64 and int(zero.max()) <= 63
+    # a one-sided row uses the whole 7-bit grid: its zero point sits at an end of [-64, 63]
+    assert int(zero[0]) == -64
+
+
+def test_packed_asymmetric_rejects_what_it_cannot_take():
+    from bertrt.ops import registry
+
+    if reason := registry.availability("int8_linear")["cpu"]:
+        pytest.skip(f"int8_linear/cpu: {reason}")
+    from bertrt.ops import cpu_kernels
+    from bertrt.ops.int8_linear import pack_int8_weight
+
+    w_q = torch.ones(4, 8, dtype=torch.int8)
+    x = torch.randn(3, 8)
+    with pytest.raises(ValueError, match="7-bit only"):
+        cpu_kernels.int8_linear_packed(x, pack_int8_weight(w_q, torch.ones(4), None, 8), asymmetric=True)
+    with pytest.raises(ValueError, match="dynamic and 7-bit"):
+        cpu_kernels.int8_linear_packed(x, pack_int8_weight(w_q, torch.ones(4), None, 7), "none", 0.1, 0,
+                                       asymmetric=True)
+    with pytest.raises(ValueError, match="multiplier"):
+        cpu_kernels.int8_linear_packed(x, pack_int8_weight(w_q, torch.ones(4), None, 7), multiplier=torch.ones(7))
+
+
 @pytest.mark.parametrize("isa", _packed_params())
 def test_packed_7bit_activations_at_the_extremes(isa):
     """act_bits 7 sums two vpmaddubsw products in 16 bits and widens them without a multiply: the

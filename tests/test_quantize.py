@@ -29,6 +29,7 @@ from bertrt.quant import report as rep
 from bertrt.quant.configs import config_from_dict
 from bertrt.quant.modules import has_int8_dot, onednn_available, packed_available
 from torch import nn
+from torch.nn import functional as F
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -154,6 +155,49 @@ def test_int8_linear_7bit_activations_agree_across_kernels(kernel, mode):
         torch.testing.assert_close(y, expected, atol=1e-4, rtol=1e-4)
     q8 = Int8Linear.from_float(linear, mode=mode, kernel=kernel, **static)
     assert rep.sqnr_db(linear(x).detach(), q8(x)) > rep.sqnr_db(linear(x).detach(), y)  # the bit it costs
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_int8_linear_asymmetric_dynamic_agrees_across_kernels(kernel):
+    """act_symmetric=False: per-token zero points over each token's range, in every kernel the same
+    centred integers (x_q - z fits int8 at 7 bits), and more SQNR than symmetric 7-bit on one-sided
+    inputs (GELU outputs), where a symmetric grid leaves its negative half unused."""
+    from bertrt.ops.int8_linear import int8_linear_packed_ref, pack_int8_weight, quantize_per_token_asym
+
+    torch.manual_seed(3)
+    linear = nn.Linear(96, 24)
+    x = F.gelu(torch.randn(9, 96) * 2)
+    q = Int8Linear.from_float(linear, mode="dynamic", kernel=kernel, act_bits=7, act_symmetric=False)
+    assert "act_symmetric=False" in repr(q)
+    y = q(x)
+    if kernel == "packed" or (kernel == "onednn" and not has_int8_dot()):
+        packed = pack_int8_weight(q.weight, q.weight_scale, q.bias, 7)
+        torch.testing.assert_close(y, int8_linear_packed_ref(x, packed, asymmetric=True), atol=1e-5, rtol=1e-5)
+    else:
+        x_c, x_scale, _ = quantize_per_token_asym(x)
+        torch.testing.assert_close(y, int8_linear_ref(x_c, x_scale, q.weight, q.weight_scale, q.bias),
+                                   atol=1e-4, rtol=1e-4)
+    symmetric = Int8Linear.from_float(linear, mode="dynamic", kernel=kernel, act_bits=7)
+    reference = linear(x).detach()
+    assert rep.sqnr_db(reference, y) > rep.sqnr_db(reference, symmetric(x)) + 2
+    with pytest.raises(ValueError, match="7-bit only"):
+        Int8Linear.from_float(linear, mode="dynamic", act_bits=8, act_symmetric=False)
+
+
+def test_dynamic_smoothquant_needs_calibration_and_moves_the_outliers(embed_ckpt):
+    with pytest.raises(InputError, match="calibration"):
+        _quantized(embed_ckpt, Int8DynamicConfig(smoothquant_alpha=0.5), calibration=None)
+    with pytest.raises(InputError, match="act_bits=7"):
+        Int8DynamicConfig(act_symmetric=False)
+    with pytest.raises(InputError, match="smoothquant_alpha"):
+        Int8DynamicConfig(smoothquant_alpha=1.5)
+    model = _quantized(embed_ckpt, Int8DynamicConfig(act_bits=7, act_symmetric=False, smoothquant_alpha=0.5))
+    linears = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    assert linears and all(m.input_multiplier is not None and not m.act_symmetric for m in linears)
+    assert model.quantization["calibration"]["tokens"] > 0
+    fp32 = torch.stack(_outputs(embed_ckpt.model, embed_ckpt, HELD_OUT, "embed"))
+    got = torch.stack(_outputs(model, embed_ckpt, HELD_OUT, "embed"))
+    assert rep.sqnr_db(fp32, got) > 20
 
 
 def test_int8_linear_static_asymmetric_paths_agree():
@@ -355,8 +399,9 @@ def test_config_that_does_not_fit(embed_ckpt, classify_ckpt):
 
 
 @pytest.mark.parametrize("config", [Int8StaticConfig(smoothquant_alpha=0.5), Int8DynamicConfig(keep=("head",)),
-                                    Int8DynamicConfig(act_bits=7), Bf16Config(keep=("embeddings",))],
-                         ids=["static", "dynamic", "dynamic-a7", "bf16"])
+                                    Int8DynamicConfig(act_bits=7), Bf16Config(keep=("embeddings",)),
+                                    Int8DynamicConfig(act_bits=7, act_symmetric=False, smoothquant_alpha=0.5)],
+                         ids=["static", "dynamic", "dynamic-a7", "bf16", "dynamic-a7-asym-smooth"])
 def test_save_load_roundtrip(classify_ckpt, tiny_model_dirs, tmp_path, config):
     model = _quantized(classify_ckpt, config)
     out = save_quantized(model, tmp_path / "q", tiny_model_dirs["classify"])
@@ -425,6 +470,15 @@ def test_cli_quantize(tiny_model_dirs, tmp_path, capsys):
     loaded = load_quantized(tmp_path / "out3")
     assert loaded.model.quantization["config"]["act_bits"] == 7
     assert {m.act_bits for m in loaded.model.modules() if isinstance(m, Int8Linear)} == {7}
+    base = ["quantize", str(tiny_model_dirs["classify"]), "--act-bits", "7", "--act-asymmetric", "--smoothquant", "0.5",
+            "--no-latency"]
+    assert main([*base, "--out", str(tmp_path / "out4")]) == 2  # SmoothQuant without --calib
+    assert "needs --calib" in capsys.readouterr().err
+    assert main([*base, "--calib", str(calib_file), "--out", str(tmp_path / "out4")]) == 0
+    loaded = load_quantized(tmp_path / "out4")
+    assert loaded.model.quantization["config"]["smoothquant_alpha"] == 0.5
+    assert all(not m.act_symmetric and m.input_multiplier is not None
+               for m in loaded.model.modules() if isinstance(m, Int8Linear))
 
 
 def test_qdq_export(embed_ckpt, tmp_path):

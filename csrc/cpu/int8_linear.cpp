@@ -220,17 +220,42 @@ void run_out(const Int8LinearArgs& a) {
 constexpr int kQ8Panel = 16, kQ8Rows = 4, kQ7Rows = 2;
 constexpr int64_t kQ8Mc = 128;
 
-// Quantizes rows of x into xq (row stride k_padded); fills x_scale and, for act_bits 7, row_sums.
-void quantize_rows(const Int8PackedLinearArgs& a, int64_t k_padded, uint8_t* xq, float* x_scale,
-                   int32_t* row_sums) {
+// Quantizes rows of x (times x_multiplier when given) into xq (row stride k_padded); fills x_scale,
+// x_zero (asymmetric dynamic only) and, for act_bits 7, row_sums.
+void quantize_rows(const Int8PackedLinearArgs& a, int64_t k_padded, uint8_t* xq, float* x_scale, int32_t* x_zero,
+                   int32_t* row_sums, float* scratch) {
   const bool dynamic = a.input_scale == nullptr, seven = a.act_bits == 7;
   const float offset = seven ? 64.0f : 128.0f, qmax = seven ? 63.0f : 127.0f;
 #pragma omp for schedule(static)
   for (int64_t r = 0; r < a.m; ++r) {
     const float* xr = a.x + r * a.ldx;
+    if (a.x_multiplier) {  // one product per element, rounded once, as x * multiplier in torch
+      float* dst = scratch + int64_t(omp_get_thread_num()) * a.k;
+      int64_t t = 0;
+      for (; t + W <= a.k; t += W) vstore(dst + t, vmul(vload(xr + t), vload(a.x_multiplier + t)));
+      for (; t < a.k; ++t) dst[t] = xr[t] * a.x_multiplier[t];
+      xr = dst;
+    }
     uint8_t* dst = xq + r * k_padded;
     float scale, zero_point = 0.0f, lo = -qmax;
-    if (dynamic) {  // symmetric per token, as quantize_per_token: scale = max|x| / qmax (>= 1e-8 / qmax)
+    if (dynamic && a.asymmetric) {  // as quantize_per_token_asym: the row's range (holding 0) on 2 qmax + 1 steps
+      Vec vlo_x = vzero(), vhi_x = vzero();
+      int64_t t = 0;
+      for (; t + W <= a.k; t += W) {
+        const Vec v = vload(xr + t);
+        vlo_x = vmin(vlo_x, v);
+        vhi_x = vmax(vhi_x, v);
+      }
+      float x_lo = -vreduce_max(vsub(vzero(), vlo_x)), x_hi = vreduce_max(vhi_x);
+      for (; t < a.k; ++t) {
+        x_lo = std::fmin(x_lo, xr[t]);
+        x_hi = std::fmax(x_hi, xr[t]);
+      }
+      scale = std::fmax(x_hi - x_lo, 1e-8f) / (2.0f * qmax + 1.0f);
+      zero_point = std::nearbyint(-x_lo / scale) - (qmax + 1.0f);
+      lo = -qmax - 1.0f;
+      x_zero[r] = int32_t(zero_point);
+    } else if (dynamic) {  // symmetric per token, as quantize_per_token: scale = max|x| / qmax (>= 1e-8 / qmax)
       float amax = 0.0f;
       int64_t t = 0;
       Vec vmax_abs = vzero();
@@ -353,31 +378,37 @@ void q7_tile(const uint8_t* x, int64_t k_padded, const int8_t* panel, int64_t qu
 }
 
 template <int kAct>
-void q8_epilogue(const int32_t (*acc)[kQ8Panel], int rows, int cols, const float* x_scale,
+void q8_epilogue(const int32_t (*acc)[kQ8Panel], int rows, int cols, const float* x_scale, const int32_t* x_zero,
                  const int32_t* row_sums, const Int8PackedLinearArgs& a, int64_t c0, float* y) {
-  const int32_t zero_point = a.input_scale ? a.input_zero_point : 0;
-  const int32_t offset = (a.act_bits == 7 ? 64 : 128) + zero_point;
+  const int32_t zero_point = a.input_scale ? a.input_zero_point : 0, base = a.act_bits == 7 ? 64 : 128;
+  const int32_t offset = base + zero_point;  // per row when x_zero holds per-token zero points
   alignas(64) float f[kQ8Panel];
 #if defined(BERTRT_ISA_AVX2) || defined(BERTRT_ISA_AVX512)
   // offset * colsum once per tile; the per-row correction and the conversion are 8 lanes at a time
   // (measured: the scalar form cost ~5 cycles an output, 13% of a K = 768 GEMM).
   const __m256i* cs = reinterpret_cast<const __m256i*>(a.col_sums + c0);
-  const __m256i off = _mm256_set1_epi32(offset);
-  const __m256i oc0 = _mm256_mullo_epi32(off, _mm256_loadu_si256(cs));
-  const __m256i oc1 = _mm256_mullo_epi32(off, _mm256_loadu_si256(cs + 1));
+  const __m256i cs0 = _mm256_loadu_si256(cs), cs1 = _mm256_loadu_si256(cs + 1);
+  __m256i oc0 = _mm256_mullo_epi32(_mm256_set1_epi32(offset), cs0);
+  __m256i oc1 = _mm256_mullo_epi32(_mm256_set1_epi32(offset), cs1);
 #endif
   for (int i = 0; i < rows; ++i) {
     const int32_t row_term = row_sums ? 63 * row_sums[i] : 0;
 #if defined(BERTRT_ISA_AVX2) || defined(BERTRT_ISA_AVX512)
     // the correction in int32 (exact, wrapping like the scalar form), then one rounding to float
     const __m256i rt = _mm256_set1_epi32(row_term);
+    if (x_zero) {
+      const __m256i off = _mm256_set1_epi32(base + x_zero[i]);
+      oc0 = _mm256_mullo_epi32(off, cs0);
+      oc1 = _mm256_mullo_epi32(off, cs1);
+    }
     const __m256i* s = reinterpret_cast<const __m256i*>(acc[i]);
     _mm256_store_ps(f, _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_sub_epi32(_mm256_load_si256(s), rt), oc0)));
     _mm256_store_ps(f + 8,
                     _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_sub_epi32(_mm256_load_si256(s + 1), rt), oc1)));
 #else
+    const int32_t row_offset = x_zero ? base + x_zero[i] : offset;
     for (int j = 0; j < kQ8Panel; ++j)  // the correction in int32 (exact), then one rounding to float
-      f[j] = float(acc[i][j] - row_term - offset * a.col_sums[c0 + j]);
+      f[j] = float(acc[i][j] - row_term - row_offset * a.col_sums[c0 + j]);
 #endif
     const Vec xs = vset1(x_scale[i]);
     float* dst = cols == kQ8Panel ? y + i * a.n : f;  // a full panel goes straight to the output
@@ -402,10 +433,13 @@ void run_packed(const Int8PackedLinearArgs& a) {
   uint8_t* xq = static_cast<uint8_t*>(std::aligned_alloc(64, size_t((m * k_padded + 63) / 64 * 64)));
   float* x_scale = alloc_floats(m);
   int32_t* row_sums = seven ? reinterpret_cast<int32_t*>(alloc_floats(m)) : nullptr;
+  const bool asym = a.asymmetric && a.input_scale == nullptr;
+  int32_t* x_zero = asym ? reinterpret_cast<int32_t*>(alloc_floats(m)) : nullptr;
   const int threads = threads_for(m * n * a.k, int64_t(1) << 18, a.threads);
+  float* scratch = a.x_multiplier ? alloc_floats(int64_t(threads) * a.k) : nullptr;
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
-    quantize_rows(a, k_padded, xq, x_scale, row_sums);  // ends in the omp for's barrier
+    quantize_rows(a, k_padded, xq, x_scale, x_zero, row_sums, scratch);  // ends in the omp for's barrier
     const int nt = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t p_begin = panels * t / nt, p_end = panels * (t + 1) / nt;
     alignas(64) int32_t acc[kQ8Rows][kQ8Panel];
@@ -439,12 +473,14 @@ void run_packed(const Int8PackedLinearArgs& a) {
                 break;
             }
           }
-          q8_epilogue<kAct>(acc, rows, cols, x_scale + r, seven ? row_sums + r : nullptr, a, c0,
-                            a.out + r * n + c0);
+          q8_epilogue<kAct>(acc, rows, cols, x_scale + r, x_zero ? x_zero + r : nullptr,
+                            seven ? row_sums + r : nullptr, a, c0, a.out + r * n + c0);
         }
       }
     }
   }
+  std::free(scratch);
+  std::free(x_zero);
   std::free(row_sums);
   std::free(x_scale);
   std::free(xq);

@@ -108,6 +108,8 @@ struct Int8PackedLinearArgs {
   const float* bias;            // (ceil(n / 16) * 16,) or null
   const float* input_scale;     // null: dynamic per-token scales; else the static scale (1,)
   int32_t input_zero_point;     // static only, in the act_bits range
+  const float* x_multiplier;    // (k,) or null: x * multiplier is quantized (SmoothQuant's 1 / s)
+  int asymmetric;               // dynamic only: per-token min/max scale and zero point (act_bits 7)
   float* out;                   // (m, n) fp32, contiguous
   int64_t m, n, k, ldx;
   int activation;  // 0 none, 1 gelu (erf), 2 gelu_tanh

@@ -296,7 +296,8 @@ void linear(int isa, uintptr_t x, uintptr_t packed_weight, uintptr_t padded_bias
 
 void int8_linear_packed(int isa, uintptr_t x, uintptr_t packed_weight, uintptr_t col_sums, uintptr_t w_scale,
                         uintptr_t bias, uintptr_t input_scale, int input_zero_point, uintptr_t out, int64_t m,
-                        int64_t n, int64_t k, int64_t ldx, int activation, int act_bits, int threads) {
+                        int64_t n, int64_t k, int64_t ldx, int activation, int act_bits, uintptr_t x_multiplier,
+                        bool asymmetric, int threads) {
   Int8PackedLinearArgs a{};
   const Isa chosen = checked_isa(isa);
   if (activation < 0 || activation > 2) throw py::value_error("activation code must be 0, 1 or 2");
@@ -328,6 +329,10 @@ void int8_linear_packed(int isa, uintptr_t x, uintptr_t packed_weight, uintptr_t
   a.bias = bias ? ptr<float>(bias) : nullptr;
   a.input_scale = input_scale ? ptr<float>(input_scale) : nullptr;
   a.input_zero_point = input_zero_point;
+  if (asymmetric && (input_scale || act_bits != 7))
+    throw py::value_error("asymmetric per-token activations are dynamic and 7-bit only");
+  a.x_multiplier = x_multiplier ? ptr<float>(x_multiplier) : nullptr;
+  a.asymmetric = asymmetric ? 1 : 0;
   a.out = reinterpret_cast<float*>(out);
   a.m = m;
   a.n = n;
@@ -405,9 +410,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("int8_linear_packed", &int8_linear_packed, py::arg("isa"), py::arg("x"), py::arg("packed_weight"),
         py::arg("col_sums"), py::arg("w_scale"), py::arg("bias"), py::arg("input_scale"),
         py::arg("input_zero_point"), py::arg("out"), py::arg("m"), py::arg("n"), py::arg("k"), py::arg("ldx"),
-        py::arg("activation"), py::arg("act_bits"), py::arg("threads"),
-        "float x -> quantize (per token, or static) to act_bits (8 or 7) -> GEMM with 7-bit packed weights "
-        "-> fused epilogue; weights packed by bertrt.ops.int8_linear.pack_int8_weight.");
+        py::arg("activation"), py::arg("act_bits"), py::arg("x_multiplier"), py::arg("asymmetric"),
+        py::arg("threads"),
+        "float x (times x_multiplier when given) -> quantize (per token, symmetric or asymmetric, or static) "
+        "to act_bits (8 or 7) -> GEMM with 7-bit packed weights -> fused epilogue; weights packed by "
+        "bertrt.ops.int8_linear.pack_int8_weight.");
   m.def("vector_exp", &vector_exp, py::arg("isa"), py::arg("x"), py::arg("out"), py::arg("n"),
         "The kernels' fast exp over n float32 values (for accuracy tests).");
 }

@@ -31,8 +31,8 @@ from ..model.heads import PoolingConfig, pool_padded
 from ..quant.api import quantize_
 from ..quant.configs import Int8DynamicConfig
 from ..runtime import onnx_export
-from .names import INT8_PRECISIONS, PEER_NAMES
-from .shapes import BenchInputs
+from .names import CALIBRATION_SEED, CALIBRATION_SHAPE, INT8_PRECISIONS, PEER_NAMES
+from .shapes import BenchInputs, make_inputs, parse_shapes
 
 __all__ = ["PEER_NAMES", "BenchError", "Context", "Subject", "make_peer"]
 # Max |difference| on real tokens between an exported FP32 model and transformers
@@ -122,7 +122,8 @@ class Bertrt(Subject):
 
     engine = "bertrt"
     ours = True
-    DTYPES = {"fp32": "float32", "bf16": "bfloat16", "int8": "float32", "int8a7": "float32", "fp16": "float16"}
+    DTYPES = {"fp32": "float32", "bf16": "bfloat16", "int8": "float32", "int8a7": "float32", "int8a7sq": "float32",
+              "fp16": "float16"}
 
     def __init__(self, precision: str, kernels: str = "auto"):
         super().__init__()
@@ -137,7 +138,12 @@ class Bertrt(Subject):
         self.model = load(ctx.model_dir, device=ctx.device, dtype=self.DTYPES[self.precision],
                                  kernels=self.kernels)
         if self.precision in INT8_PRECISIONS:
-            quantize_(self.model, Int8DynamicConfig(**INT8_PRECISIONS[self.precision]))
+            config = Int8DynamicConfig(**INT8_PRECISIONS[self.precision])
+            calibration = None
+            if config.smoothquant_alpha is not None:  # seeded texts of another seed than the timed inputs
+                spec = parse_shapes(CALIBRATION_SHAPE)[0]
+                calibration = make_inputs(spec, Path(ctx.model_dir) / "vocab.txt", CALIBRATION_SEED).texts
+            quantize_(self.model, config, calibration=calibration)
         self.notes["backend"] = self.model.backend
 
     def run(self, inputs: BenchInputs):

@@ -428,9 +428,11 @@ def linear(x, weight, bias=None, activation="none") -> torch.Tensor:
     return out
 
 
-def int8_linear_packed(x, packed, activation="none", input_scale=None, input_zero_point=0) -> torch.Tensor:
+def int8_linear_packed(x, packed, activation="none", input_scale=None, input_zero_point=0, *,
+                       multiplier=None, asymmetric=False) -> torch.Tensor:
     """x (tokens, K) float32 -> int8 GEMM with a PackedInt8Weight -> (tokens, N) float32; see
-    ``bertrt.ops.int8_linear.int8_linear_packed_ref`` for the exact computation."""
+    ``bertrt.ops.int8_linear.int8_linear_packed_ref`` for the exact computation (``multiplier`` (K,):
+    x * multiplier is quantized; ``asymmetric``: per-token zero points, dynamic 7-bit only)."""
     if activation not in _ACTIVATION_CODES:
         raise ValueError(f"activation must be one of {tuple(_ACTIVATION_CODES)}, got {activation!r}")
     if not isinstance(packed, PackedInt8Weight):
@@ -446,6 +448,11 @@ def int8_linear_packed(x, packed, activation="none", input_scale=None, input_zer
         if not float(input_scale) > 0:
             raise ValueError(f"input_scale must be positive, got {input_scale}")
         scale = torch.tensor([float(input_scale)], dtype=torch.float32)
+    if asymmetric and (input_scale is not None or packed.act_bits != 7):
+        raise ValueError("asymmetric per-token activations are dynamic and 7-bit only")
+    if multiplier is not None:
+        _require_shape("multiplier", multiplier, (packed.in_features,))
+        multiplier = multiplier.to(torch.float32).contiguous()
     m, n = x.shape[0], packed.out_features
     out = torch.empty((m, n), dtype=torch.float32)
     _C.int8_linear_packed(
@@ -464,6 +471,8 @@ def int8_linear_packed(x, packed, activation="none", input_scale=None, input_zer
         x.stride(0),
         _ACTIVATION_CODES[activation],
         packed.act_bits,
+        _ptr(multiplier),
+        bool(asymmetric),
         _threads(),
     )
     return out

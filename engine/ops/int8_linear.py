@@ -76,6 +76,20 @@ def quantize_per_token(x: torch.Tensor, qmax: int = 127) -> tuple[torch.Tensor, 
     return x_q, scale
 
 
+def quantize_per_token_asym(x: torch.Tensor, qmax: int = 63) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric per-token quantization on the grid [-qmax - 1, qmax]: each row's range [lo, hi]
+    (widened to hold 0) in 2 qmax + 1 steps, x_q = round(x / s) + z. Returns (centred, scale, zero):
+    centred = x_q - z (int8 for qmax 63: in [-127, 127]), so x ~= centred * scale[:, None], and any
+    symmetric int8 GEMM computes the asymmetric product exactly."""
+    x = x.float()
+    lo = x.amin(dim=1).clamp(max=0.0)
+    hi = x.amax(dim=1).clamp(min=0.0)
+    scale = (hi - lo).clamp_min(1e-8) / float(2 * qmax + 1)
+    zero = torch.round(-lo / scale) - float(qmax + 1)
+    x_q = torch.round(x / scale[:, None]).add_(zero[:, None]).clamp_(-qmax - 1.0, float(qmax))
+    return (x_q - zero[:, None]).to(torch.int8), scale, zero.to(torch.int32)
+
+
 def quantize_per_token_u8(x: torch.Tensor, qmax: int = 127) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-token quantization to [-qmax, qmax], stored as uint8 = q + qmax + 1 (zero point
     128 for qmax 127, 64 for the 7-bit qmax 63): (x_u8 (M, K), scale (M,))."""
@@ -186,17 +200,24 @@ def static_params_for(act_bits: int, input_scale: float, input_zero_point: int) 
 
 
 def int8_linear_packed_ref(x: torch.Tensor, packed: PackedInt8Weight, activation: str = "none",
-                           input_scale: float | None = None, input_zero_point: int = 0) -> torch.Tensor:
+                           input_scale: float | None = None, input_zero_point: int = 0,
+                           multiplier: torch.Tensor | None = None, asymmetric: bool = False) -> torch.Tensor:
     """What bertrt._C.int8_linear_packed computes: x (tokens, K) float -> quantize to ``packed.act_bits``
     bits (per token when input_scale is None: x_q = round(x / s) in [-q, q], q = 2^(bits-1) - 1; else
     x_q = round(x / s) + z in [-q - 1, q], with s and z already on that grid: see static_params_for)
     -> exact product with the 7-bit weight -> y = s_x * s_w * (x_q - z) @ w7^T + bias -> activation.
-    Returns (tokens, N) float32."""
+    multiplier (K,): x * multiplier is what gets quantized. asymmetric (dynamic, act_bits 7): per-token
+    scale and zero point from the row's range (quantize_per_token_asym). Returns (tokens, N) float32."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     x = x.float()
+    if multiplier is not None:  # SmoothQuant's 1 / s, one rounded product per element
+        x = x * multiplier.float()
     qmax = 2 ** (packed.act_bits - 1) - 1
-    if input_scale is None:
+    if input_scale is None and asymmetric:
+        x_c, x_scale, _ = quantize_per_token_asym(x, qmax)
+        centred = x_c.double()
+    elif input_scale is None:
         x_q, x_scale = quantize_per_token(x, qmax)
         centred = x_q.double()
     else:

@@ -206,12 +206,25 @@ def _module_meta(module: Int8Linear) -> dict:
 def _int8_dynamic(model: BertModel, config: Int8DynamicConfig, context: Context) -> dict:
     kept, targets = _int8_targets(model, config)
     modules = dict(model.named_modules())
+    smooth, extra = {}, {}
+    if config.smoothquant_alpha is not None:
+        if context.calibration is None:
+            raise InputError("smoothquant_alpha needs calibration data: quantize_(model, "
+                             "Int8DynamicConfig(smoothquant_alpha=0.5), calibration=texts)")
+        batches = calib.as_batches(context.calibration, context.tokenizer, context.batch_tokens)
+        calibrator = calib.Calibrator(model, targets)
+        calibrator.collect_minmax(batches, context.progress)
+        for name in targets:
+            smooth[name] = calib.smoothquant_factors(calibrator.stats[name].absmax_per_channel(),
+                                                     modules[name].weight, config.smoothquant_alpha)
+        extra = {"calibration": {"batches": len(batches), "tokens": calibrator.stats[targets[0]].count}}
     meta = {}
     for name in targets:
-        q = Int8Linear.from_float(modules[name], mode="dynamic", kernel=config.kernel, act_bits=config.act_bits)
+        q = Int8Linear.from_float(modules[name], mode="dynamic", smooth=smooth.get(name), kernel=config.kernel,
+                                  act_bits=config.act_bits, act_symmetric=config.act_symmetric)
         _set_module(model, name, q)
         meta[name] = _module_meta(q)
-    return {"compute_dtype": _dtype_name(next(model.parameters()).dtype), "kept": kept, "modules": meta}
+    return {"compute_dtype": _dtype_name(next(model.parameters()).dtype), "kept": kept, "modules": meta, **extra}
 
 
 @register_handler(Int8StaticConfig)
@@ -255,6 +268,7 @@ def restore_structure(model: BertModel, meta: dict) -> BertModel:
         _cast_handler(dtype)(model, config, Context())
     else:
         kernel, act_bits = getattr(config, "kernel", "auto"), getattr(config, "act_bits", 8)
+        act_symmetric = getattr(config, "act_symmetric", True)
         for name, info in meta.get("modules", {}).items():
             if name not in modules or not isinstance(modules[name], nn.Linear):
                 raise InputError(f"quantization metadata names module {name!r}, which this model has no linear for")
@@ -263,6 +277,7 @@ def restore_structure(model: BertModel, meta: dict) -> BertModel:
                 raise InputError(f"quantization metadata for {name!r} says {info['out_features']}x{info['in_features']}"
                                  f", the model has {src.out_features}x{src.in_features}")
             _set_module(model, name, Int8Linear(info["in_features"], info["out_features"], info["bias"],
-                                                info["mode"], info.get("smooth", False), kernel, act_bits))
+                                                info["mode"], info.get("smooth", False), kernel, act_bits,
+                                                act_symmetric))
     model.quantization = meta
     return model

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from ..batching import PackedBatch, pack, plan_batches
 from ..errors import InputError
+from ..ops.plan import KernelPlan
 
 
 @dataclass
@@ -247,11 +248,20 @@ class Calibrator:
             stats = self.stats.setdefault(name, ChannelStats())
             handles.append(modules[name].register_forward_pre_hook(
                 lambda _m, args, s=stats: fn(s, args[0])))
+        # An engine's kernel plan runs bertrt's packed GEMM on the linears' weights without calling the
+        # modules, so their hooks would never fire: calibrate under the static plan (F.linear through
+        # each module), then give the engine its plan back.
+        encoder = getattr(self.model, "encoder", None)
+        planned = getattr(encoder, "plan", None)
+        if planned is not None:
+            encoder.plan = KernelPlan(device=planned.device, precision=planned.precision)
         try:
             run_batches(self.model, batches, progress, desc)
         finally:
             for h in handles:
                 h.remove()
+            if planned is not None:
+                encoder.plan = planned
 
     def collect_minmax(self, batches: Iterable[PackedBatch], progress: bool = False) -> None:
         self._observe(ChannelStats.update_minmax, batches, progress, "calibrating (range)")

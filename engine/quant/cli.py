@@ -22,18 +22,22 @@ def register(subparsers) -> None:
     p.add_argument("model_dir", metavar="MODEL_DIR", help="fp32 checkpoint directory")
     p.add_argument("--config", default="int8-dynamic", choices=("bf16", "fp16", "int8-dynamic", "int8-static"))
     p.add_argument("--calib", default=None, metavar="FILE",
-                   help="calibration texts: one per line, or JSON lines with a 'text' field (int8-static)")
+                   help="calibration texts: one per line, or JSON lines with a 'text' field (int8-static, "
+                        "and int8-dynamic with --smoothquant)")
     p.add_argument("--method", default="minmax", choices=("minmax", "percentile", "entropy"),
                    help="activation range calibration (int8-static)")
     p.add_argument("--percentile", type=float, default=99.99)
     p.add_argument("--symmetric", action="store_true", help="symmetric activations (zero point 0; int8-static)")
-    p.add_argument("--smoothquant", type=float, default=None, metavar="ALPHA", help="SmoothQuant alpha in [0, 1]")
+    p.add_argument("--smoothquant", type=float, default=None, metavar="ALPHA",
+                   help="SmoothQuant alpha in [0, 1] (needs --calib)")
     p.add_argument("--keep", action="append", default=[], metavar="PATTERN",
                    help="module kept in higher precision: embeddings, head, layer.N, qkv|attn_out|ffn_in|ffn_out, or "
                         "a glob on module names (repeatable)")
     p.add_argument("--kernel", default="auto", choices=("auto", "packed", "onednn", "op"), help="CPU int8 GEMM path")
     p.add_argument("--act-bits", type=int, default=8, choices=(8, 7),
-                   help="activation bits for int8: 7 runs the AVX2 kernel ~1.4x faster at some fidelity cost")
+                   help="activation bits for int8: 7 runs the AVX2 kernel ~1.6x faster at some fidelity cost")
+    p.add_argument("--act-asymmetric", action="store_true",
+                   help="int8-dynamic with --act-bits 7: a zero point per token over its own range")
     p.add_argument("--eval", default=None, metavar="FILE",
                    help="held-out texts for the report (JSON lines may carry a 'label'); default: none")
     p.add_argument("--no-latency", action="store_true", help="skip the fp32/bf16/quantized latency measurement")
@@ -48,19 +52,25 @@ def build_config(args):
     if args.config == "fp16":
         return Fp16Config(keep=keep)
     if args.config == "int8-dynamic":
-        return Int8DynamicConfig(keep=keep, kernel=args.kernel, act_bits=args.act_bits)
+        return Int8DynamicConfig(keep=keep, kernel=args.kernel, act_bits=args.act_bits,
+                                 act_symmetric=not args.act_asymmetric, smoothquant_alpha=args.smoothquant)
     return Int8StaticConfig(keep=keep, method=args.method, percentile=args.percentile, symmetric=args.symmetric,
                             smoothquant_alpha=args.smoothquant, kernel=args.kernel, act_bits=args.act_bits)
 
 
 def cmd_quantize(args) -> int:
+    if args.config != "int8-static" and args.method != "minmax":
+        raise InputError("--method applies to --config int8-static only")
+    if args.config not in ("int8-static", "int8-dynamic") and args.smoothquant is not None:
+        raise InputError("--smoothquant applies to --config int8-static and int8-dynamic only")
+    if args.act_asymmetric and args.config != "int8-dynamic":
+        raise InputError("--act-asymmetric applies to --config int8-dynamic only")
     config = build_config(args)
-    if args.config != "int8-static" and (args.smoothquant is not None or args.method != "minmax"):
-        raise InputError("--method and --smoothquant apply to --config int8-static only")
     calib = None
-    if args.config == "int8-static":
+    if args.config == "int8-static" or args.smoothquant is not None:
         if not args.calib:
-            raise InputError("--config int8-static needs --calib FILE (calibration texts)")
+            raise InputError(f"--config {args.config}{' --smoothquant' if args.smoothquant is not None else ''} "
+                             f"needs --calib FILE (calibration texts)")
         calib, _ = read_texts(args.calib, "calibration file")
     eval_texts, labels = (read_texts(args.eval, "eval file") if args.eval else (None, None))
     checkpoint = load_checkpoint(args.model_dir)

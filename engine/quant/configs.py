@@ -59,17 +59,30 @@ class Fp16Config(QuantConfig):
 
 @dataclass(frozen=True)
 class Int8DynamicConfig(QuantConfig):
-    """W8A8 with per-output-channel symmetric int8 weights and per-token symmetric int8 activations
-    whose scales are computed at run time. Needs no calibration data."""
+    """W8A8 with per-output-channel symmetric int8 weights and per-token int8 activations whose scales
+    are computed at run time. Needs no calibration data, unless ``smoothquant_alpha`` is set.
+
+    act_symmetric: False (act_bits 7 only) gives each token a zero point over its own [min, max]
+        range: a bit more resolution where inputs are one-sided (GELU outputs) or skewed by outliers.
+    smoothquant_alpha: None, or alpha in [0, 1]: SmoothQuant's per-input-channel factors
+        s_j = max|X_j|^alpha / max|W_j|^(1 - alpha), from calibration texts; the kernel multiplies the
+        activations by 1 / s while it quantizes them.
+    """
 
     name = "int8-dynamic"
     kernel: str = "auto"  # CPU GEMM: "auto" | "packed" | "onednn" | "op" (bertrt.ops.int8_linear dispatcher)
     act_bits: int = 8  # 7: see ACT_BITS_NOTE
+    act_symmetric: bool = True
+    smoothquant_alpha: float | None = None
 
     def __post_init__(self):
         super().__post_init__()
         _check_kernel(self.kernel)
         _check_act_bits(self.act_bits)
+        if not self.act_symmetric and self.act_bits != 7:
+            raise InputError("act_symmetric=False (per-token zero points) needs act_bits=7")
+        if self.smoothquant_alpha is not None and not 0.0 <= self.smoothquant_alpha <= 1.0:
+            raise InputError(f"smoothquant_alpha must be in [0, 1], got {self.smoothquant_alpha}")
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from ..ops.int8_linear import (
     check_act_bits,
     pack_int8_weight,
     quantize_per_token,
+    quantize_per_token_asym,
     quantize_per_token_u8,
     quantize_static_u8,
     static_params_for,
@@ -64,14 +65,19 @@ class Int8Linear(nn.Module):
     static mode adds input_scale (1,) fp32 and input_zero_point (1,) int32 (x_q = round(x / s) + z in
     [-128, 127]); input_multiplier (K,) fp32 when SmoothQuant divided the activations (x -> x * m).
     act_bits 7 (a config attribute, not a buffer) quantizes activations to [-63, 63] per token, or maps
-    the static range onto [-64, 63] (``static_params_for``), in every kernel.
+    the static range onto [-64, 63] (``static_params_for``), in every kernel. act_symmetric False
+    (dynamic, act_bits 7) gives each token its own zero point over its [min, max] range
+    (``quantize_per_token_asym``): one more bit of resolution for one-sided inputs (GELU outputs).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, mode: str = "dynamic",
-                 smooth: bool = False, kernel: str = "auto", act_bits: int = 8):
+                 smooth: bool = False, kernel: str = "auto", act_bits: int = 8, act_symmetric: bool = True):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if not act_symmetric and (mode != "dynamic" or act_bits != 7):
+            raise ValueError("asymmetric per-token activations (act_symmetric=False) are dynamic and 7-bit only")
+        self.act_symmetric = bool(act_symmetric)
         self.in_features, self.out_features, self.mode, self.kernel = in_features, out_features, mode, kernel
         self.act_bits = check_act_bits(act_bits)
         self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8))
@@ -85,7 +91,8 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, mode={self.mode}, "
-                f"smooth={self.input_multiplier is not None}, kernel={self.kernel}, act_bits={self.act_bits}")
+                f"smooth={self.input_multiplier is not None}, kernel={self.kernel}, act_bits={self.act_bits}, "
+                f"act_symmetric={self.act_symmetric}")
 
     def tensor_names(self) -> list[str]:
         """Names of the tensors a checkpoint must hold for this module."""
@@ -101,12 +108,12 @@ class Int8Linear(nn.Module):
     @classmethod
     def from_float(cls, linear: nn.Linear, mode: str = "dynamic", input_scale: float | None = None,
                    input_zero_point: int = 0, smooth: torch.Tensor | None = None, kernel: str = "auto",
-                   act_bits: int = 8) -> Int8Linear:
+                   act_bits: int = 8, act_symmetric: bool = True) -> Int8Linear:
         """Quantize ``linear``. ``smooth`` (K,): SmoothQuant factors s; the weight's columns are multiplied
         by s and the activations by 1 / s at run time (folded into the quantization scale)."""
         weight = linear.weight.detach().float()
         module = cls(linear.in_features, linear.out_features, linear.bias is not None, mode, smooth is not None, kernel,
-                     act_bits)
+                     act_bits, act_symmetric)
         if smooth is not None:
             smooth = smooth.float().to(weight.device)
             weight = weight * smooth[None, :]
@@ -191,10 +198,12 @@ class Int8Linear(nn.Module):
             for stale in [k for k in self._cache if isinstance(k, tuple) and k[0] == "packed"]:
                 del self._cache[stale]
             self._cache[key] = pack_int8_weight(self.weight, self.weight_scale, self.bias, self.act_bits)
-        xs = self._scaled_input(x).contiguous() if self.input_multiplier is not None else x.contiguous()
+        # the kernel multiplies by SmoothQuant's 1 / s while it quantizes (no extra pass over x)
+        extra = {"multiplier": self.input_multiplier, "asymmetric": not self.act_symmetric}
         if self.mode == "dynamic":
-            return cpu_kernels.int8_linear_packed(xs, self._cache[key], activation)
-        return cpu_kernels.int8_linear_packed(xs, self._cache[key], activation, *self._static_params())
+            return cpu_kernels.int8_linear_packed(x.contiguous(), self._cache[key], activation, **extra)
+        return cpu_kernels.int8_linear_packed(x.contiguous(), self._cache[key], activation, *self._static_params(),
+                                              **extra)
 
     def _static_params(self) -> tuple[float, int]:
         """(scale, zero point) of the activations on this module's act_bits grid."""
@@ -224,8 +233,13 @@ class Int8Linear(nn.Module):
         packed = self._packed()
         w_zp, w_scale = self._cache["w_zp"], self._cache["w_scale"]
         if self.mode == "dynamic":
-            x_u8, x_scale = quantize_per_token_u8(self._scaled_input(x), self._qmax())
-            y = torch.ops.onednn.qlinear_pointwise(x_u8, 1.0, self._qmax() + 1, packed, w_scale, w_zp,
+            zero = self._qmax() + 1
+            if self.act_symmetric:
+                x_u8, x_scale = quantize_per_token_u8(self._scaled_input(x), self._qmax())
+            else:  # the centred values (x_q - z in [-127, 127]) around one shared zero point, 128
+                x_c, x_scale, _ = quantize_per_token_asym(self._scaled_input(x), self._qmax())
+                x_u8, zero = (x_c.to(torch.int16) + 128).to(torch.uint8), 128
+            y = torch.ops.onednn.qlinear_pointwise(x_u8, 1.0, zero, packed, w_scale, w_zp,
                                                    None, 1.0, 0, torch.float32, "none", [None], "")
             # per-token scale and bias after the int32 product: y = acc * s_w * s_x + b
             return torch.addcmul(self.bias, y, x_scale[:, None]) if self.bias is not None else y.mul_(x_scale[:, None])
@@ -238,7 +252,10 @@ class Int8Linear(nn.Module):
     def _forward_op(self, x: torch.Tensor) -> torch.Tensor:
         xs = self._scaled_input(x)
         if self.mode == "dynamic":
-            x_q, x_scale = quantize_per_token(xs, self._qmax())
+            if self.act_symmetric:
+                x_q, x_scale = quantize_per_token(xs, self._qmax())
+            else:
+                x_q, x_scale, _ = quantize_per_token_asym(xs, self._qmax())
             return ops.int8_linear(x_q, x_scale, self.weight, self.weight_scale, self.bias, "none", torch.float32)
         scale, zp = self._static_params()
         x_q = torch.round(xs / scale).add_(float(zp)).clamp_(-self._qmax() - 1, self._qmax()).to(torch.int8)
