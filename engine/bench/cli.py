@@ -12,8 +12,6 @@ import bertrt
 import torch
 
 from ..errors import InputError
-from ..quant.api import quantize_
-from ..quant.configs import Int8DynamicConfig
 from ..runtime import probe
 from ..runtime.cache import cache_dir
 from .models import CONFIGS, resolve_model
@@ -26,6 +24,7 @@ from .names import (
     PEER_NAMES,
     PRECISIONS,
 )
+from .peers import quantize_int8
 from .profile import format_profile, profile_run
 from .report import print_table, write_files
 from .runner import BenchConfig, run_bench
@@ -136,7 +135,7 @@ def _profile(config, out_dir: Path) -> int:
         engine = bertrt.load(config.model_dir, device="cpu", kernels=config.kernels,
                              dtype="bfloat16" if precision == "bf16" else "float32")
         if precision in INT8_PRECISIONS:
-            quantize_(engine, Int8DynamicConfig(**INT8_PRECISIONS[precision]))
+            quantize_int8(engine, precision, config.model_dir)
         for spec in config.shapes:
             inputs = make_inputs(spec, config.model_dir / "vocab.txt", config.seed,
                                  engine.config.max_position_embeddings)

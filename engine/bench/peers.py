@@ -117,6 +117,17 @@ class Subject:
 # -- bertrt ----------------------------------------------------------------------------------------
 
 
+def quantize_int8(engine, precision: str, model_dir: Path) -> None:
+    """Quantize ``engine`` in place to the bench's INT8 ``precision`` (names.INT8_PRECISIONS); SmoothQuant
+    calibrates on seeded texts of another seed than the timed inputs."""
+    config = Int8DynamicConfig(**INT8_PRECISIONS[precision])
+    calibration = None
+    if config.smoothquant_alpha is not None:
+        spec = parse_shapes(CALIBRATION_SHAPE)[0]
+        calibration = make_inputs(spec, Path(model_dir) / "vocab.txt", CALIBRATION_SEED).texts
+    quantize_(engine, config, calibration=calibration)
+
+
 class Bertrt(Subject):
     """``engine.runner.run(packed_batch, "embed")``: the backend call on a pre-tokenized packed batch."""
 
@@ -138,12 +149,7 @@ class Bertrt(Subject):
         self.model = load(ctx.model_dir, device=ctx.device, dtype=self.DTYPES[self.precision],
                                  kernels=self.kernels)
         if self.precision in INT8_PRECISIONS:
-            config = Int8DynamicConfig(**INT8_PRECISIONS[self.precision])
-            calibration = None
-            if config.smoothquant_alpha is not None:  # seeded texts of another seed than the timed inputs
-                spec = parse_shapes(CALIBRATION_SHAPE)[0]
-                calibration = make_inputs(spec, Path(ctx.model_dir) / "vocab.txt", CALIBRATION_SEED).texts
-            quantize_(self.model, config, calibration=calibration)
+            quantize_int8(self.model, self.precision, ctx.model_dir)
         self.notes["backend"] = self.model.backend
 
     def run(self, inputs: BenchInputs):
