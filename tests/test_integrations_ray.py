@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import random
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +39,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_ray_data_module_imports_no_serve_stack():
+    """Ray Data actors unpickle the module of their class: it must not pull in Ray Serve or the server."""
+    probe = ("import sys, bertrt.integrations.ray_data as d; "
+             "print(d.EmbedActor.__module__, d.ClassifyActor.__module__); "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'starlette', 'uvicorn') "
+             "or m.startswith(('ray.serve', 'bertrt.serving', 'bertrt.integrations.ray_cli')) "
+             "or m == 'bertrt.integrations.ray'))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    modules, heavy = out.stdout.strip().splitlines()
+    assert modules == "bertrt.integrations.ray_data bertrt.integrations.ray_data"
+    assert heavy == "[]", heavy
+    # the public API re-exports the same objects, so pickles made through it name the light module
+    assert bertrt_ray.EmbedActor.__module__ == "bertrt.integrations.ray_data"
+    assert bertrt_ray.embed_dataset.__module__ == "bertrt.integrations.ray_data"
 
 
 @pytest.fixture(scope="module")

@@ -126,7 +126,7 @@ def embed_files(args) -> int:
     import pyarrow as pa
     import ray  # optional dependency: bertrt[ray]
 
-    from .ray import embed_dataset
+    from .ray_data import embed_dataset  # not .ray: the embed path needs no Ray Serve
 
     if not args.input or not args.output:
         raise InputError("bertrt embed --ray needs --input FILE and --output DIR")
