@@ -22,6 +22,8 @@ from bertrt import cli
 ray = pytest.importorskip("ray", reason="bertrt[ray] is not installed")
 from bertrt.integrations import ray as bertrt_ray  # noqa: E402
 from bertrt.integrations import ray_cli  # noqa: E402
+from bertrt.serving.config import ServeConfig  # noqa: E402
+from bertrt.serving.guard import stalled_body_answer  # noqa: E402
 from ray import serve  # noqa: E402
 
 ATOL = 1e-5  # FP32, different batch compositions (tests/test_serving.py uses the same)
@@ -55,6 +57,16 @@ def test_ray_data_module_imports_no_serve_stack():
     # the public API re-exports the same objects, so pickles made through it name the light module
     assert bertrt_ray.EmbedActor.__module__ == "bertrt.integrations.ray_data"
     assert bertrt_ray.embed_dataset.__module__ == "bertrt.integrations.ray_data"
+
+
+def test_stalled_body_status_is_408_or_a_5xx():
+    assert stalled_body_answer(ServeConfig(body_timeout_s=2.5)) == (
+        408, "request body stalled: no data for 2.5 s", None)
+    assert stalled_body_answer(ServeConfig(body_timeout_status=503, retry_after_s=3)) == (
+        503, "request body stalled: no data for 10 s; retry", {"Retry-After": "3"})
+    for bad in (200, 404, 600):
+        with pytest.raises(ValueError, match="body_timeout_status"):
+            ServeConfig(body_timeout_status=bad)
 
 
 @pytest.fixture(scope="module")
@@ -143,8 +155,25 @@ def _start_app(port: int, minilm_dir, **options) -> str:
     return f"http://127.0.0.1:{port}"
 
 
+def _stalled_body(port: int, wait: float) -> bytes:
+    """Send headers and part of a body, then nothing: the server's answer (or what came before ``wait``)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as sock:
+        sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\ncontent-length: 100\r\n"
+                     b"content-type: application/json\r\n\r\n{\"inp")
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+                if b"\r\n\r\n" in b"".join(chunks) and b"}" in chunk:
+                    break
+        except TimeoutError:
+            chunks.append(b"<nothing more>")
+        return b"".join(chunks)
+
+
 def test_serve_app_answers_the_bertrt_serve_api(cluster, engine, minilm_dir):
-    url = _start_app(cluster, minilm_dir, num_replicas=1, batching="bertrt")
+    config = ServeConfig(model_name="minilm", body_timeout_s=1.0)
+    url = _start_app(cluster, minilm_dir, num_replicas=1, batching="bertrt", serve_config=config)
     try:
         texts = corpus(9, seed=3)
         reply = httpx.post(f"{url}/v1/embeddings", json={"input": texts, "model": "m"}, timeout=60)
@@ -162,6 +191,12 @@ def test_serve_app_answers_the_bertrt_serve_api(cluster, engine, minilm_dir):
         assert bad.status_code in (400, 422) and "error" in bad.json()
         assert httpx.post(f"{url}/v1/classify", json={"input": ["x"]}, timeout=60).status_code == 404
         assert "bertrt_requests_total" in httpx.get(f"{url}/metrics").text
+        # a body that stops coming answers 503 + Retry-After behind Serve, not 408: there it is also
+        # what a request gets when Ray retried it on this replica after the replica that read its body died
+        stalled = _stalled_body(cluster, 20)
+        head = stalled.split(b"\r\n\r\n")[0].lower()
+        assert head.startswith(b"http/1.1 503"), stalled
+        assert b"retry-after: 1" in head and b"request body stalled" in stalled, stalled
     finally:
         serve.delete("bertrt")
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 from ray import serve  # optional dependency: bertrt[ray]; this module is imported only when used
 
@@ -142,7 +143,8 @@ def build_app(
     token-budget DynamicBatcher of ``bertrt serve``, the default; the two measured equal within
     noise on 2 cores, see docs/scale-out.md) or "serve" (``@serve.batch``). max_ongoing_requests:
     requests one replica takes at once; batches form only from requests a replica holds, so keep it
-    well above one batch.
+    well above one batch. The replicas answer a stalled request body 503 + Retry-After, not 408
+    (``ServeConfig.body_timeout_status``; see docs/scale-out.md, "Failure behaviour").
     """
     if batching not in BATCHING:
         raise ValueError(f"batching must be one of {BATCHING}, got {batching!r}")
@@ -154,7 +156,10 @@ def build_app(
         fixed = int(num_replicas or 1)
     options.setdefault("num_cpus", split_cores(fixed))
     threads = max(1, int(options["num_cpus"])) if options["num_cpus"] >= 1 else 1
-    config = serve_config or ServeConfig(model_name=_model_name(model))
+    # A body that never comes is not always the client's fault here: when a replica dies after reading
+    # a request's body but before Ray's router saw it accept the request, the router retries the request
+    # on another replica, whose read of the (already consumed) body stalls. Answer that 503 (retry), not 408.
+    config = replace(serve_config or ServeConfig(model_name=_model_name(model)), body_timeout_status=503)
     deployment = serve.deployment(
         serve.ingress()(BertrtReplica),
         name=name,
