@@ -4,7 +4,9 @@ and the Ray Serve app over real HTTP, compared with Engine.embed in FP32; a repl
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import bertrt
 import httpx
 import numpy as np
+import psutil
 import pyarrow.parquet as pq
 import pytest
 from bertrt import cli
@@ -57,6 +60,54 @@ def test_ray_data_module_imports_no_serve_stack():
     # the public API re-exports the same objects, so pickles made through it name the light module
     assert bertrt_ray.EmbedActor.__module__ == "bertrt.integrations.ray_data"
     assert bertrt_ray.embed_dataset.__module__ == "bertrt.integrations.ray_data"
+
+
+def _wait_ready(proc: subprocess.Popen, url: str, log, seconds: float = 240) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"bertrt serve --ray exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"not ready after {seconds} s:\n{log.read_text()[-3000:]}")
+
+
+def test_serve_cli_stops_cleanly_on_sigterm(engine, minilm_dir, tmp_path):
+    """`bertrt serve --ray` on the local cluster it starts: SIGTERM deletes the app, shuts Serve and
+    that cluster down (no raylet or GCS left), frees the port and exits 0. Runs before the module's
+    own cluster starts, so the two do not share the 2 cores."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "bertrt", "serve", str(minilm_dir), "--ray", "--replicas", "1",
+                                 "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32"],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        _wait_ready(proc, url, log)
+        texts = corpus(3, seed=5)
+        reply = httpx.post(f"{url}/v1/embeddings", json={"input": texts}, timeout=60)
+        assert reply.status_code == 200, reply.text
+        got = np.array([d["embedding"] for d in reply.json()["data"]], dtype=np.float32)
+        np.testing.assert_allclose(got, engine.embed(texts), atol=ATOL)
+        started = psutil.Process(proc.pid).children(recursive=True)
+        names = {p.name() for p in started}
+        assert {"raylet", "gcs_server"} <= names, names
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=90) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    _, alive = psutil.wait_procs(started, timeout=15)
+    assert not alive, [(p.pid, p.name()) for p in alive]
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    assert "stopping on SIGTERM" in log.read_text()
 
 
 def test_stalled_body_status_is_408_or_a_5xx():
