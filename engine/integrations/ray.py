@@ -4,67 +4,38 @@
     serve.run(bertrt_ray.build_app(model="path/to/model", num_replicas=2))   # the `bertrt serve` API
     ds = bertrt_ray.embed_dataset(ray.data.read_parquet(...), model="path/to/model", concurrency=4)
 
-Serve: each replica loads one engine and serves the app of ``bertrt serve`` (engine/serving/app.py,
-the same routes, limits and metrics), with batching inside the replica. Data: an actor pool, one
-engine per actor loaded once, fed by ``map_batches``.
-
-Thread budgets: a replica or actor asks Ray for ``num_cpus`` (default: this machine's cores split
-evenly between the replicas / actors) and runs torch on exactly the CPUs Ray assigned it, so several
-on one node split its cores instead of each starting one thread per core.
+Serve (here): each replica loads one engine and serves the app of ``bertrt serve``
+(engine/serving/app.py, the same routes, limits and metrics), with batching inside the replica.
+Data (engine/integrations/ray_data.py, re-exported here): an actor pool, one engine per actor loaded
+once, fed by ``map_batches``; kept in its own module so that actors do not import Ray Serve.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
-import bertrt
-import numpy as np
-import ray  # optional dependency: bertrt[ray]; this module is imported only when used
-import torch
-from ray import serve
+from ray import serve  # optional dependency: bertrt[ray]; this module is imported only when used
 
 from ..serving import create_app
 from ..serving.batcher import Draining, RequestTimeout
 from ..serving.cli import model_name_for
 from ..serving.config import ServeConfig
+from .ray_data import (  # noqa: F401  (re-exported: the public API is bertrt.integrations.ray)
+    ClassifyActor,
+    EmbedActor,
+    apply_thread_budget,
+    classify_dataset,
+    embed_dataset,
+    load_engine,
+    local_cores,
+    split_cores,
+)
 
 log = logging.getLogger("bertrt.integrations.ray")
 BATCHING = ("bertrt", "serve")
-
-
-def local_cores() -> int:
-    """CPU cores this process may run on (the container's, not the host's)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def split_cores(workers: int, cores: int | None = None) -> int:
-    """CPUs for each of ``workers`` replicas/actors sharing one machine: at least 1."""
-    return max(1, (cores or local_cores()) // max(1, workers))
-
-
-def apply_thread_budget(threads: int | None = None) -> int:
-    """Set torch's intra-op threads to ``threads``, else to the CPUs Ray assigned this actor. Returns it."""
-    if threads is None:
-        assigned = ray.get_runtime_context().get_assigned_resources().get("CPU", 0) if ray.is_initialized() else 0
-        threads = max(1, int(assigned)) if assigned else torch.get_num_threads()
-    torch.set_num_threads(threads)
-    return threads
-
-
-def _load_engine(model, load_options: dict, threads: int | None):
-    threads = apply_thread_budget(threads)
-    engine = bertrt.load(model, **load_options)
-    log.info("replica engine %r on %d threads", engine, threads)
-    return engine
-
-
-# -- Serve -------------------------------------------------------------------------------------------
 
 
 class ServeBatchQueue:
@@ -136,7 +107,7 @@ class BertrtReplica:
     """One Ray Serve replica: one engine, the ``bertrt serve`` ASGI app in front of it."""
 
     def __init__(self, model, load_options: dict, serve_config: ServeConfig, batching: str, threads: int | None):
-        self.engine = _load_engine(model, load_options, threads)
+        self.engine = load_engine(model, load_options, threads)
         self.serve_config = serve_config
         self.batching = batching
 
@@ -172,7 +143,8 @@ def build_app(
     token-budget DynamicBatcher of ``bertrt serve``, the default; the two measured equal within
     noise on 2 cores, see docs/scale-out.md) or "serve" (``@serve.batch``). max_ongoing_requests:
     requests one replica takes at once; batches form only from requests a replica holds, so keep it
-    well above one batch.
+    well above one batch. The replicas answer a stalled request body 503 + Retry-After, not 408
+    (``ServeConfig.body_timeout_status``; see docs/scale-out.md, "Failure behaviour").
     """
     if batching not in BATCHING:
         raise ValueError(f"batching must be one of {BATCHING}, got {batching!r}")
@@ -184,7 +156,10 @@ def build_app(
         fixed = int(num_replicas or 1)
     options.setdefault("num_cpus", split_cores(fixed))
     threads = max(1, int(options["num_cpus"])) if options["num_cpus"] >= 1 else 1
-    config = serve_config or ServeConfig(model_name=_model_name(model))
+    # A body that never comes is not always the client's fault here: when a replica dies after reading
+    # a request's body but before Ray's router saw it accept the request, the router retries the request
+    # on another replica, whose read of the (already consumed) body stalls. Answer that 503 (retry), not 408.
+    config = replace(serve_config or ServeConfig(model_name=_model_name(model)), body_timeout_status=503)
     deployment = serve.deployment(
         serve.ingress()(BertrtReplica),
         name=name,
@@ -209,70 +184,3 @@ def app_builder(args: dict):
 
 def _model_name(model) -> str:
     return model_name_for(None if model is None else str(model))
-
-
-# -- Data --------------------------------------------------------------------------------------------
-
-
-class _EngineActor:
-    """One engine per actor, loaded once; map_batches calls it with batches of rows."""
-
-    def __init__(self, model, load_options: dict, column: str, task: str, threads: int | None):
-        self.engine = _load_engine(model, {**load_options, "task": task}, threads)
-        self.column = column
-
-    def texts(self, batch: dict) -> list[str]:
-        return [str(t) for t in batch[self.column]]
-
-
-class EmbedActor(_EngineActor):
-    def __init__(self, model, load_options, column, output_column, threads):
-        super().__init__(model, load_options, column, "embed", threads)
-        self.output_column = output_column
-
-    def __call__(self, batch: dict) -> dict:
-        """batch[column]: (n,) texts -> batch[output_column]: (n, hidden) float32."""
-        batch[self.output_column] = self.engine.embed(self.texts(batch))
-        return batch
-
-
-class ClassifyActor(_EngineActor):
-    def __init__(self, model, load_options, column, threads):
-        super().__init__(model, load_options, column, "classify", threads)
-
-    def __call__(self, batch: dict) -> dict:
-        """Adds ``label`` (n,) str, ``score`` (n,) float32 and ``scores`` (n, num_labels) float32
-        in the order of the model's id2label."""
-        results = self.engine.classify(self.texts(batch))
-        labels = [self.engine.config.id2label[i] for i in sorted(self.engine.config.id2label)]
-        batch["label"] = np.array([r["label"] for r in results], dtype=object)
-        batch["score"] = np.array([r["score"] for r in results], dtype=np.float32)
-        batch["scores"] = np.array([[r["scores"][label] for label in labels] for r in results], dtype=np.float32)
-        return batch
-
-
-def _map(ds, actor, constructor_args: tuple, batch_size: int, concurrency: int, num_cpus: float | None):
-    num_cpus = split_cores(concurrency) if num_cpus is None else num_cpus
-    threads = max(1, int(num_cpus))
-    return ds.map_batches(
-        actor,
-        fn_constructor_args=(*constructor_args, threads),
-        batch_size=batch_size,
-        batch_format="numpy",
-        concurrency=concurrency,
-        num_cpus=num_cpus,
-    )
-
-
-def embed_dataset(ds, model=None, column: str = "text", batch_size: int = 256, concurrency: int = 1,
-                  output_column: str = "embedding", num_cpus: float | None = None, **load_options):
-    """``ds`` with an ``output_column`` of (hidden,) float32 embeddings of its ``column``, computed
-    by ``concurrency`` actors each holding one engine (``bertrt.load(model, **load_options)``) on
-    ``num_cpus`` CPUs (default: the cores split between the actors). Lazy, like every Dataset."""
-    return _map(ds, EmbedActor, (model, load_options, column, output_column), batch_size, concurrency, num_cpus)
-
-
-def classify_dataset(ds, model=None, column: str = "text", batch_size: int = 256, concurrency: int = 1,
-                     num_cpus: float | None = None, **load_options):
-    """``ds`` with ``label``, ``score`` and ``scores`` columns (see ClassifyActor)."""
-    return _map(ds, ClassifyActor, (model, load_options, column), batch_size, concurrency, num_cpus)

@@ -12,12 +12,14 @@ works without it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,44 +40,159 @@ def add_embed_arguments(p) -> None:
     p.add_argument("--shard-rows", type=int, default=10000, help="with --ray: input rows per output shard")
     p.add_argument("--batch-size", type=int, default=256, help="with --ray: texts per actor call")
     p.add_argument("--concurrency", type=int, default=None, help="with --ray: actors (default: one per node)")
-    p.add_argument("--ray-address", default=None, help="with --ray: an existing cluster (default: start one here)")
+    p.add_argument("--ray-address", default=None,
+                   help="with --ray: an existing cluster (default: $RAY_ADDRESS, else start one here)")
 
 
 def add_serve_arguments(p) -> None:
     """The ``bertrt serve`` flags of the Ray path."""
     p.add_argument("--ray", action="store_true", help="run as a Ray Serve application (replicas of this server)")
     p.add_argument("--replicas", type=int, default=1, help="with --ray: replicas, each with one engine")
-    p.add_argument("--ray-address", default=None, help="with --ray: an existing cluster (default: start one here)")
+    p.add_argument("--ray-address", default=None,
+                   help="with --ray: an existing cluster (default: $RAY_ADDRESS, else start one here)")
     p.add_argument("--batching", default="bertrt", choices=("bertrt", "serve"), help="with --ray: batcher")
 
 
-def _connect(address: str | None) -> None:
+def _connect(address: str | None) -> bool:
+    """Connect to the cluster at ``address`` (else at $RAY_ADDRESS), or start a local one: never
+    silently join a cluster found on this machine, as ``ray.init()`` does with one from ``ray start``.
+    True when this call started the cluster (then this process owns it and shuts it down)."""
     import ray  # optional dependency: bertrt[ray]
 
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False) if address is None else ray.init(address=address)
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is None:
+        ray.init(address="local", include_dashboard=False)
+        return True
+    ray.init(address=address)
+    return False
+
+
+def _on_stop_signals(handler) -> dict:
+    """Set ``handler`` (one, or a dict signal -> handler) for SIGINT and SIGTERM; returns the previous ones."""
+    handlers = handler if isinstance(handler, dict) else {sig: handler for sig in (signal.SIGINT, signal.SIGTERM)}
+    return {sig: signal.signal(sig, h) for sig, h in handlers.items()}
+
+
+class _NotOnMainThread(logging.Filter):
+    """Drops ray.init's warning that it set no SIGTERM handler off the main thread: on purpose here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
+
+
+class _Startup(threading.Thread):
+    """Connects to (or starts) the cluster, starts Serve and runs the app off the main thread, so the
+    main thread is free to take a signal at any point of the startup (a handler that raised into Ray's
+    calls, e.g. a ``ray.get``, corrupts them; and ray.init, off the main thread, installs no SIGTERM
+    handler of its own).
+
+    The thread then waits for ``released``, set once the cluster is down: Ray starts its GCS and
+    raylet with PR_SET_PDEATHSIG, which Linux fires when the *thread* that started them exits."""
+
+    def __init__(self, args, serve_config, load_options: dict):
+        super().__init__(name="bertrt-ray-startup", daemon=True)
+        self.args, self.serve_config, self.load_options = args, serve_config, load_options
+        self.connected = threading.Event()  # ray.init returned (or failed): started_here is known
+        self.settled = threading.Event()  # the startup is over: the app runs, or it failed or was stopped
+        self.released = threading.Event()
+        self.stopping = False  # set by the main thread: take no further step
+        self.started_here = False  # this process started the local cluster, so it owns it
+        self.serve_started = False
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._start()
+        except BaseException as exc:  # noqa: BLE001  (the main thread raises it, unless it stopped us)
+            self.error = exc
+        finally:
+            self.connected.set()
+            self.settled.set()
+        self.released.wait()
+
+    def _start(self) -> None:
+        from ray import serve  # optional dependency: bertrt[ray]
+
+        from .ray import build_app
+
+        args = self.args
+        self.started_here = _connect(args.ray_address)
+        self.connected.set()
+        if self.stopping:
+            return
+        self.serve_started = True
+        serve.start(http_options={"host": args.host, "port": args.port})
+        app = build_app(args.model_dir, num_replicas=args.replicas, serve_config=self.serve_config,
+                        batching=args.batching, **self.load_options)
+        if self.stopping:
+            return
+        serve.run(app, name="bertrt", route_prefix="/")
+        log.info("listening", extra={"fields": {"url": f"http://{args.host}:{args.port}", "replicas": args.replicas}})
+
+
+def _tear_down(startup: _Startup) -> None:
+    """On the main thread, whatever the startup thread is doing (it may wait in ``serve.run`` for
+    replicas that never come up: ``serve.shutdown`` ends that wait, deleting the app does not)."""
+    import ray  # optional dependency: bertrt[ray]
+    from ray import serve
+    from ray.serve.exceptions import RayServeException
+
+    startup.stopping = True
+    startup.connected.wait(timeout=120)  # a signal during ray.init: let it finish, then undo it
+    try:
+        if startup.serve_started and ray.is_initialized():
+            with contextlib.suppress(RayServeException):  # Serve was still starting
+                serve.delete("bertrt")
+            if not startup.started_here and not startup.settled.wait(timeout=30):
+                log.warning("the app may still be deploying on %s; check `serve status`", startup.args.ray_address)
+            elif not startup.started_here:
+                with contextlib.suppress(RayServeException):  # it deployed after the first delete
+                    serve.delete("bertrt")
+            if startup.started_here or not serve.status().applications:
+                serve.shutdown()
+        startup.settled.wait(timeout=30)  # its Ray calls fail quickly once Serve is down
+    finally:
+        if startup.started_here:
+            ray.shutdown()  # stops the raylet, GCS and workers this process started
+        startup.released.set()
 
 
 def serve_on_ray(args, serve_config, load_options: dict) -> int:
-    """Deploy build_app on the cluster and block until SIGINT/SIGTERM, then tear it down."""
-    from ray import serve  # optional dependency: bertrt[ray]
-
-    from .ray import build_app
-
+    """Deploy build_app on the cluster and block until SIGINT/SIGTERM, then tear down what this
+    process set up: the app (``serve.delete``); Serve (``serve.shutdown``) unless other applications
+    run on it; the local cluster (``ray.shutdown``: its raylet, GCS and workers) when it was started
+    here, never a cluster given by ``--ray-address`` or $RAY_ADDRESS. Returns 0 after a signal, also
+    one during the startup; a deployment that fails raises its error (after the same teardown)."""
     if args.replicas < 1:
         raise InputError(f"--replicas must be >= 1, got {args.replicas}")
-    _connect(args.ray_address)
-    serve.start(http_options={"host": args.host, "port": args.port})
-    app = build_app(args.model_dir, num_replicas=args.replicas, serve_config=serve_config, batching=args.batching,
-                    **load_options)
-    serve.run(app, name="bertrt", route_prefix="/")
-    log.info("listening", extra={"fields": {"url": f"http://{args.host}:{args.port}", "replicas": args.replicas}})
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    serve.delete("bertrt")
-    serve.shutdown()
+    received: list[int] = []
+
+    def on_signal(signum, frame) -> None:  # takes no lock: it runs between two bytecodes of the main thread
+        received.append(signum)
+
+    previous = _on_stop_signals(on_signal)
+    quiet = _NotOnMainThread()
+    logging.getLogger("ray._private.worker").addFilter(quiet)
+    startup = _Startup(args, serve_config, load_options)
+    startup.start()
+    ours_again = False
+    try:
+        while not received and not (startup.settled.is_set() and startup.error is not None):
+            if startup.connected.is_set() and not ours_again:
+                _on_stop_signals(on_signal)  # ray.init's core worker put a crash reporter in front of ours
+                ours_again = True
+            time.sleep(0.1)
+        _on_stop_signals(signal.SIG_IGN)  # a second signal must not cut the teardown short (orphaned raylets)
+        if received:
+            log.info("stopping on %s", signal.Signals(received[0]).name)
+        _tear_down(startup)
+    finally:
+        _on_stop_signals(previous)
+        logging.getLogger("ray._private.worker").removeFilter(quiet)
+    if startup.error is not None and not received:
+        raise startup.error
     return 0
 
 
@@ -126,7 +243,7 @@ def embed_files(args) -> int:
     import pyarrow as pa
     import ray  # optional dependency: bertrt[ray]
 
-    from .ray import embed_dataset
+    from .ray_data import embed_dataset  # not .ray: the embed path needs no Ray Serve
 
     if not args.input or not args.output:
         raise InputError("bertrt embed --ray needs --input FILE and --output DIR")

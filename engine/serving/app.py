@@ -17,7 +17,7 @@ from starlette.requests import ClientDisconnect
 
 from .._version import __version__
 from .config import ServeConfig
-from .guard import CLIENT_CLOSED, BodyTimeout, run_bounded
+from .guard import CLIENT_CLOSED, BodyTimeout, run_bounded, stalled_body_answer
 from .models import ModelSet
 from .protocol import ApiError, dumps
 from .routes_tasks import router as tasks_router
@@ -220,7 +220,8 @@ def create_app(engine, config: ServeConfig | None = None) -> FastAPI:
 
     @app.exception_handler(BodyTimeout)
     async def body_timeout(request: Request, exc: BodyTimeout):
-        return error_response(request, 408, f"request body stalled: {exc}")
+        code, message, headers = stalled_body_answer(state.config)
+        return error_response(request, code, message, headers=headers)
 
     @app.exception_handler(ClientDisconnect)
     async def client_gone(request: Request, exc: ClientDisconnect):  # nobody reads it; counted as 499

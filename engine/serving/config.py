@@ -38,6 +38,10 @@ class ServeConfig:
     # HTTP hygiene: slow or stalled clients are cut off; beyond max_connections new ones get 503
     header_timeout_s: float = 10.0
     body_timeout_s: float = 10.0  # longest wait for the next piece of a request body (408 after)
+    # What a stalled body answers: 408 (the client is slow). Behind Ray Serve 503 + Retry-After
+    # (build_app): there a body is also lost when Ray retries on another replica a request whose first
+    # replica died after reading it, and that is no fault of the client.
+    body_timeout_status: int = 408
     idle_timeout_s: float = 5.0  # keep-alive connections idle this long are closed
     max_connections: int = 1024
     otel: bool = False  # OpenTelemetry spans for tokenization and inference (engine/serving/tracing.py)
@@ -54,6 +58,8 @@ class ServeConfig:
         for name in ("timeout_s", "header_timeout_s", "body_timeout_s", "idle_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.body_timeout_status != 408 and not 500 <= self.body_timeout_status <= 599:
+            raise ValueError(f"body_timeout_status must be 408 or a 5xx, got {self.body_timeout_status}")
         if self.api_key is not None and not self.api_key.strip():
             # fail closed: an empty key (think --api-key "$UNSET_VAR") must not silently turn authentication off
             raise ValueError("the API key is empty or whitespace; give a real key, or none to serve without one")

@@ -1,6 +1,6 @@
 """One HTTP request's bounds, around the app: its whole-request deadline (``--timeout``: body,
-tokenization, queueing and inference), a stall limit on its body (408), and its client going away
-(the work is cancelled and the request counted as 499, never as a 500)."""
+tokenization, queueing and inference), a stall limit on its body (408, or ``body_timeout_status``),
+and its client going away (the work is cancelled and the request counted as 499, never as a 500)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,14 @@ CLIENT_CLOSED = 499  # nginx's code for "client closed the request": an answer n
 
 class BodyTimeout(Exception):
     """The client stopped sending its request body."""
+
+
+def stalled_body_answer(config) -> tuple[int, str, dict[str, str] | None]:
+    """(status, message, headers) for a request whose body stopped coming (``config.body_timeout_status``)."""
+    message = f"request body stalled: no data for {config.body_timeout_s:g} s"
+    if config.body_timeout_status == 408:
+        return 408, message, None
+    return config.body_timeout_status, f"{message}; retry", {"Retry-After": str(config.retry_after_s)}
 
 
 async def run_bounded(app, scope, receive, send, state, refuse) -> int | None:
@@ -64,14 +72,14 @@ async def run_bounded(app, scope, receive, send, state, refuse) -> int | None:
                                      return_when=asyncio.FIRST_COMPLETED)
         if work in done:
             if stalled and not started:
-                await refuse(408, f"request body stalled: no data for {config.body_timeout_s:g} s")
-                return 408
+                await refuse(*stalled_body_answer(config))
+                return config.body_timeout_status
             try:
                 work.result()
             except BodyTimeout:
                 if not started:
-                    await refuse(408, f"request body stalled: no data for {config.body_timeout_s:g} s")
-                return 408
+                    await refuse(*stalled_body_answer(config))
+                return config.body_timeout_status
             return None
         work.cancel()  # drops its queued sequences (DynamicBatcher.run cancels their futures)
         await asyncio.gather(work, return_exceptions=True)
