@@ -202,6 +202,20 @@ def _module_meta(module: Int8Linear) -> dict:
             "smooth": module.input_multiplier is not None, "tensors": module.tensor_names()}
 
 
+def _calibrate_ranges(model: BertModel, targets: list[str], context: Context):
+    """(batches, calibrator) after one pass recording each target's per-channel input range."""
+    batches = calib.as_batches(context.calibration, context.tokenizer, context.batch_tokens)
+    calibrator = calib.Calibrator(model, targets)
+    calibrator.collect_minmax(batches, context.progress)
+    return batches, calibrator
+
+
+def _smoothquant(calibrator, modules: dict, targets: list[str], alpha: float) -> dict:
+    """name -> SmoothQuant's per-input-channel factors s (K,) from the recorded ranges."""
+    return {name: calib.smoothquant_factors(calibrator.stats[name].absmax_per_channel(), modules[name].weight, alpha)
+            for name in targets}
+
+
 @register_handler(Int8DynamicConfig)
 def _int8_dynamic(model: BertModel, config: Int8DynamicConfig, context: Context) -> dict:
     kept, targets = _int8_targets(model, config)
@@ -211,12 +225,8 @@ def _int8_dynamic(model: BertModel, config: Int8DynamicConfig, context: Context)
         if context.calibration is None:
             raise InputError("smoothquant_alpha needs calibration data: quantize_(model, "
                              "Int8DynamicConfig(smoothquant_alpha=0.5), calibration=texts)")
-        batches = calib.as_batches(context.calibration, context.tokenizer, context.batch_tokens)
-        calibrator = calib.Calibrator(model, targets)
-        calibrator.collect_minmax(batches, context.progress)
-        for name in targets:
-            smooth[name] = calib.smoothquant_factors(calibrator.stats[name].absmax_per_channel(),
-                                                     modules[name].weight, config.smoothquant_alpha)
+        batches, calibrator = _calibrate_ranges(model, targets, context)
+        smooth = _smoothquant(calibrator, modules, targets, config.smoothquant_alpha)
         extra = {"calibration": {"batches": len(batches), "tokens": calibrator.stats[targets[0]].count}}
     meta = {}
     for name in targets:
@@ -232,17 +242,13 @@ def _int8_static(model: BertModel, config: Int8StaticConfig, context: Context) -
     kept, targets = _int8_targets(model, config)
     if context.calibration is None:
         raise InputError("int8-static needs calibration data: quantize_(model, Int8StaticConfig(), calibration=texts)")
-    batches = calib.as_batches(context.calibration, context.tokenizer, context.batch_tokens)
-    calibrator = calib.Calibrator(model, targets)
-    calibrator.collect_minmax(batches, context.progress)
+    batches, calibrator = _calibrate_ranges(model, targets, context)
     modules = dict(model.named_modules())
     smooth = {}
     if config.smoothquant_alpha is not None:
-        for name in targets:
-            stats = calibrator.stats[name]
-            s = calib.smoothquant_factors(stats.absmax_per_channel(), modules[name].weight, config.smoothquant_alpha)
-            smooth[name] = s
-            stats.multiplier = 1.0 / s
+        smooth = _smoothquant(calibrator, modules, targets, config.smoothquant_alpha)
+        for name, s in smooth.items():  # the histograms are of the smoothed activations
+            calibrator.stats[name].multiplier = 1.0 / s
     if config.method != "minmax":
         calibrator.collect_histograms(batches, config.bins, context.progress)
     meta = {}
