@@ -17,7 +17,7 @@ from .model import Checkpoint, load_checkpoint
 from .model.config import ARCHITECTURE_TASKS
 from .ops.plan import KernelPlan, validate_kernels
 from .quant.checkpoint import is_quantized_dir, load_quantized
-from .runtime import policy
+from .runtime import memory, policy
 from .runtime.backends import BackendUnavailable, TorchRunner, create_runner
 from .tokenizer import split_texts
 
@@ -318,6 +318,8 @@ def load(path: str | Path | None = None, task: str | None = None, device: str = 
     """
     validate_kernels(kernels)
     device = policy.choose_device(device)
+    if device == "cpu":
+        memory.keep_freed_memory()
     if batch_invariant:
         if backend not in ("auto", "torch"):
             raise InputError(f"batch_invariant=True runs on the torch backend (bertrt's kernels), not {backend!r}")

@@ -130,6 +130,53 @@ def test_bench_cli_writes_results(bench_run):
         assert png.exists() and png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_bench_interleaved_with_a_second_kernel_setting(tiny_model_dirs, tmp_path, monkeypatch, capsys):
+    """--interleave times every subject in rounds (a turn each, rotating order); --kernels auto,torch
+    adds bertrt[kernels=torch] rows to the same run, with the same fidelity check."""
+    from bertrt.bench import runner
+    from bertrt.cli import main
+
+    order = []
+    real_call = runner._call
+
+    def recording_call(subject, inp, config):
+        call = real_call(subject, inp, config)
+        return lambda: (order.append(subject.label), call())[1]
+
+    monkeypatch.setattr(runner, "_call", recording_call)
+    peers = ["transformers-fp32"] if installed("transformers") else ["none"]
+    rc = main(["bench", "--model", str(tiny_model_dirs["embed"]), "--shapes", "3x5-17", "--repeats", "3",
+               "--warmup", "1", "--threads", "1", "--precisions", "fp32,int8a7", "--kernels", "auto,torch",
+               "--interleave", "--peers", ",".join(peers), "--out", str(tmp_path), "--no-progress", "--no-plot"])
+    assert rc == 0
+    assert "bertrt[kernels=torch]" in capsys.readouterr().out  # the table prints the name, not rich markup
+    data = json.loads((tmp_path / "bench-embed.json").read_text())
+    assert data["meta"]["interleaved"] is True
+    rows = {(r["engine"], r["precision"]): r for r in data["rows"]}
+    ours = {("bertrt", "fp32"), ("bertrt", "int8a7"), ("bertrt[kernels=torch]", "fp32"),
+            ("bertrt[kernels=torch]", "int8a7")}
+    assert ours <= set(rows) and len(rows) == 4 + (peers != ["none"])
+    for key in ours:
+        assert rows[key]["repeats"] == 3 and not rows[key]["peer"]
+        assert rows[key]["fidelity_min"] > (0.9999 if key[1] == "fp32" else 0.98)
+    labels = sorted({label for label in order})
+    assert len(labels) == len(rows)
+    turns = order[len(labels):]  # after one warm-up call each: rounds of one turn per subject, rotating
+    assert turns[0::2] == turns[1::2]  # a turn: one untimed call, then the timed one, of the same subject
+    rounds = [turns[0::2][i:i + len(labels)] for i in range(0, len(turns) // 2, len(labels))]
+    assert len(rounds) == 3 and all(sorted(r) == labels for r in rounds)
+    assert rounds[1][0] == rounds[0][1] and rounds[2][0] == rounds[0][2]
+
+
+def test_bench_rejects_bad_kernel_lists(tiny_model_dirs, tmp_path):
+    from bertrt.cli import main
+
+    args = ["bench", "--model", str(tiny_model_dirs["embed"]), "--out", str(tmp_path), "--no-progress", "--dry-run"]
+    assert main([*args, "--kernels", "auto,auto"]) == 2
+    assert main([*args, "--kernels", "auto,fast"]) == 2
+    assert main([*args, "--kernels", "auto,torch"]) == 0
+
+
 @pytest.mark.skipif(not installed("transformers", "onnx", "onnxruntime"), reason="onnxruntime/onnx not installed")
 def test_onnx_export_keeps_masking(bench_run):
     """The peers' graphs come from bertrt's one exporter, in the cache the backends share; each is

@@ -34,7 +34,7 @@ LADDER: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 # Inside bertrt.runtime, bottom to top; an import must go to a strictly lower rung.
 RUNTIME_LADDER: tuple[tuple[str, ...], ...] = (
-    ("base", "cache"),
+    ("base", "cache", "memory"),
     ("onnx_export", "tune_cache"),
     ("torch_backend", "onnxruntime_backend", "tensorrt_backend", "openvino_backend"),
     ("backends",),  # the registry

@@ -34,18 +34,6 @@ static_assert(kKeyBlock % kNR == 0, "key block must hold whole score tiles");
 
 BERTRT_INLINE int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-struct Scratch {
-  float* data = nullptr;
-  int64_t capacity = 0;
-  float* get(int64_t n) {
-    if (n > capacity) {
-      std::free(data);
-      data = alloc_floats(n);
-      capacity = n;
-    }
-    return data;
-  }
-};
 thread_local Scratch tls_scratch;  // one per OpenMP thread, kept across calls (no mmap per call)
 
 // S[r][jt + 0 .. kNR) = sum_d Q[r][d] * Kt[d][jt + ...]
@@ -171,8 +159,9 @@ void attend(const AttentionArgs& a, int64_t start, int64_t len, int64_t head, in
   }
   const int64_t band = kend - kbase, band_padded = round_up(band, kNR);
   const int64_t q_rows = q_end - q_begin;
-  float* kt = tls_scratch.get(dim * band_padded + band * dim_padded + (q_rows + kMR) * dim + kMR * kKeyBlock +
-                              kMR * dim_padded + 2 * kMR);
+  const int64_t scratch_floats = dim * band_padded + band * dim_padded + (q_rows + kMR) * dim +
+                                 kMR * kKeyBlock + kMR * dim_padded + 2 * kMR;
+  float* kt = tls_scratch.get<float>(sizeof(float) * size_t(scratch_floats));
   float* vp = kt + dim * band_padded;
   float* qp = vp + band * dim_padded;  // this item's query rows, scaled
   float* qb = qp + q_rows * dim;       // staging for the last, partial block of rows

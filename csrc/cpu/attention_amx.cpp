@@ -62,18 +62,6 @@ void configure_tiles() {
   _tile_loadconfig(&cfg);
 }
 
-struct Scratch {
-  unsigned char* data = nullptr;
-  int64_t capacity = 0;
-  unsigned char* get(int64_t bytes) {
-    if (bytes > capacity) {
-      std::free(data);
-      data = static_cast<unsigned char*>(std::aligned_alloc(64, size_t(round_up(bytes, 64))));
-      capacity = round_up(bytes, 64);
-    }
-    return data;
-  }
-};
 thread_local Scratch tls_scratch;
 
 // Scores s[0 .. keys) (log2 domain) of query i against keys k0 + j: -inf outside the window

@@ -9,6 +9,10 @@
 namespace bertrt::cpu::BERTRT_NS {
 namespace {
 
+// Kept across calls (parallel.h): the calling thread's (packed weights, quantized rows) and each
+// OpenMP worker's (row chunks, accumulators).
+thread_local Scratch call_scratch, worker_scratch;
+
 // Epilogue for one output row from its int32 accumulators.
 template <class O, class B>
 void epilogue_row(const int32_t* acc, float x_scale, const float* w_scale, const B* bias, int activation,
@@ -105,7 +109,7 @@ void run_simd(const Int8LinearArgs& a) {
   const int64_t panels = (n + kPanel - 1) / kPanel;
   // Two panels per tile: an odd panel count gets one zero panel at the end.
   const int64_t panels_padded = (panels + 1) / 2 * 2;
-  int8_t* packed = static_cast<int8_t*>(std::aligned_alloc(64, size_t(panels_padded * k_groups * 32 + 64)));
+  int8_t* packed = call_scratch.get<int8_t>(size_t(panels_padded * k_groups * 32 + 64));
   pack_weights(a.w, n, k, k_groups, packed, a.threads);
   std::memset(packed + panels * k_groups * 32, 0, size_t((panels_padded - panels) * k_groups * 32));
 
@@ -115,7 +119,7 @@ void run_simd(const Int8LinearArgs& a) {
   const int threads = threads_for(m * n * k, 1 << 20, a.threads);
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
-    int8_t* xs = static_cast<int8_t*>(std::aligned_alloc(64, size_t(kRowChunk * k_padded + 64)));
+    int8_t* xs = worker_scratch.get<int8_t>(size_t(kRowChunk * k_padded + 64));
     alignas(32) int32_t acc[kRows * kCols];
 #pragma omp for collapse(2) schedule(dynamic, 1)
     for (int64_t rc = 0; rc < row_chunks; ++rc)
@@ -159,9 +163,7 @@ void run_simd(const Int8LinearArgs& a) {
           }
         }
       }
-    std::free(xs);
   }
-  std::free(packed);
 }
 #endif
 
@@ -176,7 +178,7 @@ void run(const Int8LinearArgs& a) {
   O* out = static_cast<O*>(a.out);
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
-    int32_t* acc = static_cast<int32_t*>(std::aligned_alloc(64, size_t((n + 15) / 16 * 16) * 4));
+    int32_t* acc = worker_scratch.get<int32_t>(size_t((n + 15) / 16 * 16) * 4);
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < m; ++i) {
       const int8_t* xr = a.x + i * k;
@@ -188,7 +190,6 @@ void run(const Int8LinearArgs& a) {
       }
       epilogue_row(acc, a.x_scale[i], a.w_scale, bias, a.activation, n, out + i * n);
     }
-    std::free(acc);
   }
 }
 
@@ -430,13 +431,18 @@ void run_packed(const Int8PackedLinearArgs& a) {
   const int64_t m = a.m, n = a.n, quads = seven ? (a.k + 7) / 8 * 2 : (a.k + 3) / 4, k_padded = quads * 4;
   const int64_t panels = (n + kQ8Panel - 1) / kQ8Panel;
   const int tile_rows = seven ? kQ7Rows : kQ8Rows;
-  uint8_t* xq = static_cast<uint8_t*>(std::aligned_alloc(64, size_t((m * k_padded + 63) / 64 * 64)));
-  float* x_scale = alloc_floats(m);
-  int32_t* row_sums = seven ? reinterpret_cast<int32_t*>(alloc_floats(m)) : nullptr;
   const bool asym = a.asymmetric && a.input_scale == nullptr;
-  int32_t* x_zero = asym ? reinterpret_cast<int32_t*>(alloc_floats(m)) : nullptr;
   const int threads = threads_for(m * n * a.k, int64_t(1) << 18, a.threads);
-  float* scratch = a.x_multiplier ? alloc_floats(int64_t(threads) * a.k) : nullptr;
+  // One kept buffer of the calling thread: quantized rows, then x_scale, row sums, zero points (m each)
+  // and the multiplied rows (k per thread), each part 64-byte aligned.
+  const size_t xq_bytes = size_t(m * k_padded + 63) / 64 * 64, m_bytes = size_t(m * 4 + 63) / 64 * 64;
+  const size_t mult_bytes = a.x_multiplier ? size_t(threads) * size_t(a.k) * 4 : 0;
+  unsigned char* mem = call_scratch.get(xq_bytes + 3 * m_bytes + mult_bytes);
+  uint8_t* xq = mem;
+  float* x_scale = reinterpret_cast<float*>(mem + xq_bytes);
+  int32_t* row_sums = seven ? reinterpret_cast<int32_t*>(mem + xq_bytes + m_bytes) : nullptr;
+  int32_t* x_zero = asym ? reinterpret_cast<int32_t*>(mem + xq_bytes + 2 * m_bytes) : nullptr;
+  float* scratch = a.x_multiplier ? reinterpret_cast<float*>(mem + xq_bytes + 3 * m_bytes) : nullptr;
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
     quantize_rows(a, k_padded, xq, x_scale, x_zero, row_sums, scratch);  // ends in the omp for's barrier
@@ -479,11 +485,6 @@ void run_packed(const Int8PackedLinearArgs& a) {
       }
     }
   }
-  std::free(scratch);
-  std::free(x_zero);
-  std::free(row_sums);
-  std::free(x_scale);
-  std::free(xq);
 }
 
 }  // namespace

@@ -22,4 +22,27 @@ inline float* alloc_floats(int64_t n) {
   return static_cast<float*>(std::aligned_alloc(64, bytes ? bytes : 64));
 }
 
+// A buffer that grows and is kept across calls: declared thread_local at each use, so every thread
+// (the caller, each OpenMP worker) reuses its own. Scratch taken afresh on every call is faulted in
+// again whenever glibc has returned it to the system (mmap, heap trimming; see
+// bertrt.runtime.memory for torch's own tensors), page by page.
+struct Scratch {
+  void* data = nullptr;
+  size_t capacity = 0;
+  Scratch() = default;
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  ~Scratch() { std::free(data); }
+  // >= bytes, 64-byte aligned; the contents of an earlier get are not kept
+  template <class T = unsigned char>
+  T* get(size_t bytes) {
+    if (bytes > capacity) {
+      std::free(data);
+      capacity = (bytes + 63) & ~size_t(63);
+      data = std::aligned_alloc(64, capacity);
+    }
+    return static_cast<T*>(data);
+  }
+};
+
 }  // namespace bertrt::cpu::BERTRT_NS

@@ -12,6 +12,7 @@ import bertrt
 import torch
 
 from ..errors import InputError
+from ..ops.plan import validate_kernels
 from ..runtime import probe
 from ..runtime.cache import cache_dir
 from .models import CONFIGS, resolve_model
@@ -71,7 +72,12 @@ def register(subparsers) -> None:
     p.add_argument("--warmup", type=int, default=3, help="untimed runs before timing")
     p.add_argument("--max-seconds", type=float, default=60.0, help="stop a row's repeats after this long (>= 3 runs)")
     p.add_argument("--threads", type=int, default=0, help="threads for every engine (0: all usable cores)")
-    p.add_argument("--kernels", default="auto", help="bertrt op kernels (auto|torch|cpu|ref)")
+    p.add_argument("--kernels", default="auto",
+                   help="bertrt op kernels (auto|torch|cpu|ref); a comma list adds a set of rows per further "
+                        "setting, named bertrt[kernels=...] (e.g. auto,torch: is the plan ever slower than torch?)")
+    p.add_argument("--interleave", action="store_true",
+                   help="keep every engine loaded and time them in rounds, one call each, so that a machine "
+                        "whose speed drifts during the run (shared VMs) moves every row alike")
     p.add_argument("--e2e", action="store_true", help="also time engine.embed(texts): tokenize + batch + run")
     p.add_argument("--seed", type=int, default=0, help="seed for token ids, lengths and random weights")
     p.add_argument("--out", default="bench-results", help="directory for CSV / JSON / PNG")
@@ -104,6 +110,11 @@ def cmd_bench(args) -> int:
                                  _list(peers, PEER_NAMES, "peers"))
     if gpu and (bad := [p for p in peers if p.startswith(("ort", "openvino"))]):
         raise InputError(f"peers {bad} run on the CPU only; with --device cuda use {', '.join(GPU_PEER_NAMES)}")
+    kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
+    if not kernels or len(set(kernels)) != len(kernels):
+        raise InputError(f"--kernels must name each setting once, got {args.kernels!r}")
+    for k in kernels:
+        validate_kernels(k)
     if args.dry_run:
         print(f"bench plan: model {args.model or args.config or 'bundled MiniLM'} on {args.device}; shapes "
               f"{[s.name for s in shapes]}; bertrt {precisions}; peers {peers}; {args.repeats} repeats")
@@ -112,7 +123,8 @@ def cmd_bench(args) -> int:
     config = BenchConfig(
         model_dir=model_dir, model_name=name, shapes=shapes, precisions=precisions, peers=peers, device=args.device,
         repeats=args.repeats, warmup=args.warmup, threads=args.threads, max_seconds=args.max_seconds,
-        cache_dir=cache, seed=args.seed, e2e=args.e2e, kernels=args.kernels)
+        cache_dir=cache, seed=args.seed, e2e=args.e2e, kernels=kernels[0], more_kernels=tuple(kernels[1:]),
+        interleave=args.interleave)
     log = lambda message: print(message, file=sys.stderr)
     if args.profile:
         return _profile(config, Path(args.out))

@@ -136,13 +136,17 @@ class Bertrt(Subject):
     DTYPES = {"fp32": "float32", "bf16": "bfloat16", "int8": "float32", "int8a7": "float32", "int8a7sq": "float32",
               "fp16": "float16"}
 
-    def __init__(self, precision: str, kernels: str = "auto"):
+    def __init__(self, precision: str, kernels: str = "auto", labelled: bool = False):
+        """labelled: name the kernels in the engine column ("bertrt[kernels=torch]"), for the rows of a
+        second kernel setting in the same run."""
         super().__init__()
         if precision not in self.DTYPES:
             raise ValueError(f"bertrt precision must be one of {sorted(self.DTYPES)}, got {precision!r}")
         self.precision = precision
         self.kernels = kernels
         self.model = None
+        if labelled:
+            self.engine = f"{self.engine}[kernels={kernels}]"
 
     def prepare(self, ctx: Context) -> None:
         self.device = ctx.device
@@ -163,9 +167,9 @@ class BertrtEndToEnd(Bertrt):
     """``engine.embed(texts)``: tokenization, batching and the run (texts re-tokenize to about the
     same lengths as the token batch, not exactly, so this row has no fidelity)."""
 
-    def __init__(self, precision: str, kernels: str = "auto"):
-        super().__init__(precision, kernels)
-        self.engine = "bertrt-e2e"
+    def __init__(self, precision: str, kernels: str = "auto", labelled: bool = False):
+        super().__init__(precision, kernels, labelled)
+        self.engine = self.engine.replace("bertrt", "bertrt-e2e", 1)
 
     def run(self, inputs: BenchInputs):
         return self.model.embed(inputs.texts)

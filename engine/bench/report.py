@@ -54,12 +54,13 @@ def print_table(result: BenchResult, file=None) -> None:
     file = file or sys.stdout
     try:
         from rich.console import Console  # optional dependency (bertrt[bench])
+        from rich.markup import escape
         from rich.table import Table
     except ImportError:
         Console = None
     if Console is not None:
         console = Console(file=file, width=170)
-        table = Table(title=header(result), title_justify="left")
+        table = Table(title=escape(header(result)), title_justify="left")
         for heading in TABLE_HEADINGS:
             table.add_column(heading, justify="left" if heading in ("shape", "engine", "precision") else "right")
         previous = None
@@ -67,7 +68,8 @@ def print_table(result: BenchResult, file=None) -> None:
             if previous is not None and r.shape != previous:
                 table.add_section()
             previous = r.shape
-            table.add_row(*row, style="bold" if not r.peer else None)
+            # escaped: an engine named "bertrt[kernels=torch]" is not rich markup
+            table.add_row(*(escape(cell) for cell in row), style="bold" if not r.peer else None)
         console.print(table)
     else:
         print(header(result), file=file)

@@ -51,6 +51,8 @@ class BenchConfig:
     seed: int = 0
     e2e: bool = False
     kernels: str = "auto"
+    more_kernels: tuple[str, ...] = ()  # further kernel settings, each a set of "bertrt[kernels=...]" rows
+    interleave: bool = False  # time the subjects of a shape in rounds (one call each) instead of one by one
     device: str = "cpu"  # "cuda[:N]": GPU rows, timed with a device synchronize after each call
 
 
@@ -136,9 +138,11 @@ def machine(threads: int) -> dict[str, Any]:
 
 
 def subjects_for(config: BenchConfig) -> list[peers_mod.Subject]:
-    subjects: list[peers_mod.Subject] = [peers_mod.Bertrt(p, config.kernels) for p in config.precisions]
-    if config.e2e:
-        subjects += [peers_mod.BertrtEndToEnd(p, config.kernels) for p in config.precisions]
+    subjects: list[peers_mod.Subject] = []
+    for i, kernels in enumerate((config.kernels, *config.more_kernels)):
+        subjects += [peers_mod.Bertrt(p, kernels, labelled=i > 0) for p in config.precisions]
+        if config.e2e:
+            subjects += [peers_mod.BertrtEndToEnd(p, kernels, labelled=i > 0) for p in config.precisions]
     subjects += [peers_mod.make_peer(name) for name in config.peers]
     return subjects
 
@@ -175,32 +179,10 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print, progress:
     del reference
     gc.collect()
 
-    rows: list[Row] = []
     subjects = subjects_for(config)
-    bar = _progress(len(subjects) * len(inputs), progress)
-    for subject in subjects:
-        reason = subject.available()
-        if reason is None:
-            try:
-                bar.set_description(f"{subject.label}: preparing")
-                subject.prepare(ctx)
-            except Exception as exc:  # a peer that cannot run here is reported, not fatal
-                reason = f"prepare failed: {type(exc).__name__}: {exc}"
-        if reason:
-            meta["skipped"][subject.label] = reason
-            log(f"skipped {subject.label}: {reason}")
-            bar.update(len(inputs))
-            continue
-        if subject.notes:
-            meta["notes"][subject.label] = subject.notes
-        for name, inp in inputs.items():
-            bar.set_description(f"{subject.label} {name}")
-            rows.append(_measure(subject, inp, reference_embeddings[name], config))
-            bar.update(1)
-        subject.close()
-        del subject
-        gc.collect()
-    bar.close()
+    run = _run_interleaved if config.interleave else _run_one_by_one
+    rows = run(subjects, inputs, reference_embeddings, config, ctx, meta, log, progress)
+    meta["interleaved"] = config.interleave
     order = {spec.name: i for i, spec in enumerate(config.shapes)}
     rows.sort(key=lambda r: order[r.shape])  # stable: subjects keep their order within a shape
     _ratios(rows)
@@ -208,12 +190,100 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print, progress:
     return BenchResult(rows, meta)
 
 
-def _measure(subject: peers_mod.Subject, inp: BenchInputs, reference: torch.Tensor, config: BenchConfig) -> Row:
-    cpu: list[float] = []
-    call = lambda: subject.run(inp)
+def _prepare(subject: peers_mod.Subject, ctx: peers_mod.Context, meta: dict, log, bar) -> bool:
+    """True when ``subject`` runs here; else the reason goes into meta["skipped"]."""
+    reason = subject.available()
+    if reason is None:
+        try:
+            bar.set_description(f"{subject.label}: preparing")
+            subject.prepare(ctx)
+        except Exception as exc:  # a peer that cannot run here is reported, not fatal
+            reason = f"prepare failed: {type(exc).__name__}: {exc}"
+    if reason:
+        meta["skipped"][subject.label] = reason
+        log(f"skipped {subject.label}: {reason}")
+        return False
+    if subject.notes:
+        meta["notes"][subject.label] = subject.notes
+    return True
+
+
+def _run_one_by_one(subjects, inputs, reference_embeddings, config, ctx, meta, log, progress) -> list[Row]:
+    """Each subject is prepared, timed on every shape and released before the next (one model in memory)."""
+    rows: list[Row] = []
+    bar = _progress(len(subjects) * len(inputs), progress)
+    for subject in subjects:
+        if not _prepare(subject, ctx, meta, log, bar):
+            bar.update(len(inputs))
+            continue
+        for name, inp in inputs.items():
+            bar.set_description(f"{subject.label} {name}")
+            times, cpu, out = _time(subject, inp, config)
+            rows.append(_row(subject, inp, times, cpu, out, reference_embeddings[name], config))
+            bar.update(1)
+        subject.close()
+        del subject
+        gc.collect()
+    bar.close()
+    return rows
+
+
+def _run_interleaved(subjects, inputs, reference_embeddings, config, ctx, meta, log, progress) -> list[Row]:
+    """Every subject stays loaded; per shape, each is warmed up, then timed in rounds, the order
+    rotating every round. A subject's turn is one untimed call (its caches and worker threads warm
+    again after the others' turns) and one timed call, so each timed call meets the same warm state
+    as in a one-by-one run, while a machine that speeds up or slows down during the run moves every
+    row of the shape alike and the ratios stay fair. A subject leaves the rounds once it has spent
+    ``max_seconds`` on timed calls (after at least 3)."""
+    bar = _progress(len(subjects) + len(inputs) * max(config.repeats, 1), progress)
+    live = []
+    for subject in subjects:
+        if _prepare(subject, ctx, meta, log, bar):
+            live.append(subject)
+        bar.update(1)
+    rows: list[Row] = []
+    for name, inp in inputs.items() if live else ():
+        bar.set_description(f"{name}: interleaved rounds")
+        calls = {id(s): _call(s, inp, config) for s in live}
+        for s in live:
+            for _ in range(config.warmup):
+                calls[id(s)]()
+        times = {id(s): [] for s in live}
+        cpu = {id(s): [] for s in live}
+        outs = {}
+        for round_ in range(max(config.repeats, 1)):
+            turn = round_ % len(live)
+            for s in live[turn:] + live[:turn]:
+                if sum(times[id(s)]) > config.max_seconds and len(times[id(s)]) >= 3:
+                    continue
+                calls[id(s)]()
+                cpu_start, start = time.process_time(), time.perf_counter()
+                outs[id(s)] = calls[id(s)]()
+                times[id(s)].append(time.perf_counter() - start)
+                cpu[id(s)].append(time.process_time() - cpu_start)
+            bar.update(1)
+        rows += [_row(s, inp, times[id(s)], cpu[id(s)], outs[id(s)], reference_embeddings[name], config) for s in live]
+    for s in live:
+        s.close()
+    bar.close()
+    return rows
+
+
+def _call(subject: peers_mod.Subject, inp: BenchInputs, config: BenchConfig) -> Callable[[], Any]:
     if config.device.startswith("cuda"):  # the wall time of the call until the GPU is done with it
-        call = lambda: (subject.run(inp), torch.cuda.synchronize())[0]
-    times, out = time_calls(call, config.warmup, config.repeats, config.max_seconds, cpu)
+        return lambda: (subject.run(inp), torch.cuda.synchronize())[0]
+    return lambda: subject.run(inp)
+
+
+def _time(subject: peers_mod.Subject, inp: BenchInputs, config: BenchConfig):
+    """(wall times in s, CPU times in s, last output) of one subject timed alone on ``inp``."""
+    cpu: list[float] = []
+    times, out = time_calls(_call(subject, inp, config), config.warmup, config.repeats, config.max_seconds, cpu)
+    return times, cpu, out
+
+
+def _row(subject: peers_mod.Subject, inp: BenchInputs, times: list[float], cpu: list[float], out,
+         reference: torch.Tensor, config: BenchConfig) -> Row:
     median, p90, fastest = summarize(times)
     emb = subject.embed(inp, out)
     fid_mean = fid_min = None

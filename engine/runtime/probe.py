@@ -20,7 +20,7 @@ from ..hardware import (  # noqa: F401  (re-exported: the probe's public names)
     read_gpus,
 )
 from ..ops import OPS, availability
-from . import policy
+from . import memory, policy
 from .backends import BACKENDS
 
 
@@ -35,6 +35,7 @@ def report() -> dict:
         "backends": {name: (b.available() or "available") for name, b in BACKENDS.items()},
         "kernels": {op: {impl: reason or "available" for impl, reason in availability(op).items()} for op in OPS},
         "auto": would_pick(),
+        "malloc": memory.state(),
         "versions": {"torch": torch.__version__, "python": platform.python_version(),
                      **{name: package_version(name) for name in ("onnxruntime", "onnxruntime-gpu", "onnx", "tensorrt",
                                                                  "openvino") if package_version(name)}},
