@@ -231,3 +231,17 @@ def test_an_implementation_limit_is_the_reason_it_is_not_a_candidate(fresh_cache
         plan_for("cpu", "float32", "cpu", wide)
     monkeypatch.setenv("BERTRT_DISPATCH", "off")
     assert plan_for("cpu", "float32", "auto", wide).impl("attention", 10) == "torch"
+
+
+def test_a_rebuilt_extension_gets_its_own_measurements(monkeypatch):
+    """The dispatch cache key holds a digest of the compiled extensions: a kernel rebuilt under the same
+    version string is self-checked and timed again, not trusted on the old binary's verdict."""
+    from bertrt.ops import measure
+
+    first = measure.build_identity()
+    assert len(first) == 16 and first == measure.build_identity()
+    keys = set()
+    for build in ("old build", "new build"):
+        monkeypatch.setattr(measure, "build_identity", lambda build=build: build)
+        keys.add(measure.machine_key("cpu"))
+    assert len(keys) == 2

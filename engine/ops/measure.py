@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import json
 import logging
 import math
@@ -75,10 +76,27 @@ def cpu_identity() -> tuple[str, frozenset[str]]:
     return cpu_model, flags
 
 
+@functools.cache
+def build_identity() -> str:
+    """A digest of the compiled extensions (bertrt._C, bertrt._cuda) as installed: a rebuilt kernel
+    is checked and timed again even when the version string stayed the same."""
+    digest = hashlib.sha256()
+    for name in ("bertrt._C", "bertrt._cuda"):
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is not None and spec.origin and os.path.isfile(spec.origin):
+            digest.update(name.encode() + Path(spec.origin).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def machine_key(device: str) -> str:
-    """What a measurement depends on: CPU model + flags (or the GPU), bertrt and torch versions."""
+    """What a measurement depends on: CPU model + flags (or the GPU), bertrt and torch versions, and
+    the compiled extensions' bytes."""
     cpu_model, flags = cpu_identity()
-    text = f"{cpu_model}|{' '.join(sorted(flags))}|bertrt {__version__}|torch {torch.__version__}"
+    text = (f"{cpu_model}|{' '.join(sorted(flags))}|bertrt {__version__}|torch {torch.__version__}|"
+            f"build {build_identity()}")
     if device == "cuda" and torch.cuda.is_available():
         text += f"|{torch.cuda.get_device_name()}|{torch.version.cuda}"
     return f"{device}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
