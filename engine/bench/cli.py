@@ -76,8 +76,9 @@ def register(subparsers) -> None:
                    help="bertrt op kernels (auto|torch|cpu|ref); a comma list adds a set of rows per further "
                         "setting, named bertrt[kernels=...] (e.g. auto,torch: is the plan ever slower than torch?)")
     p.add_argument("--interleave", action="store_true",
-                   help="keep every engine loaded and time them in rounds, one call each, so that a machine "
-                        "whose speed drifts during the run (shared VMs) moves every row alike")
+                   help="keep every engine loaded and time them in rounds (a turn each: one untimed call, one "
+                        "timed), so that a machine whose speed drifts during the run (shared VMs) moves every row "
+                        "alike")
     p.add_argument("--e2e", action="store_true", help="also time engine.embed(texts): tokenize + batch + run")
     p.add_argument("--seed", type=int, default=0, help="seed for token ids, lengths and random weights")
     p.add_argument("--out", default="bench-results", help="directory for CSV / JSON / PNG")

@@ -52,7 +52,7 @@ class BenchConfig:
     e2e: bool = False
     kernels: str = "auto"
     more_kernels: tuple[str, ...] = ()  # further kernel settings, each a set of "bertrt[kernels=...]" rows
-    interleave: bool = False  # time the subjects of a shape in rounds (one call each) instead of one by one
+    interleave: bool = False  # time the subjects of a shape in rounds (a turn each) instead of one by one
     device: str = "cpu"  # "cuda[:N]": GPU rows, timed with a device synchronize after each call
 
 
