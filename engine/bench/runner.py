@@ -256,11 +256,8 @@ def _run_interleaved(subjects, inputs, reference_embeddings, config, ctx, meta, 
             for s in live[turn:] + live[:turn]:
                 if sum(times[id(s)]) > config.max_seconds and len(times[id(s)]) >= 3:
                     continue
-                calls[id(s)]()
-                cpu_start, start = time.process_time(), time.perf_counter()
-                outs[id(s)] = calls[id(s)]()
-                times[id(s)].append(time.perf_counter() - start)
-                cpu[id(s)].append(time.process_time() - cpu_start)
+                timed, outs[id(s)] = time_calls(calls[id(s)], 1, 1, cpu_times=cpu[id(s)])  # a turn
+                times[id(s)] += timed
             bar.update(1)
         rows += [_row(s, inp, times[id(s)], cpu[id(s)], outs[id(s)], reference_embeddings[name], config) for s in live]
     for s in live:
