@@ -2,7 +2,10 @@
 // compiler can neither hoist the multiplies out of the loop nor keep the accumulators in memory (a C
 // version of the q8 loop compiled with gcc -O2 did both, and timed memory adds instead).
 //   q8:  vpmaddubsw + vpmaddwd + vpaddd per 32 multiply-adds (int8_linear.cpp, act_bits 8)
-//   q7:  two vpmaddubsw, vpaddw, vpaddd, vpsrld, vpaddd per 64 multiply-adds (act_bits 7)
+//   q7:  two vpmaddubsw, vpaddw, vpaddd, vpsrld, vpaddd per 64 multiply-adds (act_bits 7 until the
+//        sixth session: offset weights, pair sums widened by shifts)
+//   q7m: two vpmaddubsw, vpaddw, vpmaddwd, vpaddd per 64 multiply-adds (act_bits 7 now: signed 7-bit
+//        weights, so two pair sums fit int16 and vpmaddwd widens them)
 //   fma: vfmadd231ps, 8 multiply-adds (linear.cpp's FP32 micro-kernel)
 // Build and run: gcc -O2 tools/isa_patterns.c -o /tmp/isa_patterns && /tmp/isa_patterns
 // The three loops alternate, so their ratios hold on a machine whose clock drifts.
@@ -30,6 +33,16 @@ static double q7(long it){ double t=now(); __asm__ volatile(
  "vpmaddubsw %%ymm13, %%ymm12, %%ymm8\n vpmaddubsw %%ymm15, %%ymm14, %%ymm9\n vpaddw %%ymm9, %%ymm8, %%ymm8\n vpaddd %%ymm8, %%ymm10, %%ymm10\n vpsrld $16, %%ymm8, %%ymm8\n vpaddd %%ymm8, %%ymm11, %%ymm11\n"
  "dec %0\n jnz 1b\n" : "+r"(it) :: "memory","xmm0","xmm1","xmm2","xmm3","xmm4","xmm5","xmm6","xmm7","xmm8","xmm9","xmm10","xmm11","xmm12","xmm13","xmm14","xmm15");
  return now()-t; }
+// q7m: per (row, half): 2 maddubs, vpaddw, vpmaddwd, vpaddd = 64 MAC; 3 per iteration = 192 MAC
+static double q7m(long it){ double t=now(); __asm__ volatile(
+ "vpxor %%ymm12,%%ymm12,%%ymm12\n vpxor %%ymm13,%%ymm13,%%ymm13\n vpxor %%ymm14,%%ymm14,%%ymm14\n vpxor %%ymm15,%%ymm15,%%ymm15\n"
+ "vpxor %%ymm11,%%ymm11,%%ymm11\n"
+ "1:\n"
+ "vpmaddubsw %%ymm12, %%ymm13, %%ymm0\n vpmaddubsw %%ymm14, %%ymm15, %%ymm1\n vpaddw %%ymm1, %%ymm0, %%ymm0\n vpmaddwd %%ymm11, %%ymm0, %%ymm0\n vpaddd %%ymm0, %%ymm2, %%ymm2\n"
+ "vpmaddubsw %%ymm12, %%ymm15, %%ymm4\n vpmaddubsw %%ymm14, %%ymm13, %%ymm5\n vpaddw %%ymm5, %%ymm4, %%ymm4\n vpmaddwd %%ymm11, %%ymm4, %%ymm4\n vpaddd %%ymm4, %%ymm6, %%ymm6\n"
+ "vpmaddubsw %%ymm13, %%ymm12, %%ymm8\n vpmaddubsw %%ymm15, %%ymm14, %%ymm9\n vpaddw %%ymm9, %%ymm8, %%ymm8\n vpmaddwd %%ymm11, %%ymm8, %%ymm8\n vpaddd %%ymm8, %%ymm10, %%ymm10\n"
+ "dec %0\n jnz 1b\n" : "+r"(it) :: "memory","xmm0","xmm1","xmm2","xmm4","xmm5","xmm6","xmm8","xmm9","xmm10","xmm11","xmm12","xmm13","xmm14","xmm15");
+ return now()-t; }
 // fp32 FMA: 10 independent accumulators, 8 MAC each
 static double fp32_fma(long it){ double t=now(); __asm__ volatile(
  "vxorps %%ymm12,%%ymm12,%%ymm12\n vxorps %%ymm13,%%ymm13,%%ymm13\n"
@@ -41,7 +54,8 @@ static double fp32_fma(long it){ double t=now(); __asm__ volatile(
 int main(){
   long it = 100000000;
   for (int r = 0; r < 4; ++r) {
-    double a = q8(it), b = q7(it), c = fp32_fma(it);
-    printf("q8 %.1f GMAC/s  q7 %.1f GMAC/s  fp32 fma %.1f GMAC/s  | q7/q8 %.2f  q8/fma %.2f\n", it*192.0/a/1e9, it*192.0/b/1e9, it*80.0/c/1e9, a/b, (it*192.0/a)/(it*80.0/c));
+    double a = q8(it), b = q7(it), d = q7m(it), c = fp32_fma(it);
+    printf("q8 %.1f  q7 %.1f  q7m %.1f  fp32 fma %.1f GMAC/s  | q7/q8 %.2f  q7m/q8 %.2f  q8/fma %.2f\n", it*192.0/a/1e9,
+           it*192.0/b/1e9, it*192.0/d/1e9, it*80.0/c/1e9, a/b, a/d, (it*192.0/a)/(it*80.0/c));
   }
 }

@@ -102,7 +102,7 @@ struct LinearArgs {
 struct Int8PackedLinearArgs {
   const float* x;               // (m, k) fp32, rows ldx apart
   const int8_t* packed_weight;  // (ceil(n / 16), quads, 16, 4), 7-bit values: see int8_linear.cpp
-                                // act_bits 7: quads even, values offset by +63 into [0, 126]
+                                // act_bits 7: quads even
   const int32_t* col_sums;      // (ceil(n / 16) * 16,) sum over k of each packed column
   const float* w_scale;         // (ceil(n / 16) * 16,)
   const float* bias;            // (ceil(n / 16) * 16,) or null
@@ -113,7 +113,7 @@ struct Int8PackedLinearArgs {
   float* out;                   // (m, n) fp32, contiguous
   int64_t m, n, k, ldx;
   int activation;  // 0 none, 1 gelu (erf), 2 gelu_tanh
-  int act_bits;    // 8: u8 activations x 7-bit weights; 7: u7 activations x offset weights (faster)
+  int act_bits;    // 8: u8 activations x 7-bit weights; 7: u7 activations x the same weights (faster)
   int threads;
 };
 

@@ -289,21 +289,21 @@ BERTRT_INLINE Vec vexp2(Vec x) {
   return vselect_lt(x, lo, vzero(), r);
 }
 
-// 2^x for x <= 0 (softmax numerators after the max is subtracted): no overflow handling needed.
+// 2^x for x <= 0 (softmax numerators after the max is subtracted): no overflow handling, and a degree-5
+// fit (relative error <= 2.3e-7 on [-0.5, 0.5], near fp32 rounding) instead of vexp2's degree 7. Below
+// -125 (and at -inf: masked keys) it returns about 2^-125 rather than 0: a weight of ~1e-38 beside the
+// row maximum's 1, and no select in the loop (measured ~6% of the attention kernel's time).
 BERTRT_INLINE Vec vexp2_nonpositive(Vec x) {
-  const Vec lo = vset1(-126.0f);
-  Vec xc = vmax(x, lo);
-  Vec n = vround(xc);
-  Vec f = vsub(xc, n);
-  Vec p = vset1(1.5252733804059840e-05f);
-  p = vfmadd(p, f, vset1(1.5403530393381609e-04f));
-  p = vfmadd(p, f, vset1(1.3333558146428443e-03f));
-  p = vfmadd(p, f, vset1(9.6181291076284772e-03f));
-  p = vfmadd(p, f, vset1(5.5504108664821580e-02f));
-  p = vfmadd(p, f, vset1(2.4022650695910071e-01f));
-  p = vfmadd(p, f, vset1(6.9314718055994531e-01f));
-  p = vfmadd(p, f, vset1(1.0f));
-  return vselect_lt(x, lo, vzero(), vmul(p, vpow2i(n)));
+  const Vec xc = vmax(x, vset1(-125.0f));
+  const Vec n = vround(xc);
+  const Vec f = vsub(xc, n);
+  Vec p = vset1(1.3267e-03f);
+  p = vfmadd(p, f, vset1(9.67546e-03f));
+  p = vfmadd(p, f, vset1(5.550743e-02f));
+  p = vfmadd(p, f, vset1(2.4022122e-01f));
+  p = vfmadd(p, f, vset1(6.9314695e-01f));
+  p = vfmadd(p, f, vset1(1.00000007f));
+  return vmul(p, vpow2i(n));
 }
 
 constexpr float kLog2e = 1.4426950408889634f;

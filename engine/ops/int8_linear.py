@@ -123,12 +123,12 @@ class PackedInt8Weight:
     """An int8 weight in the packed CPU kernel's layout (7-bit signed weights).
 
     data:     (ceil(N / 16), quads, 16, 4) int8; [p, g, j, t] = w7[16p + j, 4g + t], zero padded.
-              act_bits 7: quads is even and the values are offset, w7 + 63 in [0, 126] (padding 0)
+              act_bits 7: quads is even (K padded to a multiple of 8)
     col_sums: (ceil(N / 16) * 16,) int32, sum over K of each column of w7
     w_scale:  (ceil(N / 16) * 16,) float32, the scale of w7 (the source scale * 127 / 63)
     bias:     (ceil(N / 16) * 16,) float32 or None
     w7:       (N, K) int8 with |w7| <= 63: the weight the kernel multiplies by (for the reference)
-    act_bits: 8 (activations u8 = q + 128) or 7 (u7 = q + 64; two products sum in 16 bits, faster)
+    act_bits: 8 (activations u8 = q + 128) or 7 (u7 = q + 64; four products sum in 16 bits, faster)
     """
 
     data: torch.Tensor
@@ -177,7 +177,7 @@ def pack_int8_weight(w_q: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tenso
     panels = -(-n // Q8_PANEL)
     quads = -(-k // 8) * 2 if act_bits == 7 else -(-k // 4)
     padded = torch.zeros(panels * Q8_PANEL, quads * 4, dtype=torch.int8)
-    padded[:n, :k] = w7 + 63 if act_bits == 7 else w7
+    padded[:n, :k] = w7
     data = padded.view(panels, Q8_PANEL, quads, 4).permute(0, 2, 1, 3).contiguous()
 
     def pad(v, dtype):
