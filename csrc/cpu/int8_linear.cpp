@@ -435,12 +435,16 @@ void run_packed(const Int8PackedLinearArgs& a) {
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
     quantize_rows(a, k_padded, xq, x_scale, x_zero, scratch);  // ends in the omp for's barrier
-    const int nt = omp_get_num_threads(), t = omp_get_thread_num();
-    const int64_t p_begin = panels * t / nt, p_end = panels * (t + 1) / nt;
+    // Items of (panel, row block), panel-major so that a thread's next item mostly reuses the panel in
+    // L1; dealt out dynamically: on a shared VM one core often runs slower than the other, and a
+    // static split leaves the faster one waiting at the barrier.
+    const int64_t row_blocks = (m + kQ8Mc - 1) / kQ8Mc;
     alignas(64) int32_t acc[kQ8Rows][kQ8Panel];
-    for (int64_t m0 = 0; m0 < m; m0 += kQ8Mc) {
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t item = 0; item < panels * row_blocks; ++item) {
+      const int64_t p = item / row_blocks, m0 = item % row_blocks * kQ8Mc;
       const int64_t mb = m - m0 < kQ8Mc ? m - m0 : kQ8Mc;
-      for (int64_t p = p_begin; p < p_end; ++p) {
+      {
         const int8_t* panel = a.packed_weight + p * quads * 64;
         const int64_t c0 = p * kQ8Panel;
         const int cols = int(n - c0 < kQ8Panel ? n - c0 : kQ8Panel);
