@@ -338,3 +338,17 @@ def test_packed_rejects_bad_inputs():
     packed7 = pack_int8_weight(torch.ones(4, 8, dtype=torch.int8), torch.ones(4), act_bits=7)
     with pytest.raises(ValueError, match=r"zero point must be in \[-64, 63\]"):
         cpu_kernels.int8_linear_packed(torch.randn(2, 8), packed7, "none", 0.1, 100)
+
+
+def test_packed_kernel_uses_vnni_where_the_cpu_has_it():
+    from bertrt.ops import cpu_kernels, measure
+    from bertrt.ops.gemm_choice import packed_available
+
+    if packed_available() is not None:
+        pytest.skip(packed_available())
+    flags = set(measure.cpu_identity()[1])
+    for isa in cpu_kernels.supported_isas():
+        with cpu_kernels.use_isa(isa):
+            expected = ("scalar" if isa == "scalar" else
+                        "avx512-vnni" if isa != "avx2" and "avx512_vnni" in flags else "avx2")
+            assert cpu_kernels.int8_packed_kernel() == expected

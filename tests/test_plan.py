@@ -196,6 +196,24 @@ def test_batch_invariant_engine_is_bit_identical_alone_and_in_a_batch(minilm_dir
     np.testing.assert_array_equal(engine.embed(texts[8:] + texts[:2])[-1], together[1])
 
 
+def test_batch_invariant_plan_holds_one_implementation_at_every_size(fresh_cache, monkeypatch):
+    # Timings where the winner changes with the token count (as cpu:avx2 / cpu:avx512 do on an AVX-512
+    # machine): the measured plan switches by bucket, the batch-invariant plan must not.
+    def timed(op, impl, precision, shape, device):
+        order = sorted(plan.candidates(op, device))
+        return 1.0 + (order.index(impl) + shape["tokens"].bit_length() + len(shape["lengths"])) % len(order)
+
+    monkeypatch.setattr(measure, "timed", timed)
+    free = plan_for("cpu", "float32", "auto", SHAPE)
+    assert any(len(free.choice(op).impls) > 1 for op in plan.PLANNED_OPS if len(plan.candidates(op, "cpu")) > 1)
+    fixed = plan_for("cpu", "float32", "auto", SHAPE, batch_invariant=True)
+    for op in plan.PLANNED_OPS:
+        choice = fixed.choice(op)
+        assert len(choice.impls) == 1, f"{op}: {choice.impls}"
+        assert {choice.impl_for(t, r) for t in (1, 64, 65, 600, 5000) for r in (False, True)} == set(choice.impls)
+        assert plan.invariant(op, choice.impls[0]) and "one implementation at every size" in choice.reason
+
+
 def test_batch_invariant_refuses_graph_backends(minilm_dir):
     with pytest.raises(bertrt.InputError, match="batch_invariant=True runs on the torch backend"):
         bertrt.load(minilm_dir, backend="onnxruntime", batch_invariant=True)

@@ -7,6 +7,8 @@
 //   q7m: two vpmaddubsw, vpaddw, vpmaddwd, vpaddd per 64 multiply-adds (act_bits 7 now: signed 7-bit
 //        weights, so two pair sums fit int16 and vpmaddwd widens them)
 //   fma: vfmadd231ps, 8 multiply-adds (linear.cpp's FP32 micro-kernel)
+//   vnni: vpdpbusd zmm, 64 multiply-adds (the AVX-512 variant's packed kernel on VNNI CPUs; run only
+//        where the CPU has AVX512-VNNI); vnni256: the same on ymm
 // Build and run: gcc -O2 tools/isa_patterns.c -o /tmp/isa_patterns && /tmp/isa_patterns
 // The three loops alternate, so their ratios hold on a machine whose clock drifts.
 #include <stdio.h>
@@ -51,11 +53,31 @@ static double fp32_fma(long it){ double t=now(); __asm__ volatile(
  "vfmadd231ps %%ymm12, %%ymm13, %%ymm5\n vfmadd231ps %%ymm12, %%ymm13, %%ymm6\n vfmadd231ps %%ymm12, %%ymm13, %%ymm7\n vfmadd231ps %%ymm12, %%ymm13, %%ymm8\n vfmadd231ps %%ymm12, %%ymm13, %%ymm9\n"
  "dec %0\n jnz 1b\n" : "+r"(it) :: "memory","xmm0","xmm1","xmm2","xmm3","xmm4","xmm5","xmm6","xmm7","xmm8","xmm9","xmm12","xmm13");
  return now()-t; }
+// vnni: 10 independent accumulators; zmm (64 MAC each) and ymm (32 MAC each)
+static double vnni(long it){ double t=now(); __asm__ volatile(
+ "vpxord %%zmm12,%%zmm12,%%zmm12\n vpxord %%zmm13,%%zmm13,%%zmm13\n"
+ "1:\n"
+ "vpdpbusd %%zmm12, %%zmm13, %%zmm0\n vpdpbusd %%zmm12, %%zmm13, %%zmm1\n vpdpbusd %%zmm12, %%zmm13, %%zmm2\n vpdpbusd %%zmm12, %%zmm13, %%zmm3\n vpdpbusd %%zmm12, %%zmm13, %%zmm4\n"
+ "vpdpbusd %%zmm12, %%zmm13, %%zmm5\n vpdpbusd %%zmm12, %%zmm13, %%zmm6\n vpdpbusd %%zmm12, %%zmm13, %%zmm7\n vpdpbusd %%zmm12, %%zmm13, %%zmm8\n vpdpbusd %%zmm12, %%zmm13, %%zmm9\n"
+ "dec %0\n jnz 1b\n" : "+r"(it) :: "memory","xmm0","xmm1","xmm2","xmm3","xmm4","xmm5","xmm6","xmm7","xmm8","xmm9","xmm12","xmm13");
+ return now()-t; }
+static double vnni256(long it){ double t=now(); __asm__ volatile(
+ "vpxord %%ymm12,%%ymm12,%%ymm12\n vpxord %%ymm13,%%ymm13,%%ymm13\n"
+ "1:\n"
+ "vpdpbusd %%ymm12, %%ymm13, %%ymm0\n vpdpbusd %%ymm12, %%ymm13, %%ymm1\n vpdpbusd %%ymm12, %%ymm13, %%ymm2\n vpdpbusd %%ymm12, %%ymm13, %%ymm3\n vpdpbusd %%ymm12, %%ymm13, %%ymm4\n"
+ "vpdpbusd %%ymm12, %%ymm13, %%ymm5\n vpdpbusd %%ymm12, %%ymm13, %%ymm6\n vpdpbusd %%ymm12, %%ymm13, %%ymm7\n vpdpbusd %%ymm12, %%ymm13, %%ymm8\n vpdpbusd %%ymm12, %%ymm13, %%ymm9\n"
+ "dec %0\n jnz 1b\n" : "+r"(it) :: "memory","xmm0","xmm1","xmm2","xmm3","xmm4","xmm5","xmm6","xmm7","xmm8","xmm9","xmm12","xmm13");
+ return now()-t; }
 int main(){
   long it = 100000000;
   for (int r = 0; r < 4; ++r) {
     double a = q8(it), b = q7(it), d = q7m(it), c = fp32_fma(it);
     printf("q8 %.1f  q7 %.1f  q7m %.1f  fp32 fma %.1f GMAC/s  | q7/q8 %.2f  q7m/q8 %.2f  q8/fma %.2f\n", it*192.0/a/1e9,
            it*192.0/b/1e9, it*192.0/d/1e9, it*80.0/c/1e9, a/b, a/d, (it*192.0/a)/(it*80.0/c));
+    if (__builtin_cpu_supports("avx512vnni")) {
+      double v = vnni(it / 4), v2 = vnni256(it / 4);
+      printf("  vnni zmm %.1f  ymm %.1f GMAC/s  | vnni zmm / q8 %.2f\n", it / 4 * 640.0 / v / 1e9,
+             it / 4 * 320.0 / v2 / 1e9, (it / 4 * 640.0 / v) / (it * 192.0 / a));
+    }
   }
 }

@@ -220,7 +220,8 @@ void attend(const AttentionArgs& a, int64_t start, int64_t len, int64_t head, in
     convert_row(base + j * token_stride + heads * dim, krow, dim, 1.0f);
     if (cos) rotate_row(krow, half, cos + j * half, sin + j * half);
     if (b == 7 && dim % 8 == 0) {
-      for (int64_t d0 = 0; d0 < dim; d0 += 8) transpose8x8(kblock + d0, dim, kt + d0 * band_padded + j0 - kbase, band_padded);
+      for (int64_t d0 = 0; d0 < dim; d0 += 8)
+        transpose8x8(kblock + d0, dim, kt + d0 * band_padded + j0 - kbase, band_padded);
     } else if (j == kend - 1 || (b == 7 && dim % 8 != 0)) {
       for (int64_t r = 0; r <= b; ++r)
         for (int64_t d = 0; d < dim; ++d) kt[d * band_padded + j0 + r - kbase] = kblock[r * dim + d];

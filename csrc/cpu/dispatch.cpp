@@ -7,7 +7,7 @@ namespace {
 
 struct CpuFeatures {
   bool avx2 = false, fma = false, f16c = false;
-  bool avx512f = false, avx512bw = false, avx512vl = false, avx512dq = false;
+  bool avx512f = false, avx512bw = false, avx512vl = false, avx512dq = false, avx512vnni = false;
   bool amx_tile = false, amx_bf16 = false, amx_int8 = false, amx_permitted = false;
   bool os_avx = false, os_avx512 = false, os_amx = false;
 };
@@ -37,6 +37,7 @@ CpuFeatures detect() {
     f.avx512dq = b & (1u << 17);
     f.avx512bw = b & (1u << 30);
     f.avx512vl = b & (1u << 31);
+    f.avx512vnni = c & (1u << 11);
     f.amx_bf16 = d & (1u << 22);
     f.amx_tile = d & (1u << 24);
     f.amx_int8 = d & (1u << 25);
@@ -51,15 +52,24 @@ const CpuFeatures& features() {
   return f;
 }
 
+// The AVX-512 variant's packed INT8 GEMM: vpdpbusd where the CPU has VNNI (Cascade Lake and later,
+// Zen 4), else the AVX2 u8 x s8 tiles it also carries.
+void avx512_int8_linear_packed(const Int8PackedLinearArgs& a) {
+  static const bool vnni = features().avx512vnni;
+  return vnni ? avx512::int8_linear_packed_vnni(a) : avx512::int8_linear_packed(a);
+}
+
 const Variant kVariants[kIsaCount] = {
     {"scalar", scalar::attention, scalar::bias_gelu, scalar::bias_residual_layer_norm,
-     scalar::embedding_layer_norm, scalar::int8_linear, scalar::linear, scalar::int8_linear_packed, scalar::vector_exp},
+     scalar::embedding_layer_norm, scalar::int8_linear, scalar::linear, scalar::int8_linear_packed,
+     scalar::vector_exp},
     {"avx2", avx2::attention, avx2::bias_gelu, avx2::bias_residual_layer_norm, avx2::embedding_layer_norm,
      avx2::int8_linear, avx2::linear, avx2::int8_linear_packed, avx2::vector_exp},
     {"avx512", avx512::attention, avx512::bias_gelu, avx512::bias_residual_layer_norm,
-     avx512::embedding_layer_norm, avx512::int8_linear, avx512::linear, avx512::int8_linear_packed, avx512::vector_exp},
+     avx512::embedding_layer_norm, avx512::int8_linear, avx512::linear, avx512_int8_linear_packed,
+     avx512::vector_exp},
     {"amx", amx::attention, avx512::bias_gelu, avx512::bias_residual_layer_norm, avx512::embedding_layer_norm,
-     avx512::int8_linear, avx512::linear, avx512::int8_linear_packed, avx512::vector_exp},
+     avx512::int8_linear, avx512::linear, avx512_int8_linear_packed, avx512::vector_exp},
 };
 
 }  // namespace
@@ -88,6 +98,12 @@ const char* isa_unsupported_reason(Isa isa) {
 }
 
 bool isa_supported(Isa isa) { return isa_unsupported_reason(isa)[0] == '\0'; }
+
+const char* int8_packed_kernel(Isa isa) {
+  if (isa == Isa::Scalar) return "scalar";
+  if (isa != Isa::Avx2 && features().avx512vnni) return "avx512-vnni";
+  return "avx2";
+}
 
 Isa best_isa() {
   for (int i = kIsaCount - 1; i > 0; --i)

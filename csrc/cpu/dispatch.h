@@ -22,5 +22,7 @@ const Variant& variant(Isa isa);
 bool isa_supported(Isa isa);                  // compiled and runnable on this CPU
 const char* isa_unsupported_reason(Isa isa);  // empty when supported
 Isa best_isa();
+const char* int8_packed_kernel(
+    Isa isa);  // the packed INT8 GEMM's inner loop: "avx512-vnni" | "avx2" | "scalar"
 
 }  // namespace bertrt::cpu

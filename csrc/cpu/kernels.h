@@ -60,7 +60,7 @@ struct LayerNormArgs {
 };
 
 struct EmbeddingArgs {
-  const void* input_ids;  // (tokens,) int32 or int64, all three alike
+  const void* input_ids;       // (tokens,) int32 or int64, all three alike
   const void* token_type_ids;  // null when token_type is null
   const void* position_ids;    // null when position is null
   bool ids_int64;
@@ -132,6 +132,9 @@ struct Int8PackedLinearArgs {
 BERTRT_DECLARE_VARIANT(scalar)
 BERTRT_DECLARE_VARIANT(avx2)
 BERTRT_DECLARE_VARIANT(avx512)
+namespace avx512 {
+void int8_linear_packed_vnni(const Int8PackedLinearArgs& args);  // needs AVX512-VNNI (dispatch.cpp)
+}
 
 // AMX variant: tile-based bf16 attention; the other ops reuse the AVX-512 code.
 namespace amx {

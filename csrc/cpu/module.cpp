@@ -296,8 +296,8 @@ void linear(int isa, uintptr_t x, uintptr_t packed_weight, uintptr_t padded_bias
 
 void int8_linear_packed(int isa, uintptr_t x, uintptr_t packed_weight, uintptr_t col_sums, uintptr_t w_scale,
                         uintptr_t bias, uintptr_t input_scale, int input_zero_point, uintptr_t out, int64_t m,
-                        int64_t n, int64_t k, int64_t ldx, int activation, int act_bits, uintptr_t x_multiplier,
-                        bool asymmetric, int threads) {
+                        int64_t n, int64_t k, int64_t ldx, int activation, int act_bits,
+                        uintptr_t x_multiplier, bool asymmetric, int threads) {
   Int8PackedLinearArgs a{};
   const Isa chosen = checked_isa(isa);
   if (activation < 0 || activation > 2) throw py::value_error("activation code must be 0, 1 or 2");
@@ -393,8 +393,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("bias_residual_layer_norm", &bias_residual_layer_norm, py::arg("isa"), py::arg("x"),
         py::arg("residual"), py::arg("bias"), py::arg("weight"), py::arg("beta"), py::arg("out"),
         py::arg("sum_out"), py::arg("rows"), py::arg("hidden"), py::arg("eps"), py::arg("dtype"),
-        py::arg("param_dtype"),
-        py::arg("threads"));
+        py::arg("param_dtype"), py::arg("threads"));
   m.def("embedding_layer_norm", &embedding_layer_norm, py::arg("isa"), py::arg("input_ids"),
         py::arg("token_type_ids"), py::arg("position_ids"), py::arg("ids_int64"), py::arg("word"),
         py::arg("vocab"), py::arg("position"), py::arg("max_positions"), py::arg("token_type"),
@@ -415,6 +414,10 @@ PYBIND11_MODULE(_C, m) {
         "float x (times x_multiplier when given) -> quantize (per token, symmetric or asymmetric, or static) "
         "to act_bits (8 or 7) -> GEMM with 7-bit packed weights -> fused epilogue; weights packed by "
         "bertrt.ops.int8_linear.pack_int8_weight.");
+  m.def(
+      "int8_packed_kernel", [](int isa) { return std::string(int8_packed_kernel(Isa(isa))); }, py::arg("isa"),
+      "The inner loop int8_linear_packed runs in this ISA variant on this CPU (avx512-vnni | avx2 | "
+      "scalar).");
   m.def("vector_exp", &vector_exp, py::arg("isa"), py::arg("x"), py::arg("out"), py::arg("n"),
         "The kernels' fast exp over n float32 values (for accuracy tests).");
 }

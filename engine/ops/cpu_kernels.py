@@ -428,6 +428,12 @@ def linear(x, weight, bias=None, activation="none") -> torch.Tensor:
     return out
 
 
+def int8_packed_kernel() -> str:
+    """The inner loop ``int8_linear_packed`` runs in the active variant on this CPU: "avx512-vnni"
+    (vpdpbusd), "avx2" (vpmaddubsw tiles; also the AVX-512 variant's on CPUs without VNNI) or "scalar"."""
+    return _C.int8_packed_kernel(_isa_code())
+
+
 def int8_linear_packed(x, packed, activation="none", input_scale=None, input_zero_point=0, *,
                        multiplier=None, asymmetric=False) -> torch.Tensor:
     """x (tokens, K) float32 -> int8 GEMM with a PackedInt8Weight -> (tokens, N) float32; see

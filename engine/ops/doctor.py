@@ -24,6 +24,10 @@ def rows(model_shape: dict, precisions: tuple[str, ...], device: str = "cpu", pr
         row = {"op": op, "implementation": impl.split(":", 1)[0], "isa": impl.split(":", 1)[1] if ":" in impl else "",
                "precision": precision, "batch_invariant": plan.invariant(op, impl)}
         if op == "int8":
+            if impl == "packed":  # a candidate only where bertrt._C is built
+                from . import cpu_kernels
+
+                row["isa"] = cpu_kernels.int8_packed_kernel()
             row.update(result="pass", times_ms={f"{gemm_choice.BUCKET_INT8}": 1e3 * gemm_choice._timed_int8(
                 impl, model_shape)})
         elif op == "gemm":

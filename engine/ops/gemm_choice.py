@@ -38,6 +38,11 @@ def has_int8_dot() -> bool:
 
 
 @functools.cache
+def has_amx_int8() -> bool:
+    """True when the CPU has AMX-INT8, where oneDNN's tile kernels outrun bertrt's VNNI/AVX2 loops."""
+    return "amx_int8" in measure.cpu_identity()[1]
+
+
 def packed_available() -> str | None:
     """None when bertrt's packed int8 CPU kernel is built and this CPU runs a vector variant of it."""
     reason = registry.availability("int8_linear")["cpu"]
@@ -176,10 +181,11 @@ def int8_candidates(device_type: str, batch_invariant: bool) -> list[str]:
 
 def _static_int8(device_type: str, batch_invariant: bool) -> tuple[str, str]:
     found = int8_candidates(device_type, batch_invariant)
-    if "packed" in found and (not has_int8_dot() or batch_invariant):
-        return "packed", "static order: bertrt's packed kernel (no VNNI/AMX here)"
+    if "packed" in found and (not has_amx_int8() or batch_invariant):
+        why = "batch-invariant" if batch_invariant else "no AMX-INT8 here"
+        return "packed", f"static order: bertrt's packed kernel ({why})"
     if "onednn" in found:
-        return "onednn", "static order: oneDNN int8 (VNNI/AMX)"
+        return "onednn", "static order: oneDNN int8 (AMX-INT8)"
     return found[0], "static order"
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass
 
 import torch
@@ -250,9 +251,12 @@ def _choose_op(op: str, device_type: str, precision: str, kernels: str, model_sh
     if not passing:
         log.warning("%s: no candidate passed its self-check here (%s); using the reference", op, failed)
         return OpChoice(op, ((BUCKETS[-1], "ref"),), f"every candidate failed its self-check: {failed}")
+    reason = "measured" + (f"; failed self-check: {', '.join(failed)}" if failed else "")
+    if batch_invariant:
+        impl = _fastest_everywhere(op, passing, precision, model_shape, device_type)
+        return OpChoice(op, ((BUCKETS[-1], impl),), reason + "; batch-invariant: one implementation at every size")
     buckets = _fastest(op, passing, precision, model_shape, device_type, ragged=False)
     ragged = _fastest(op, passing, precision, model_shape, device_type, ragged=True) if op == "attention" else ()
-    reason = "measured" + (f"; failed self-check: {', '.join(failed)}" if failed else "")
     return OpChoice(op, buckets, reason, ragged)
 
 
@@ -268,6 +272,22 @@ def bucket_shape(model_shape: dict, tokens: int, ragged: bool) -> dict:
         size = min(128, tokens)
         lengths = [size] * max(1, tokens // size)
     return {**model_shape, "tokens": sum(lengths), "lengths": lengths}
+
+
+def _timing_shapes(op: str, model_shape: dict) -> list[dict]:
+    return [bucket_shape(model_shape, bound, ragged) for bound in BUCKETS
+            for ragged in ((False, True) if op == "attention" else (False,))]
+
+
+def _fastest_everywhere(op: str, passing: list[str], precision: str, model_shape: dict, device_type: str) -> str:
+    """For batch invariance, one implementation at every size: two implementations that are each
+    invariant still round differently (an AVX2 and an AVX-512 kernel sum in other orders), so a plan
+    that switched between them by token count would move a sequence's result with its batch's size.
+    The pick: the lowest sum over the timing shapes of time / that shape's best time."""
+    shapes = _timing_shapes(op, model_shape)
+    times = {impl: [measure.timed(op, impl, precision, shape, device_type) for shape in shapes] for impl in passing}
+    best = [min(t[i] for t in times.values()) for i in range(len(shapes))]
+    return min(passing, key=lambda impl: sum(t / b if 0 < b < math.inf else 1.0 for t, b in zip(times[impl], best)))
 
 
 def _fastest(op: str, passing: list[str], precision: str, model_shape: dict, device_type: str,

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from ..ops.gemm_choice import has_int8_dot, onednn_available, packed_available
+from ..ops.gemm_choice import has_amx_int8, has_int8_dot, onednn_available, packed_available
 from ..ops.int8_linear import (
     check_act_bits,
     pack_int8_weight,
@@ -162,8 +162,8 @@ class Int8Linear(nn.Module):
             choice = "auto"
         if choice == "op":
             return "op"
-        if cpu and x.dtype == torch.float32 and packed_available() is None and not has_int8_dot():
-            return "packed"  # with VNNI/AMX oneDNN's int8 dot products beat the u8 x 7-bit AVX2 kernel
+        if cpu and x.dtype == torch.float32 and packed_available() is None and not has_amx_int8():
+            return "packed"  # VNNI or AVX2 tiles, quantization fused; with AMX-INT8 oneDNN's tiles win
         return "onednn" if cpu and onednn_available() is None else "op"
 
     def _key(self) -> tuple:
