@@ -480,6 +480,24 @@ void q8_epilogue(const int32_t (*acc)[kQ8Panel], int rows, int cols, const float
                  const int32_t* x_zero, const Int8PackedLinearArgs& a, int64_t c0, float* y) {
   const int32_t zero_point = a.input_scale ? a.input_zero_point : 0, base = a.act_bits == 7 ? 64 : 128;
   const int32_t offset = base + zero_point;  // per row when x_zero holds per-token zero points
+#if defined(BERTRT_VEC512)
+  // a panel is one zmm: correct, convert, scale and store it without a trip through memory
+  const __m512i cs = _mm512_loadu_si512(a.col_sums + c0);
+  __m512i oc = _mm512_mullo_epi32(_mm512_set1_epi32(offset), cs);
+  const Vec ws = vload(a.w_scale + c0), bias = a.bias ? vload(a.bias + c0) : vzero();
+  for (int i = 0; i < rows; ++i) {
+    if (x_zero) oc = _mm512_mullo_epi32(_mm512_set1_epi32(base + x_zero[i]), cs);
+    Vec o = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_load_si512(acc[i]), oc));
+    o = vmul(vmul(o, vset1(x_scale[i])), ws);
+    if (a.bias) o = vadd(o, bias);
+    if constexpr (kAct == 1) o = vgelu_erf_fast(o);
+    if constexpr (kAct == 2) o = vgelu_tanh(o);
+    if (cols == kQ8Panel)
+      vstore(y + i * a.n, o);
+    else
+      vstore_partial(y + i * a.n, o, cols);
+  }
+#else
   alignas(64) float f[kQ8Panel];
 #if defined(BERTRT_ISA_AVX2) || defined(BERTRT_ISA_AVX512)
   // offset * colsum once per tile; the per-row correction and the conversion are 8 lanes at a time
@@ -517,6 +535,7 @@ void q8_epilogue(const int32_t (*acc)[kQ8Panel], int rows, int cols, const float
     if (cols < kQ8Panel)
       for (int j = 0; j < cols; ++j) y[i * a.n + j] = f[j];
   }
+#endif
 }
 
 template <int kAct, bool kVnni>
