@@ -205,11 +205,12 @@ def test_packed_matches_its_reference(isa, shape, activation, quant, act_bits):
     g = torch.Generator().manual_seed(m * 1000 + n + k)
     x = torch.randn(m, k, generator=g) * 3
     w_q = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
-    packed = pack_int8_weight(w_q, torch.rand(n, generator=g) * 0.01 + 1e-3, torch.randn(n, generator=g), act_bits)
     args = (None, 0) if quant == "dynamic" else (0.03, -37)
-    expected = int8_linear_packed_ref(x, packed, activation, *args)
-    with cpu_kernels.use_isa(isa):
+    with cpu_kernels.use_isa(isa):  # the weight width this variant takes (8 on the VNNI loop)
+        packed = pack_int8_weight(w_q, torch.rand(n, generator=g) * 0.01 + 1e-3, torch.randn(n, generator=g),
+                                  act_bits, cpu_kernels.packed_weight_bits())
         out = cpu_kernels.int8_linear_packed(x, packed, activation, *args)
+    expected = int8_linear_packed_ref(x, packed, activation, *args)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -232,10 +233,11 @@ def test_packed_asymmetric_and_multiplier_match_the_reference(isa, shape, activa
     x[-1] = 0.25
     multiplier = torch.rand(k, generator=g) + 0.25 if smooth else None
     w_q = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
-    packed = pack_int8_weight(w_q, torch.rand(n, generator=g) * 0.01 + 1e-3, torch.randn(n, generator=g), 7)
-    expected = int8_linear_packed_ref(x, packed, activation, multiplier=multiplier, asymmetric=True)
     with cpu_kernels.use_isa(isa):
+        packed = pack_int8_weight(w_q, torch.rand(n, generator=g) * 0.01 + 1e-3, torch.randn(n, generator=g), 7,
+                                  cpu_kernels.packed_weight_bits())
         out = cpu_kernels.int8_linear_packed(x, packed, activation, multiplier=multiplier, asymmetric=True)
+    expected = int8_linear_packed_ref(x, packed, activation, multiplier=multiplier, asymmetric=True)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     centred, scale, zero = quantize_per_token_asym(x * multiplier if smooth else x)
     assert int(centred.abs().max()) <= 127 and int(zero.min()) >= -64 and int(zero.max()) <= 63
@@ -293,10 +295,10 @@ def test_packed_weight_layout_for_7bit_activations():
     packed = pack_int8_weight(w_q, torch.ones(20), act_bits=7)
     assert packed.act_bits == 7
     assert packed.data.shape == (2, 4, 16, 4)  # K = 9 -> 2 octs = 4 quads
-    assert packed.data[1, 2, 3, 0] == packed.w7[19, 8]
+    assert packed.data[1, 2, 3, 0] == packed.w_q[19, 8]
     assert packed.data.abs().max() <= 63
     assert (packed.data[1, 2, :, 1:] == 0).all() and (packed.data[:, 3] == 0).all()  # padding stays 0
-    assert packed.col_sums[19] == packed.w7[19].sum()
+    assert packed.col_sums[19] == packed.w_q[19].sum()
     with pytest.raises(ValueError, match="act_bits"):
         pack_int8_weight(w_q, torch.ones(20), act_bits=4)
 
@@ -308,9 +310,9 @@ def test_packed_weight_layout_and_7bit_requantization():
     w_q[0, 0] = 127
     packed = pack_int8_weight(w_q, torch.ones(20))
     assert packed.data.shape == (2, 2, 16, 4)  # 20 columns -> 2 panels, K = 6 -> 2 quads
-    assert packed.w7.abs().max() <= 63 and packed.w7[0, 0] == 63
-    assert packed.data[1, 1, 3, 1] == packed.w7[19, 5] and (packed.data[1, 1, :, 2:] == 0).all()
-    assert packed.col_sums[19] == packed.w7[19].sum() and (packed.col_sums[20:] == 0).all()
+    assert packed.w_q.abs().max() <= 63 and packed.w_q[0, 0] == 63
+    assert packed.data[1, 1, 3, 1] == packed.w_q[19, 5] and (packed.data[1, 1, :, 2:] == 0).all()
+    assert packed.col_sums[19] == packed.w_q[19].sum() and (packed.col_sums[20:] == 0).all()
     torch.testing.assert_close(packed.w_scale[:20], torch.full((20,), 127 / 63))
 
 
@@ -352,3 +354,31 @@ def test_packed_kernel_uses_vnni_where_the_cpu_has_it():
             expected = ("scalar" if isa == "scalar" else
                         "avx512-vnni" if isa != "avx2" and "avx512_vnni" in flags else "avx2")
             assert cpu_kernels.int8_packed_kernel() == expected
+
+
+def test_packed_8bit_weights_are_exact_on_the_vnni_loop_and_refused_elsewhere():
+    """weight_bits 8 keeps the checkpoint's weights: exact at the extremes (u8 255 x -128 and x 127 in
+    every lane, K = 4101) where the loop is vpdpbusd, a clear error on the AVX2 tiles."""
+    from bertrt.ops import cpu_kernels
+    from bertrt.ops.gemm_choice import packed_available
+    from bertrt.ops.int8_linear import int8_linear_packed_ref, pack_int8_weight
+
+    if packed_available() is not None:
+        pytest.skip(packed_available())
+    k = 4101
+    w_q = torch.full((20, k), 127, dtype=torch.int8)
+    w_q[1::2] = -128
+    packed = pack_int8_weight(w_q, torch.full((20,), 1e-3), None, 8, weight_bits=8)
+    assert packed.weight_bits == 8 and torch.equal(packed.w_q, w_q) and int(packed.data.min()) == -128
+    x = torch.full((5, k), 2.0)  # symmetric per token: every q = 127, u8 = 255
+    x[3] = -2.0
+    for isa in cpu_kernels.supported_isas():
+        with cpu_kernels.use_isa(isa):
+            if cpu_kernels.packed_weight_bits() == 8:
+                out = cpu_kernels.int8_linear_packed(x, packed)
+                torch.testing.assert_close(out, int8_linear_packed_ref(x, packed), atol=0, rtol=1e-6)
+            else:
+                with pytest.raises(ValueError, match="8-bit packed weights need the avx512-vnni loop"):
+                    cpu_kernels.int8_linear_packed(x, packed)
+    with pytest.raises(ValueError, match="weight_bits"):
+        pack_int8_weight(w_q, torch.ones(20), weight_bits=6)

@@ -103,6 +103,17 @@ def test_config_roundtrip_and_validation():
 # -- the module -------------------------------------------------------------------------------------------
 
 
+def _seven_bit_weights(kernel: str) -> bool:
+    """Whether ``kernel`` runs 7-bit weights on this CPU: the packed kernel off the VNNI loop (its AVX2
+    pair sums would saturate on 8-bit ones) and oneDNN without VNNI/AMX."""
+    if kernel == "packed":
+        from bertrt.ops import cpu_kernels  # only where the packed kernel is built
+
+        return cpu_kernels.packed_weight_bits() == 7
+    return kernel == "onednn" and not has_int8_dot()
+
+
+
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_int8_linear_dynamic_matches_reference(kernel):
     """Exact int32 product: the same as int8_linear_ref on per-token int8 activations (the packed kernel,
@@ -114,7 +125,7 @@ def test_int8_linear_dynamic_matches_reference(kernel):
     q = Int8Linear.from_float(linear, mode="dynamic", kernel=kernel)
     x_q, x_scale = quantize_per_token(x)
     w_q, w_scale = q.weight, q.weight_scale
-    if kernel == "packed" or (kernel == "onednn" and not has_int8_dot()):
+    if _seven_bit_weights(kernel):
         w_q, w_scale = torch.round(w_q.float() * (63 / 127)).to(torch.int8), w_scale * (127 / 63)
     expected = int8_linear_ref(x_q, x_scale, w_q, w_scale, q.bias)
     torch.testing.assert_close(q(x), expected, atol=1e-5, rtol=1e-5)
@@ -140,8 +151,7 @@ def test_int8_linear_7bit_activations_agree_across_kernels(kernel, mode):
     args = static_params_for(7, static["input_scale"], static["input_zero_point"]) if static else (None, 0)
     if static:
         assert args[1] == round(-64 * 127 / 255) and args[0] == pytest.approx(4.0 / 127)
-    seven_bit_weights = kernel == "packed" or (kernel == "onednn" and not has_int8_dot())
-    if seven_bit_weights:  # the packed kernel's own reference: exact integer product, float epilogue
+    if _seven_bit_weights(kernel):  # the packed kernel's own reference: exact integer product, float epilogue
         expected = int8_linear_packed_ref(x, pack_int8_weight(q.weight, q.weight_scale, q.bias, 7), "none", *args)
         torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-5)
     else:  # 8-bit weights, the same 7-bit activations
@@ -170,7 +180,7 @@ def test_int8_linear_asymmetric_dynamic_agrees_across_kernels(kernel):
     q = Int8Linear.from_float(linear, mode="dynamic", kernel=kernel, act_bits=7, act_symmetric=False)
     assert "act_symmetric=False" in repr(q)
     y = q(x)
-    if kernel == "packed" or (kernel == "onednn" and not has_int8_dot()):
+    if _seven_bit_weights(kernel):
         packed = pack_int8_weight(q.weight, q.weight_scale, q.bias, 7)
         torch.testing.assert_close(y, int8_linear_packed_ref(x, packed, asymmetric=True), atol=1e-5, rtol=1e-5)
     else:
@@ -216,7 +226,7 @@ def test_int8_linear_static_asymmetric_paths_agree():
             torch.testing.assert_close(q(x), y_op, atol=1e-5, rtol=1e-5)
         else:  # 7-bit weights: a coarser step, still close
             assert rep.sqnr_db(y_op, q(x)) > 25
-    if packed_available() is None:  # 7-bit weights too, the zero point handled in the kernel
+    if packed_available() is None:  # the zero point handled in the kernel; 7-bit weights off the VNNI loop
         q.kernel = "packed"
         assert rep.sqnr_db(y_op, q(x)) > 25
         assert rep.sqnr_db(linear(x).detach(), q(x)) > 25

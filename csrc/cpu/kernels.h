@@ -101,7 +101,7 @@ struct LinearArgs {
 
 struct Int8PackedLinearArgs {
   const float* x;               // (m, k) fp32, rows ldx apart
-  const int8_t* packed_weight;  // (ceil(n / 16), quads, 16, 4), 7-bit values: see int8_linear.cpp
+  const int8_t* packed_weight;  // (ceil(n / 16), quads, 16, 4), 7-bit values (8-bit: VNNI loop only)
                                 // act_bits 7: quads even
   const int32_t* col_sums;      // (ceil(n / 16) * 16,) sum over k of each packed column
   const float* w_scale;         // (ceil(n / 16) * 16,)

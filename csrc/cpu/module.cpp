@@ -297,7 +297,7 @@ void linear(int isa, uintptr_t x, uintptr_t packed_weight, uintptr_t padded_bias
 void int8_linear_packed(int isa, uintptr_t x, uintptr_t packed_weight, uintptr_t col_sums, uintptr_t w_scale,
                         uintptr_t bias, uintptr_t input_scale, int input_zero_point, uintptr_t out, int64_t m,
                         int64_t n, int64_t k, int64_t ldx, int activation, int act_bits,
-                        uintptr_t x_multiplier, bool asymmetric, int threads) {
+                        uintptr_t x_multiplier, bool asymmetric, int weight_bits, int threads) {
   Int8PackedLinearArgs a{};
   const Isa chosen = checked_isa(isa);
   if (activation < 0 || activation > 2) throw py::value_error("activation code must be 0, 1 or 2");
@@ -312,9 +312,17 @@ void int8_linear_packed(int isa, uintptr_t x, uintptr_t packed_weight, uintptr_t
     throw py::value_error("input zero point must be in [" + std::to_string(zp_lo) + ", " +
                           std::to_string(zp_hi) + "] for act_bits " + std::to_string(act_bits) + ", got " +
                           std::to_string(input_zero_point));
-  // int32 accumulation of 7-bit x 8-bit products stays exact while k * 255 * 64 < 2^31.
-  if (k > (int64_t(1) << 17))
-    throw py::value_error("in_features must be <= 131072, got " + std::to_string(k));
+  if (weight_bits != 7 && weight_bits != 8)
+    throw py::value_error("weight_bits must be 7 or 8, got " + std::to_string(weight_bits));
+  // 8-bit weights only where the loop is vpdpbusd: the AVX2 tiles' int16 pair sums would saturate
+  if (weight_bits == 8 && std::string(int8_packed_kernel(chosen)) != "avx512-vnni")
+    throw py::value_error(std::string("8-bit packed weights need the avx512-vnni loop; this variant runs ") +
+                          int8_packed_kernel(chosen) + " (pack with weight_bits=7)");
+  // int32 accumulation of u8 x w products stays exact while k * 255 * 2^(weight_bits - 1) < 2^31.
+  const int64_t k_max = weight_bits == 8 ? int64_t(1) << 16 : int64_t(1) << 17;
+  if (k > k_max)
+    throw py::value_error("in_features must be <= " + std::to_string(k_max) + " for " +
+                          std::to_string(weight_bits) + "-bit weights, got " + std::to_string(k));
   if (m == 0) return;
   for (auto [name, p] : {std::pair<const char*, uintptr_t>{"x", x},
                          {"packed_weight", packed_weight},
@@ -410,9 +418,9 @@ PYBIND11_MODULE(_C, m) {
         py::arg("col_sums"), py::arg("w_scale"), py::arg("bias"), py::arg("input_scale"),
         py::arg("input_zero_point"), py::arg("out"), py::arg("m"), py::arg("n"), py::arg("k"), py::arg("ldx"),
         py::arg("activation"), py::arg("act_bits"), py::arg("x_multiplier"), py::arg("asymmetric"),
-        py::arg("threads"),
+        py::arg("weight_bits"), py::arg("threads"),
         "float x (times x_multiplier when given) -> quantize (per token, symmetric or asymmetric, or static) "
-        "to act_bits (8 or 7) -> GEMM with 7-bit packed weights -> fused epilogue; weights packed by "
+        "to act_bits (8 or 7) -> GEMM with 7-bit (8-bit: VNNI only) packed weights -> fused epilogue; weights packed by "
         "bertrt.ops.int8_linear.pack_int8_weight.");
   m.def(
       "int8_packed_kernel", [](int isa) { return std::string(int8_packed_kernel(Isa(isa))); }, py::arg("isa"),

@@ -434,6 +434,12 @@ def int8_packed_kernel() -> str:
     return _C.int8_packed_kernel(_isa_code())
 
 
+def packed_weight_bits() -> int:
+    """The weight width to pack for the active variant: 8 where its loop is vpdpbusd (exact for any
+    int8 pair), 7 for the AVX2 tiles (whose int16 pair sums would saturate on 8-bit weights)."""
+    return 8 if int8_packed_kernel() == "avx512-vnni" else 7
+
+
 def int8_linear_packed(x, packed, activation="none", input_scale=None, input_zero_point=0, *,
                        multiplier=None, asymmetric=False) -> torch.Tensor:
     """x (tokens, K) float32 -> int8 GEMM with a PackedInt8Weight -> (tokens, N) float32; see
@@ -479,6 +485,7 @@ def int8_linear_packed(x, packed, activation="none", input_scale=None, input_zer
         packed.act_bits,
         _ptr(multiplier),
         bool(asymmetric),
+        packed.weight_bits,
         _threads(),
     )
     return out

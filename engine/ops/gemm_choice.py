@@ -215,7 +215,8 @@ def _int8_runner(impl: str, shape: dict, tokens: int):
     if impl == "packed":
         from . import cpu_kernels  # bertrt._C
 
-        packed = [(pack_int8_weight(w, s, b), a) for w, s, b, a in layers]
+        packed = [(pack_int8_weight(w, s, b, weight_bits=cpu_kernels.packed_weight_bits()), a)
+                  for w, s, b, a in layers]
         return lambda: [cpu_kernels.int8_linear_packed(xs[p.in_features], p, a) for p, a in packed]
     if impl == "onednn":
         prepared = [(torch.ops.onednn.qlinear_prepack(w, None), s, b, a) for w, s, b, a in layers]

@@ -120,31 +120,36 @@ ACT_BITS = (8, 7)
 
 @dataclass(frozen=True)
 class PackedInt8Weight:
-    """An int8 weight in the packed CPU kernel's layout (7-bit signed weights).
+    """An int8 weight in the packed CPU kernel's layout.
 
-    data:     (ceil(N / 16), quads, 16, 4) int8; [p, g, j, t] = w7[16p + j, 4g + t], zero padded.
+    data:     (ceil(N / 16), quads, 16, 4) int8; [p, g, j, t] = w_q[16p + j, 4g + t], zero padded.
               act_bits 7: quads is even (K padded to a multiple of 8)
-    col_sums: (ceil(N / 16) * 16,) int32, sum over K of each column of w7
-    w_scale:  (ceil(N / 16) * 16,) float32, the scale of w7 (the source scale * 127 / 63)
+    col_sums: (ceil(N / 16) * 16,) int32, sum over K of each column of w_q
+    w_scale:  (ceil(N / 16) * 16,) float32, the scale of w_q (7-bit: the source scale * 127 / 63)
     bias:     (ceil(N / 16) * 16,) float32 or None
-    w7:       (N, K) int8 with |w7| <= 63: the weight the kernel multiplies by (for the reference)
-    act_bits: 8 (activations u8 = q + 128) or 7 (u7 = q + 64; four products sum in 16 bits, faster)
+    w_q:      (N, K) int8: the weight the kernel multiplies by (for the reference); |w_q| <= 63 when
+              weight_bits is 7
+    act_bits: 8 (activations u8 = q + 128) or 7 (u7 = q + 64; four products sum in 16 bits, faster
+              on the AVX2 tiles)
+    weight_bits: 7 (every loop) or 8 (the source weight unchanged; the AVX512-VNNI loop only, see
+              ``cpu_kernels.packed_weight_bits``)
     """
 
     data: torch.Tensor
     col_sums: torch.Tensor
     w_scale: torch.Tensor
     bias: torch.Tensor | None
-    w7: torch.Tensor
+    w_q: torch.Tensor
     act_bits: int = 8
+    weight_bits: int = 7
 
     @property
     def out_features(self) -> int:
-        return self.w7.shape[0]
+        return self.w_q.shape[0]
 
     @property
     def in_features(self) -> int:
-        return self.w7.shape[1]
+        return self.w_q.shape[1]
 
 
 def to_7bit(w_q: torch.Tensor, w_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,21 +168,26 @@ def check_act_bits(act_bits: int) -> int:
 
 
 def pack_int8_weight(w_q: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None = None,
-                     act_bits: int = 8) -> PackedInt8Weight:
-    """w_q (N, K) int8, w_scale (N,), bias (N,) or None -> PackedInt8Weight (requantized to 7 bits)
-    for activations of ``act_bits`` (8 or 7) bits."""
+                     act_bits: int = 8, weight_bits: int = 7) -> PackedInt8Weight:
+    """w_q (N, K) int8, w_scale (N,), bias (N,) or None -> PackedInt8Weight for activations of
+    ``act_bits`` (8 or 7) bits; weight_bits 7 requantizes the weight to |w| <= 63, 8 keeps it."""
     check_act_bits(act_bits)
+    if weight_bits not in (7, 8):
+        raise ValueError(f"weight_bits must be 7 or 8, got {weight_bits!r}")
     if w_q.dtype != torch.int8 or w_q.dim() != 2 or min(w_q.shape) < 1:
         raise ValueError(f"w_q must be (N, K) int8 with N, K >= 1, got {tuple(w_q.shape)} {w_q.dtype}")
     n, k = w_q.shape
     if w_scale.shape != (n,) or (bias is not None and bias.shape != (n,)):
         raise ValueError(f"w_scale and bias must be ({n},), got {tuple(w_scale.shape)} and "
                          f"{None if bias is None else tuple(bias.shape)}")
-    w7, scale7 = to_7bit(w_q.detach(), w_scale.detach())
+    if weight_bits == 7:
+        w_p, scale_p = to_7bit(w_q.detach(), w_scale.detach())
+    else:
+        w_p, scale_p = w_q.detach(), w_scale.detach().float()
     panels = -(-n // Q8_PANEL)
     quads = -(-k // 8) * 2 if act_bits == 7 else -(-k // 4)
     padded = torch.zeros(panels * Q8_PANEL, quads * 4, dtype=torch.int8)
-    padded[:n, :k] = w7
+    padded[:n, :k] = w_p
     data = padded.view(panels, Q8_PANEL, quads, 4).permute(0, 2, 1, 3).contiguous()
 
     def pad(v, dtype):
@@ -185,9 +195,10 @@ def pack_int8_weight(w_q: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tenso
         out[:n] = v
         return out
 
-    col_sums = pad(w7.to(torch.int32).sum(1), torch.int32)
-    return PackedInt8Weight(data, col_sums, pad(scale7, torch.float32),
-                            None if bias is None else pad(bias.detach().float(), torch.float32), w7, act_bits)
+    col_sums = pad(w_p.to(torch.int32).sum(1), torch.int32)
+    return PackedInt8Weight(data, col_sums, pad(scale_p, torch.float32),
+                            None if bias is None else pad(bias.detach().float(), torch.float32), w_p, act_bits,
+                            weight_bits)
 
 
 def static_params_for(act_bits: int, input_scale: float, input_zero_point: int) -> tuple[float, int]:
@@ -205,7 +216,7 @@ def int8_linear_packed_ref(x: torch.Tensor, packed: PackedInt8Weight, activation
     """What bertrt._C.int8_linear_packed computes: x (tokens, K) float -> quantize to ``packed.act_bits``
     bits (per token when input_scale is None: x_q = round(x / s) in [-q, q], q = 2^(bits-1) - 1; else
     x_q = round(x / s) + z in [-q - 1, q], with s and z already on that grid: see static_params_for)
-    -> exact product with the 7-bit weight -> y = s_x * s_w * (x_q - z) @ w7^T + bias -> activation.
+    -> exact product with the packed weight -> y = s_x * s_w * (x_q - z) @ w_q^T + bias -> activation.
     multiplier (K,): x * multiplier is what gets quantized. asymmetric (dynamic, act_bits 7): per-token
     scale and zero point from the row's range (quantize_per_token_asym). Returns (tokens, N) float32."""
     if activation not in ACTIVATIONS:
@@ -225,7 +236,7 @@ def int8_linear_packed_ref(x: torch.Tensor, packed: PackedInt8Weight, activation
         x_scale = torch.full((x.shape[0],), float(input_scale))
         centred = (x_q - input_zero_point).double()
     n = packed.out_features
-    acc = (centred @ packed.w7.double().t()).float()
+    acc = (centred @ packed.w_q.double().t()).float()
     y = acc * x_scale[:, None] * packed.w_scale[None, :n]
     if packed.bias is not None:
         y = y + packed.bias[:n]

@@ -193,11 +193,12 @@ class Int8Linear(nn.Module):
     def _forward_packed(self, x: torch.Tensor, activation: str) -> torch.Tensor:
         from ..ops import cpu_kernels  # imports bertrt._C, an optional build (packed_available said it is there)
 
-        key = ("packed", self._key())
+        weight_bits = cpu_kernels.packed_weight_bits()  # 8 on the VNNI loop: the checkpoint's weights as they are
+        key = ("packed", weight_bits, self._key())
         if key not in self._cache:
             for stale in [k for k in self._cache if isinstance(k, tuple) and k[0] == "packed"]:
                 del self._cache[stale]
-            self._cache[key] = pack_int8_weight(self.weight, self.weight_scale, self.bias, self.act_bits)
+            self._cache[key] = pack_int8_weight(self.weight, self.weight_scale, self.bias, self.act_bits, weight_bits)
         # the kernel multiplies by SmoothQuant's 1 / s while it quantizes (no extra pass over x)
         extra = {"multiplier": self.input_multiplier, "asymmetric": not self.act_symmetric}
         if self.mode == "dynamic":
